@@ -1,0 +1,120 @@
+//! Errors the HTTP API returns, rendered in OpenAI's error shape
+//! (`{"error":{"message","type","param","code"}}`) so that OpenAI client
+//! libraries surface them as API errors instead of parse failures.
+
+use axum::{
+    Json,
+    http::{HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::auth::AuthFailure;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "Missing API key. Send it in the Authorization header as `Authorization: Bearer <key>`."
+    )]
+    MissingApiKey,
+    #[error("Incorrect API key provided.")]
+    IncorrectApiKey,
+    #[error(
+        "{method} {path} is not implemented: this build of appliance-server has no inference engine yet."
+    )]
+    NotImplemented { method: Method, path: String },
+    #[error("The model `{0}` does not exist.")]
+    ModelNotFound(String),
+    #[error("No route for {method} {path}.")]
+    NotFound { method: Method, path: String },
+    #[error("Method {method} is not allowed for {path}.")]
+    MethodNotAllowed { method: Method, path: String },
+}
+
+impl From<AuthFailure> for ApiError {
+    fn from(failure: AuthFailure) -> Self {
+        match failure {
+            AuthFailure::Missing => Self::MissingApiKey,
+            AuthFailure::Incorrect => Self::IncorrectApiKey,
+        }
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingApiKey | Self::IncorrectApiKey => StatusCode::UNAUTHORIZED,
+            Self::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            Self::ModelNotFound(_) | Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// OpenAI's `type` field.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::MissingApiKey | Self::IncorrectApiKey | Self::ModelNotFound(_) => {
+                "invalid_request_error"
+            }
+            Self::NotImplemented { .. } => "not_implemented",
+            Self::NotFound { .. } => "not_found_error",
+            Self::MethodNotAllowed { .. } => "invalid_request_error",
+        }
+    }
+
+    /// OpenAI's `code` field.
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::MissingApiKey | Self::IncorrectApiKey => Some("invalid_api_key"),
+            Self::ModelNotFound(_) => Some("model_not_found"),
+            Self::NotImplemented { .. } | Self::NotFound { .. } | Self::MethodNotAllowed { .. } => {
+                None
+            }
+        }
+    }
+
+    /// OpenAI's `param` field.
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        });
+        let mut response = (self.status(), Json(body)).into_response();
+        if self.status() == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_implemented_has_the_openai_shape() {
+        let err = ApiError::NotImplemented {
+            method: Method::POST,
+            path: "/v1/chat/completions".into(),
+        };
+        assert_eq!(err.status(), StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(err.kind(), "not_implemented");
+        assert_eq!((err.code(), err.param()), (None, None));
+        assert!(err.to_string().contains("/v1/chat/completions"));
+    }
+}

@@ -1,0 +1,183 @@
+//! API-key authentication: the [`Secret`] wrapper that keeps the key out of
+//! logs and `Debug` output, loading it from a file, and the bearer-token
+//! check the HTTP layer runs on every protected request.
+//!
+//! The comparison uses the `subtle` crate's constant-time equality rather
+//! than a hand-written loop: it is small, audited, and written to resist the
+//! optimiser turning the loop back into an early-exit compare.
+
+use std::{fmt, fs, io, path::Path, path::PathBuf, str::FromStr};
+
+use subtle::ConstantTimeEq;
+
+/// A value that must never be printed: `Debug` and `Display` show `****`.
+///
+/// The inner string is private; [`Secret::expose`] is the single, greppable
+/// place where the plaintext is read. There is deliberately no `PartialEq`:
+/// the only comparison allowed is [`check_bearer`]'s constant-time one.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// Used by clap. Only the empty string is rejected, because clap echoes a
+/// rejected value in its error message; an empty one is safe to echo.
+impl FromStr for Secret {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            Err("the API key must not be empty")
+        } else {
+            Ok(Self(s.to_owned()))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("cannot read API key file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("API key file {} is empty", path.display())]
+    Empty { path: PathBuf },
+}
+
+/// Reads an API key from `path`, trimming surrounding whitespace so that a
+/// file written by `echo key > file` (or a Docker/Kubernetes secret with a
+/// trailing newline) works. Errors name the path, never the content.
+pub fn read_key_file(path: &Path) -> Result<Secret, KeyFileError> {
+    let raw = fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let key = raw.trim();
+    if key.is_empty() {
+        return Err(KeyFileError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Secret(key.to_owned()))
+}
+
+/// Why a request was refused. Deliberately carries no request data, so it
+/// can be logged and rendered without echoing what the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header, or not a `Bearer` credential.
+    Missing,
+    /// A bearer token was sent but is not the configured key.
+    Incorrect,
+}
+
+/// Checks an `Authorization` header value against `expected`.
+///
+/// The scheme is matched case-insensitively (RFC 9110 §11.1). The token
+/// comparison is constant-time in the token contents; `subtle` returns early
+/// on a length mismatch, which leaks only the key's length.
+pub fn check_bearer(header: Option<&[u8]>, expected: &Secret) -> Result<(), AuthFailure> {
+    let header = header.ok_or(AuthFailure::Missing)?;
+    let token = strip_bearer(header).ok_or(AuthFailure::Missing)?;
+    if bool::from(token.ct_eq(expected.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(AuthFailure::Incorrect)
+    }
+}
+
+fn strip_bearer(header: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    if header.len() < SCHEME.len() || !header[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    let token = header[SCHEME.len()..].trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Secret {
+        Secret("s3cret-key".to_owned())
+    }
+
+    #[test]
+    fn secret_never_formats_its_value() {
+        let k = key();
+        assert_eq!(format!("{k}"), "****");
+        assert_eq!(format!("{k:?}"), "****");
+        assert_eq!(format!("{:?}", Some(k)), "Some(****)");
+    }
+
+    #[test]
+    fn empty_secret_is_rejected() {
+        assert!("".parse::<Secret>().is_err());
+        assert!("  ".parse::<Secret>().is_err());
+        assert_eq!(
+            "k".parse::<Secret>().map(|s| s.expose().to_owned()),
+            Ok("k".to_owned())
+        );
+    }
+
+    #[test]
+    fn bearer_check() {
+        let k = key();
+        assert_eq!(check_bearer(Some(b"Bearer s3cret-key"), &k), Ok(()));
+        assert_eq!(check_bearer(Some(b"bearer s3cret-key"), &k), Ok(()));
+        assert_eq!(check_bearer(Some(b"BEARER  s3cret-key "), &k), Ok(()));
+        assert_eq!(check_bearer(None, &k), Err(AuthFailure::Missing));
+        assert_eq!(
+            check_bearer(Some(b"Basic abc"), &k),
+            Err(AuthFailure::Missing)
+        );
+        assert_eq!(
+            check_bearer(Some(b"Bearer "), &k),
+            Err(AuthFailure::Missing)
+        );
+        assert_eq!(check_bearer(Some(b"Bearer"), &k), Err(AuthFailure::Missing));
+        assert_eq!(
+            check_bearer(Some(b"Bearer s3cret-kex"), &k),
+            Err(AuthFailure::Incorrect)
+        );
+        assert_eq!(
+            check_bearer(Some(b"Bearer s3cret"), &k),
+            Err(AuthFailure::Incorrect)
+        );
+    }
+
+    #[test]
+    fn key_file_is_trimmed_and_errors_name_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key");
+        fs::write(&path, "s3cret-key\n").expect("write");
+        assert_eq!(read_key_file(&path).expect("read").expose(), key().expose());
+
+        fs::write(&path, "\n  \n").expect("write");
+        let err = read_key_file(&path).expect_err("empty").to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+
+        let missing = dir.path().join("nope");
+        let err = read_key_file(&missing).expect_err("missing").to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+    }
+}

@@ -1,0 +1,271 @@
+//! Server lifecycle: validate configuration, check the model directory, bind,
+//! load in the background, serve, and drain on shutdown.
+//!
+//! Ordering matters for operators. Everything that can be wrong with the
+//! configuration (device, API key file, model directory, config.json) is
+//! checked *before* the port is bound, so a broken image exits non-zero at
+//! once. Slow work (today the weight inventory; later weight loading and the
+//! warm-up generation) runs *after* binding, so `/health` answers while
+//! `/ready` says `loading`.
+
+use std::{
+    error::Error,
+    io,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, AppState},
+    auth::{self, KeyFileError, Secret},
+    build_info::{self, BuildInfo},
+    cli::{CliError, ServeArgs},
+    model::{ModelDir, ModelError, weights},
+    readiness::{self, Readiness, ReadinessTx},
+    shutdown::{Reason, Shutdown, Signals},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    #[error("--model is required")]
+    NoModel,
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the embedded build info is unreadable")]
+    BuildInfo(#[from] serde_json::Error),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error("cannot install SIGTERM/SIGINT handlers")]
+    Signals(#[source] io::Error),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the HTTP server stopped unexpectedly")]
+    Server(#[source] io::Error),
+    #[error("the HTTP server task panicked")]
+    ServerPanicked,
+    #[error("loading failed: {0}")]
+    LoadFailed(String),
+}
+
+/// Runs the server until a signal (`Ok`, exit 0) or a fatal error (`Err`).
+pub fn run(args: ServeArgs) -> Result<(), ServeError> {
+    args.check_device()?;
+    let model_path = args.model.clone().ok_or(ServeError::NoModel)?;
+    let api_key = match (&args.api_key, &args.api_key_file) {
+        (Some(key), _) => Some(key.clone()),
+        (None, Some(path)) => Some(auth::read_key_file(path)?),
+        (None, None) => None,
+    };
+    let model = ModelDir::open(&model_path, args.served_model_name.as_deref())?;
+    let build = build_info::current()?;
+    log_startup(&args, &model, &build, api_key.is_some());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let result = runtime.block_on(serve(&args, model, build, api_key));
+    // Do not let a stuck blocking task (a slow disk under the loader) keep a
+    // stopping container alive past the drain it was already given.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+fn log_startup(args: &ServeArgs, model: &ModelDir, build: &BuildInfo, auth: bool) {
+    let features = if build.features.is_empty() {
+        "none".to_owned()
+    } else {
+        build.features.join(",")
+    };
+    info!(
+        "appliance-server {} (features: {features}; {}; {})",
+        build.version, build.target, build.profile
+    );
+    info!(
+        "model {} served as {:?}: model_type={}, architectures=[{}]",
+        model.path.display(),
+        model.served_name,
+        model.config.model_type.as_deref().unwrap_or("unknown"),
+        model.config.architectures.join(", ")
+    );
+    info!(
+        "engine settings (applied once the inference engine lands): device={:?} dtype={:?} max_model_len={} max_concurrent_requests={} max_queued_requests={}",
+        args.device,
+        args.dtype,
+        args.max_model_len
+            .map_or_else(|| "from config".to_owned(), |n| n.to_string()),
+        args.max_concurrent_requests,
+        args.max_queued_requests
+    );
+    if auth {
+        info!("API key required on all routes except /health and /ready");
+    } else {
+        warn!("no API key configured: the API is open to anyone who can reach the port");
+    }
+}
+
+async fn serve(
+    args: &ServeArgs,
+    model: ModelDir,
+    build: BuildInfo,
+    api_key: Option<Secret>,
+) -> Result<(), ServeError> {
+    let shutdown = Shutdown::default();
+    let signals = Signals::install().map_err(ServeError::Signals)?;
+    tokio::spawn(signals.watch(shutdown.clone()));
+
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: display_addr(&args.host, args.port),
+            source,
+        })?;
+    match listener.local_addr() {
+        Ok(addr) => info!("listening on http://{addr}"),
+        Err(_) => info!(
+            "listening on http://{}",
+            display_addr(&args.host, args.port)
+        ),
+    }
+
+    let (ready_tx, ready_rx) = readiness::channel();
+    let state = Arc::new(AppState {
+        model_name: model.served_name.clone(),
+        created: unix_now(),
+        build,
+        api_key,
+        readiness: ready_rx,
+    });
+    tokio::spawn(load(model.path.clone(), ready_tx.clone(), shutdown.clone()));
+
+    let stop_accepting = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.triggered().await;
+        }
+    };
+    let mut server: JoinHandle<io::Result<()>> = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(stop_accepting)
+            .await
+    });
+
+    let reason = tokio::select! {
+        biased;
+        reason = shutdown.triggered() => {
+            ready_tx.set(Readiness::ShuttingDown);
+            drain(&mut server, &shutdown, Duration::from_secs(args.shutdown_timeout)).await;
+            reason
+        }
+        ended = &mut server => match (ended, shutdown.reason()) {
+            // Nothing was in flight: the graceful shutdown finished before
+            // this task got to observe the trigger.
+            (Ok(Ok(())), Some(reason)) => reason,
+            (Ok(Ok(())), None) => {
+                return Err(ServeError::Server(io::Error::other("serve returned on its own")));
+            }
+            (Ok(Err(e)), _) => return Err(ServeError::Server(e)),
+            (Err(_), _) => return Err(ServeError::ServerPanicked),
+        }
+    };
+
+    match reason {
+        Reason::Signal(_) => Ok(()),
+        Reason::Fatal(message) => Err(ServeError::LoadFailed(message)),
+    }
+}
+
+/// Waits for in-flight requests up to `timeout` (or until a second signal),
+/// then abandons whatever is left. Timing out is not an error: the operator
+/// chose the budget, and the exit code reflects why we stopped, not how.
+async fn drain(server: &mut JoinHandle<io::Result<()>>, shutdown: &Shutdown, timeout: Duration) {
+    info!("draining in-flight requests (up to {}s)", timeout.as_secs());
+    tokio::select! {
+        finished = tokio::time::timeout(timeout, &mut *server) => match finished {
+            Ok(Ok(Ok(()))) => info!("all connections closed; exiting"),
+            Ok(Ok(Err(e))) => warn!("HTTP server error while draining: {e}"),
+            Ok(Err(_)) => warn!("HTTP server task panicked while draining"),
+            Err(_) => warn!(
+                "shutdown timeout of {}s elapsed; abandoning in-flight requests",
+                timeout.as_secs()
+            ),
+        },
+        () = shutdown.forced() => {}
+    }
+    server.abort();
+}
+
+/// Background loading. Today: inventory and log the weights. The engine will
+/// load them onto the device and run a one-token warm-up here before `Ready`.
+async fn load(dir: PathBuf, ready: ReadinessTx, shutdown: Shutdown) {
+    let inventory = tokio::task::spawn_blocking(move || weights::inventory(&dir)).await;
+    let failure = match inventory {
+        Ok(Ok(inv)) => {
+            for file in &inv.files {
+                info!(
+                    "weights: {} ({})",
+                    file.name,
+                    weights::human_bytes(file.bytes)
+                );
+            }
+            if inv.files.is_empty() {
+                warn!(
+                    "no *.safetensors files in the model directory; the inference engine will need them"
+                );
+            } else {
+                info!(
+                    "weights: {} safetensors file(s), {} in total ({} bytes)",
+                    inv.files.len(),
+                    weights::human_bytes(inv.total_bytes),
+                    inv.total_bytes
+                );
+            }
+            ready.set(Readiness::Ready);
+            info!("ready");
+            return;
+        }
+        Ok(Err(e)) => chain(&e),
+        Err(e) => format!("loader task failed: {e}"),
+    };
+    ready.set(Readiness::Failed(failure.clone()));
+    shutdown.trigger(Reason::Fatal(failure));
+}
+
+/// `error: cause: root cause`, the way `anyhow` would print it; this module
+/// stays on typed errors, so it formats the chain itself.
+fn chain(error: &dyn Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+fn display_addr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,338 @@
+//! Shared harness for the integration tests: temp model directories, a
+//! handle on a running `appliance-server` process, and a raw HTTP/1.1 client.
+//!
+//! Everything has a deadline, so a hung server fails a test instead of
+//! hanging CI. Servers bind `127.0.0.1:0` and the test reads the chosen port
+//! from the `listening on` log line, which avoids pick-then-bind port races.
+
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_appliance-server");
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A temp directory holding a model directory `<tmp>/<name>` with a
+/// `config.json` and one tiny `.safetensors` file.
+pub struct ModelDir {
+    _tmp: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn model_dir(name: &str) -> ModelDir {
+    let tmp = tempfile::tempdir().expect("create temp dir");
+    let path = tmp.path().join(name);
+    fs::create_dir(&path).expect("create model dir");
+    fs::write(
+        path.join("config.json"),
+        r#"{"model_type":"llama","architectures":["LlamaForCausalLM"],"hidden_size":16}"#,
+    )
+    .expect("write config.json");
+    fs::write(path.join("model.safetensors"), [0u8; 64]).expect("write weights");
+    ModelDir { _tmp: tmp, path }
+}
+
+/// A command for the server binary with a clean, deterministic environment.
+pub fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().env("RUST_LOG", "info");
+    cmd
+}
+
+/// Runs `cmd` to completion, killing it (and failing) after `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn appliance-server");
+    let stdout = capture(child.stdout.take().expect("stdout piped"));
+    let stderr = capture(child.stderr.take().expect("stderr piped"));
+    let status = wait_with_deadline(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not exit within {timeout:?}");
+    });
+    let collect = |h: thread::JoinHandle<Vec<u8>>| h.join().expect("reader thread");
+    Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+    }
+}
+
+fn capture(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running server. Killed on drop if the test did not stop it.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    output: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the server on `127.0.0.1:0` with `args` and extra `env`, and
+    /// waits until it logs its listening address.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = command();
+        cmd.args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` as-is (the caller chooses host and port).
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().expect("spawn appliance-server");
+        let output = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stdout.take().expect("stdout piped")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr piped")),
+        ] {
+            let output = Arc::clone(&output);
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut out = output.lock().expect("output lock");
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        let mut server = Self {
+            child,
+            port: 0,
+            output,
+        };
+        server.port = server.wait_for_listening();
+        server
+    }
+
+    fn wait_for_listening(&mut self) -> u16 {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let out = self.output();
+            if let Some(rest) = out.split("listening on http://").nth(1) {
+                let addr: SocketAddr = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("unparseable listening line in:\n{out}"));
+                return addr.port();
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("server exited early with {status}:\n{out}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not start listening within {STARTUP_TIMEOUT:?}:\n{out}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `/ready` until 200; returns its body.
+    pub fn wait_ready(&self) -> serde_json::Value {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let r = get(self.port, "/ready", &[]);
+            if r.status == 200 {
+                return r.json();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready within {STARTUP_TIMEOUT:?}: last {r:?}\n{}",
+                self.output()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the server wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        self.output.lock().expect("output lock").clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on the pid of a child this test spawned and
+        // has not yet reaped, so the pid cannot have been reused.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Waits for the process to exit; fails the test after [`EXIT_TIMEOUT`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        match wait_with_deadline(&mut self.child, EXIT_TIMEOUT) {
+            Some(status) => {
+                // Give the reader threads a moment to drain the pipes.
+                thread::sleep(Duration::from_millis(100));
+                status
+            }
+            None => panic!(
+                "server did not exit within {EXIT_TIMEOUT:?}:\n{}",
+                self.output()
+            ),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
+    request(port, "GET", path, headers, "")
+}
+
+/// One request over a fresh connection with `Connection: close`.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
+    let mut stream = connect(port);
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).expect("send request");
+    read_response(&mut stream)
+}
+
+pub fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), IO_TIMEOUT)
+        .expect("connect to server");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    stream
+}
+
+/// Reads a whole `Connection: close` response (server closes after it).
+pub fn read_response(stream: &mut TcpStream) -> Response {
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header terminator in {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    Response {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Asserts the OpenAI error shape and returns `error.type`.
+pub fn assert_openai_error(r: &Response, status: u16) -> String {
+    assert_eq!(r.status, status, "{r:?}");
+    let v = r.json();
+    let err = v
+        .get("error")
+        .unwrap_or_else(|| panic!("no error object: {v}"));
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    for key in ["type", "param", "code"] {
+        assert!(err.get(key).is_some(), "missing error.{key}: {v}");
+    }
+    err["type"]
+        .as_str()
+        .expect("error.type is a string")
+        .to_owned()
+}
+
+/// Lists a directory's entries, for "wrote nothing" checks.
+pub fn list_dir(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(path)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}

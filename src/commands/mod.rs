@@ -1,0 +1,3 @@
+//! The subcommands: each orchestrates stages and returns data; printing is the CLI's job.
+
+pub mod build;

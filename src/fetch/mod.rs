@@ -1,0 +1,219 @@
+//! Fetches the model: turns a manifest's model source into local files ready to package, and
+//! checks their digests against the manifest's pins.
+//!
+//! Digests are not computed here but while the layers are measured (the same single read that
+//! feeds the layer digest), and handed back to [`check_pins`] before anything is written.
+
+pub mod synthetic;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::digest::Sha256Digest;
+use crate::layers::plan::PlannedFile;
+use crate::manifest::{ModelSettings, ModelSource};
+use synthetic::SyntheticSpec;
+
+/// The model as local files, with where it came from.
+#[derive(Debug, Clone)]
+pub struct FetchedModel {
+    /// Sorted by relative path.
+    pub files: Vec<PlannedFile>,
+    pub origin: ModelOrigin,
+}
+
+/// Where the model came from, as recorded in labels and provenance. Never a host path: the
+/// image must not depend on where the build ran.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ModelOrigin {
+    Path { name: String },
+    Hf { repo: String, revision: String },
+    Synthetic { spec: SyntheticSpec, digest: String },
+}
+
+impl ModelOrigin {
+    /// `hf:org/repo`, `path:dir-name`, `synthetic:llama`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Path { name } => format!("path:{name}"),
+            Self::Hf { repo, .. } => format!("hf:{repo}"),
+            Self::Synthetic { spec, .. } => format!("synthetic:{}", spec.arch.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("Failed to read model directory `{path}`")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Model file `{path}` is not a regular file (a directory or a broken symlink)")]
+    NotAFile { path: PathBuf },
+    #[error("No file in `{dir}` matches `model.files` ({globs})")]
+    NoFiles { dir: PathBuf, globs: String },
+    #[error("Model directory `{dir}` has no `config.json`; is it a Hugging Face model directory?")]
+    NoConfig { dir: PathBuf },
+    #[error("Failed to generate the synthetic model in `{dir}`")]
+    Synthetic {
+        dir: PathBuf,
+        #[source]
+        source: synthetic::SyntheticError,
+    },
+    #[error(
+        "Downloading `{repo}` from the Hugging Face Hub is not supported by this version of appliance; \
+         download the snapshot on a connected host and use `path = \"...\"` instead"
+    )]
+    HubUnsupported { repo: String },
+    #[error("sha256 mismatch for model file `{file}`: expected {expected} (manifest pin), got {actual}")]
+    PinMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("`model.sha256` pins `{file}`, which is not among the packaged model files")]
+    PinnedFileMissing { file: String },
+}
+
+/// Resolves model sources to files; owns the cache where generated models are kept.
+pub struct Fetcher {
+    cache_dir: PathBuf,
+}
+
+impl Fetcher {
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+        }
+    }
+
+    pub fn fetch(&self, model: &ModelSettings) -> Result<FetchedModel, FetchError> {
+        match &model.source {
+            ModelSource::Path(dir) => {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Ok(FetchedModel {
+                    files: list_model_files(dir, &model.files)?,
+                    origin: ModelOrigin::Path { name },
+                })
+            }
+            ModelSource::Hub { repo, .. } => Err(FetchError::HubUnsupported { repo: repo.clone() }),
+            ModelSource::Synthetic(spec) => {
+                let digest = spec.digest();
+                let dir = self.cache_dir.join("synthetic").join(&digest);
+                if !dir.join("config.json").is_file() {
+                    synthetic::generate(spec, &dir).map_err(|source| FetchError::Synthetic {
+                        dir: dir.clone(),
+                        source,
+                    })?;
+                }
+                Ok(FetchedModel {
+                    files: list_model_files(&dir, &["*".to_string()])?,
+                    origin: ModelOrigin::Synthetic {
+                        spec: spec.clone(),
+                        digest,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// Lists regular files under `dir` matching `globs`, sorted, skipping hidden entries (`.git`,
+/// `.cache/huggingface` left by `huggingface-cli download --local-dir`). Symlinks are followed,
+/// so a Hub cache snapshot directory works as a `path` source.
+pub fn list_model_files(dir: &Path, globs: &[String]) -> Result<Vec<PlannedFile>, FetchError> {
+    let set = glob_set(globs);
+    let mut files = Vec::new();
+    walk(dir, "", &set, &mut files)?;
+    files.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+    if files.is_empty() {
+        return Err(FetchError::NoFiles {
+            dir: dir.to_path_buf(),
+            globs: globs.join(", "),
+        });
+    }
+    if !files.iter().any(|f| f.rel_path == "config.json") {
+        return Err(FetchError::NoConfig {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(files)
+}
+
+fn glob_set(globs: &[String]) -> GlobSet {
+    let mut builder = GlobSetBuilder::new();
+    for glob in globs {
+        // The manifest already validated every glob.
+        if let Ok(glob) = Glob::new(glob) {
+            builder.add(glob);
+        }
+    }
+    builder.build().unwrap_or_else(|_| GlobSet::empty())
+}
+
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    set: &GlobSet,
+    out: &mut Vec<PlannedFile>,
+) -> Result<(), FetchError> {
+    let read_err = |source| FetchError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let rel = format!("{prefix}{name}");
+        let path = entry.path();
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => walk(&path, &format!("{rel}/"), set, out)?,
+            Ok(meta) if meta.is_file() => {
+                if set.is_match(&rel) {
+                    out.push(PlannedFile {
+                        rel_path: rel,
+                        host_path: path,
+                        size: meta.len(),
+                    });
+                }
+            }
+            _ if set.is_match(&rel) => return Err(FetchError::NotAFile { path }),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Compares the digests measured while packaging with the manifest's pins.
+pub fn check_pins(
+    pins: &BTreeMap<String, Sha256Digest>,
+    measured: &BTreeMap<String, Sha256Digest>,
+) -> Result<(), FetchError> {
+    for (file, expected) in pins {
+        match measured.get(file) {
+            None => {
+                return Err(FetchError::PinnedFileMissing { file: file.clone() });
+            }
+            Some(actual) if actual != expected => {
+                return Err(FetchError::PinMismatch {
+                    file: file.clone(),
+                    expected: expected.hex(),
+                    actual: actual.hex(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Builds the image's JSON documents: config, OCI manifest, `index.json` and Docker's
+//! `manifest.json`, each as canonical bytes ready to hash and export.
+//!
+//! Documents are built through `oci-spec` types; Docker's `Healthcheck`, which the OCI config
+//! schema lacks, is added as a typed extension ([`Healthcheck`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, HistoryBuilder,
+    ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder, MediaType, Os,
+    PlatformBuilder, RootFsBuilder,
+};
+use serde::Serialize;
+
+use crate::digest::Sha256Digest;
+use crate::json;
+use crate::layers::Layer;
+use crate::manifest::ImageRef;
+
+/// One JSON document and its digest.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub bytes: Vec<u8>,
+    pub digest: Sha256Digest,
+}
+
+impl Blob {
+    fn new(bytes: Vec<u8>) -> Self {
+        let digest = Sha256Digest::of(&bytes);
+        Self { bytes, digest }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+/// Docker's `config.Healthcheck`; durations are integer nanoseconds in the JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Healthcheck {
+    pub test: Vec<String>,
+    pub interval: u64,
+    pub timeout: u64,
+    pub start_period: u64,
+    pub retries: u32,
+}
+
+impl Healthcheck {
+    pub fn from_secs(test: Vec<String>, interval: u64, timeout: u64, start: u64, retries: u32) -> Self {
+        const NS: u64 = 1_000_000_000;
+        Self {
+            test,
+            interval: interval * NS,
+            timeout: timeout * NS,
+            start_period: start * NS,
+            retries,
+        }
+    }
+}
+
+/// What the image runs and how; everything in the config besides the layers.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub architecture: String,
+    /// RFC 3339.
+    pub created: String,
+    pub user: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub exposed_port: u16,
+    pub working_dir: String,
+    pub labels: BTreeMap<String, String>,
+    pub healthcheck: Healthcheck,
+}
+
+/// The finished set of documents for one image.
+#[derive(Debug, Clone)]
+pub struct ImageDocuments {
+    pub config: Blob,
+    pub manifest: Blob,
+    pub index_json: Vec<u8>,
+    pub docker_manifest_json: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("Failed to build the image {what}")]
+    Build {
+        what: &'static str,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    #[error("Failed to serialize the image {what}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn build_err(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> ImageError {
+    move |source| ImageError::Build { what, source }
+}
+
+fn json_err(what: &'static str) -> impl FnOnce(serde_json::Error) -> ImageError {
+    move |source| ImageError::Json { what, source }
+}
+
+fn oci_digest(d: &Sha256Digest) -> Digest {
+    // A Sha256Digest always renders as valid `sha256:<64 hex>`.
+    d.prefixed()
+        .parse()
+        .unwrap_or_else(|e| unreachable!("sha256 digest rejected by oci-spec: {e}"))
+}
+
+fn descriptor(media_type: MediaType, blob: &Blob) -> Result<Descriptor, ImageError> {
+    DescriptorBuilder::default()
+        .media_type(media_type)
+        .digest(oci_digest(&blob.digest))
+        .size(blob.size())
+        .build()
+        .map_err(build_err("descriptor"))
+}
+
+/// Builds config, manifest and both indexes for `layers` (bottom first).
+pub fn assemble(
+    reference: &ImageRef,
+    run: &RunConfig,
+    layers: &[Layer],
+) -> Result<ImageDocuments, ImageError> {
+    let config = Blob::new(config_json(run, layers)?);
+
+    let layer_descriptors = layers
+        .iter()
+        .map(|layer| {
+            DescriptorBuilder::default()
+                .media_type(MediaType::Other(layer.spec.media_type().to_string()))
+                .digest(oci_digest(&layer.sums.digest))
+                .size(layer.sums.size)
+                .build()
+                .map_err(build_err("layer descriptor"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(MediaType::ImageConfig, &config)?)
+        .layers(layer_descriptors)
+        .annotations(HashMap::from([(
+            "org.opencontainers.image.created".to_string(),
+            run.created.clone(),
+        )]))
+        .build()
+        .map_err(build_err("manifest"))?;
+    let manifest = Blob::new(json::canonical(&manifest).map_err(json_err("manifest"))?);
+
+    let mut manifest_descriptor = descriptor(MediaType::ImageManifest, &manifest)?;
+    manifest_descriptor.set_platform(Some(
+        PlatformBuilder::default()
+            .architecture(Arch::from(run.architecture.as_str()))
+            .os(Os::Linux)
+            .build()
+            .map_err(build_err("platform"))?,
+    ));
+    // Both names carry the full reference: containerd reads the first, skopeo/podman the second,
+    // and a short name would turn into `localhost/...` in podman.
+    manifest_descriptor.set_annotations(Some(HashMap::from([
+        ("io.containerd.image.name".to_string(), reference.full().to_string()),
+        ("org.opencontainers.image.ref.name".to_string(), reference.full().to_string()),
+    ])));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![manifest_descriptor])
+        .build()
+        .map_err(build_err("index"))?;
+    let index_json = json::canonical(&index).map_err(json_err("index"))?;
+
+    let docker_manifest_json = json::canonical(&serde_json::json!([{
+        "Config": blob_path(&config.digest),
+        "RepoTags": [reference.name_tag()],
+        "Layers": layers.iter().map(|l| blob_path(&l.sums.digest)).collect::<Vec<_>>(),
+    }]))
+    .map_err(json_err("manifest.json"))?;
+
+    Ok(ImageDocuments {
+        config,
+        manifest,
+        index_json,
+        docker_manifest_json,
+    })
+}
+
+/// Where a blob lives inside the exported tarball.
+pub fn blob_path(digest: &Sha256Digest) -> String {
+    format!("blobs/sha256/{}", digest.hex())
+}
+
+fn config_json(run: &RunConfig, layers: &[Layer]) -> Result<Vec<u8>, ImageError> {
+    let labels: HashMap<String, String> = run.labels.clone().into_iter().collect();
+    let config = ConfigBuilder::default()
+        .user(run.user.clone())
+        .exposed_ports(vec![format!("{}/tcp", run.exposed_port)])
+        .env(run.env.clone())
+        .entrypoint(run.entrypoint.clone())
+        .cmd(run.cmd.clone())
+        .working_dir(run.working_dir.clone())
+        .labels(labels)
+        .stop_signal("SIGTERM".to_string())
+        .build()
+        .map_err(build_err("config"))?;
+    let rootfs = RootFsBuilder::default()
+        .typ("layers".to_string())
+        .diff_ids(
+            layers
+                .iter()
+                .map(|l| l.sums.diff_id.prefixed())
+                .collect::<Vec<_>>(),
+        )
+        .build()
+        .map_err(build_err("rootfs"))?;
+    let history = layers
+        .iter()
+        .map(|l| {
+            HistoryBuilder::default()
+                .created(run.created.clone())
+                .created_by(l.spec.description.clone())
+                .comment(format!("{:?}", l.spec.role).to_lowercase())
+                .build()
+                .map_err(build_err("history"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let image = ImageConfigurationBuilder::default()
+        .created(run.created.clone())
+        .architecture(Arch::from(run.architecture.as_str()))
+        .os(Os::Linux)
+        .config(config)
+        .rootfs(rootfs)
+        .history(history)
+        .build()
+        .map_err(build_err("config"))?;
+
+    let mut value = serde_json::to_value(&image).map_err(json_err("config"))?;
+    let healthcheck = serde_json::to_value(&run.healthcheck).map_err(json_err("healthcheck"))?;
+    if let Some(config) = value.get_mut("config").and_then(|c| c.as_object_mut()) {
+        config.insert("Healthcheck".to_string(), healthcheck);
+    }
+    json::canonical(&value).map_err(json_err("config"))
+}

@@ -1,0 +1,179 @@
+//! Unit tests for layer production: determinism, metadata, big files, the second-pass check.
+
+use std::io::Read;
+
+use super::plan::with_parent_dirs;
+use super::*;
+use crate::progress::Silent;
+
+fn spec(entries: Vec<Entry>, compression: Compression) -> LayerSpec {
+    LayerSpec {
+        role: LayerRole::ModelFiles,
+        description: "test".into(),
+        entries: with_parent_dirs(entries),
+        compression,
+        mtime: 1_700_000_000,
+    }
+}
+
+fn bytes_of(layer: &Layer) -> Vec<u8> {
+    layer.write_to(Vec::new(), &Silent).unwrap()
+}
+
+#[test]
+fn tar_entries_carry_fixed_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w.safetensors");
+    std::fs::write(&weights, b"weights!").unwrap();
+    let layer = spec(
+        vec![
+            Entry::host_file("models/m/w.safetensors", weights, 8, 0o444),
+            Entry::dir("home/u", 0o750, 65532, 65532),
+        ],
+        Compression::None,
+    )
+    .measure(&Silent)
+    .unwrap();
+    let bytes = bytes_of(&layer);
+    assert_eq!(layer.sums.digest, Sha256Digest::of(&bytes));
+    assert_eq!(layer.sums.diff_id, layer.sums.digest);
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut seen = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let h = entry.header().clone();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        assert_eq!(h.mtime().unwrap(), 1_700_000_000, "{path}");
+        seen.push((path.clone(), h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap()));
+        if path == "models/m/w.safetensors" {
+            let mut content = String::new();
+            entry.read_to_string(&mut content).unwrap();
+            assert_eq!(content, "weights!");
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("home".into(), 0o755, 0, 0),
+            ("home/u".into(), 0o750, 65532, 65532),
+            ("models".into(), 0o755, 0, 0),
+            ("models/m".into(), 0o755, 0, 0),
+            ("models/m/w.safetensors".into(), 0o444, 0, 0),
+        ]
+    );
+    assert_eq!(layer.sums.files[0].sha256, Sha256Digest::of(b"weights!"));
+}
+
+#[test]
+fn same_spec_gives_same_bytes_whatever_the_entry_order() {
+    let a = vec![
+        Entry::bytes("etc/passwd", b"x".to_vec(), 0o644),
+        Entry::bytes("etc/group", b"y".to_vec(), 0o644),
+    ];
+    let mut b = a.clone();
+    b.reverse();
+    for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        let la = spec(a.clone(), compression).measure(&Silent).unwrap();
+        let lb = spec(b.clone(), compression).measure(&Silent).unwrap();
+        assert_eq!(la.sums, lb.sums, "{compression:?}");
+        assert_eq!(bytes_of(&la), bytes_of(&lb));
+    }
+}
+
+#[test]
+fn compressed_layers_have_distinct_digest_and_diff_id() {
+    let layer = spec(vec![Entry::bytes("etc/a", vec![b'a'; 10_000], 0o644)], Compression::Gzip)
+        .measure(&Silent)
+        .unwrap();
+    assert_ne!(layer.sums.digest, layer.sums.diff_id);
+    let stored = bytes_of(&layer);
+    assert_eq!(stored.len() as u64, layer.sums.size);
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&stored[..]).read_to_end(&mut raw).unwrap();
+    assert_eq!(Sha256Digest::of(&raw), layer.sums.diff_id);
+    // Fixed gzip header: no mtime, OS byte 255.
+    assert_eq!(&stored[4..8], &[0, 0, 0, 0]);
+    assert_eq!(stored[9], 255);
+}
+
+#[test]
+fn long_paths_and_symlinks_round_trip() {
+    let long = format!("usr/lib/{}/libx.so.1", "d".repeat(120));
+    let layer = spec(
+        vec![
+            Entry::bytes(long.clone(), b"elf".to_vec(), 0o555),
+            Entry::symlink("lib64", "usr/lib64"),
+        ],
+        Compression::None,
+    )
+    .measure(&Silent)
+    .unwrap();
+    let bytes = bytes_of(&layer);
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut found_long = false;
+    let mut found_link = false;
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        found_long |= path == long;
+        if path == "lib64" {
+            found_link = true;
+            assert_eq!(entry.header().entry_type(), tar::EntryType::Symlink);
+            assert_eq!(entry.link_name().unwrap().unwrap().to_str(), Some("usr/lib64"));
+        }
+    }
+    assert!(found_long && found_link);
+}
+
+#[test]
+fn file_changed_between_passes_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.bin");
+    std::fs::write(&path, b"aaaa").unwrap();
+    let layer = spec(vec![Entry::host_file("w.bin", path.clone(), 4, 0o444)], Compression::None)
+        .measure(&Silent)
+        .unwrap();
+    std::fs::write(&path, b"bbbb").unwrap();
+    assert!(matches!(
+        layer.write_to(Vec::new(), &Silent),
+        Err(LayerError::Unstable { .. })
+    ));
+    std::fs::write(&path, b"bb").unwrap();
+    assert!(matches!(
+        layer.write_to(Vec::new(), &Silent),
+        Err(LayerError::Changed { .. })
+    ));
+}
+
+/// A sparse 9 GiB file: its size does not fit the 11 octal digits of a ustar header, so the
+/// header must use GNU base-256; Go's archive/tar (Docker, containerd, podman) reads it.
+#[test]
+fn file_over_8_gib_gets_a_base256_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.safetensors");
+    let size: u64 = 9 << 30;
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(size).unwrap();
+    let mut header_bytes = Vec::new();
+    struct Capture<'a>(&'a mut Vec<u8>, u64);
+    impl std::io::Write for Capture<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let keep = (4096u64.saturating_sub(self.1) as usize).min(buf.len());
+            self.0.extend_from_slice(&buf[..keep]);
+            self.1 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let layer = spec(vec![Entry::host_file("big.safetensors", path, size, 0o444)], Compression::None)
+        .measure(&Silent)
+        .unwrap();
+    layer.write_to(Capture(&mut header_bytes, 0), &Silent).unwrap();
+    assert_eq!(layer.sums.size, 512 + size + 1024);
+    let header = tar::Header::from_byte_slice(&header_bytes[..512]);
+    assert_eq!(header.path().unwrap().to_str(), Some("big.safetensors"));
+    assert_eq!(header.as_old().size[0] & 0x80, 0x80, "size must use base-256");
+    assert_eq!(header.size().unwrap(), size);
+}

@@ -1,0 +1,22 @@
+//! appliance: turns a language model into a self-contained OCI image tarball for sites with no
+//! network.
+//!
+//! The build pipeline, one module per stage:
+//! [`manifest`] (what the user asks for) → [`fetch`] (model files on local disk) →
+//! [`layers`] (tar layers, measured then streamed) → [`image`] (config, manifest, indexes) →
+//! [`export`] (one tarball, written atomically). [`commands::build`] runs them in order;
+//! [`inspect`] reads a finished tarball back.
+
+pub mod commands;
+pub mod digest;
+pub mod export;
+pub mod fetch;
+pub mod image;
+pub mod inspect;
+pub mod json;
+pub mod layers;
+pub mod manifest;
+pub mod progress;
+pub mod server_binary;
+pub mod summary;
+pub mod userland;

@@ -1,0 +1,156 @@
+//! The `appliance` binary: parses the command line, runs a command, maps errors to exit codes
+//! (2 for manifest and usage errors, 1 for everything else).
+
+mod cli;
+mod reporter;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use appliance::commands::build::{self, BuildSettings, human_bytes};
+use appliance::inspect;
+use appliance::manifest::ManifestError;
+use appliance::summary::ImageSummary;
+use cli::{Cli, Command};
+use reporter::Reporter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  Caused by: {cause}");
+            }
+            if err.downcast_ref::<ManifestError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build {
+            manifest,
+            output,
+            quiet,
+            json,
+        } => {
+            let settings = BuildSettings {
+                manifest,
+                output: output.map(std::path::absolute).transpose()?,
+                cache_dir: cache_dir(),
+                exe_dir: exe_dir()?,
+                source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
+            };
+            let reporter = Reporter {
+                bars: std::io::stderr().is_terminal(),
+                quiet: quiet || json,
+            };
+            let outcome = build::build(&settings, &reporter, &reporter)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                if !quiet {
+                    eprintln!(
+                        "Built {} ({}, {} layers, {})",
+                        outcome.image.reference,
+                        outcome.image.manifest_digest,
+                        outcome.image.layers.len(),
+                        human_bytes(outcome.tarball_size)
+                    );
+                }
+                println!("{}", outcome.output.display());
+            }
+            Ok(())
+        }
+        Command::Inspect { tarball, json } => {
+            let summary = inspect::inspect(&tarball)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", render(&summary));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `APPLIANCE_CACHE`, else `$XDG_CACHE_HOME/appliance`, else `~/.cache/appliance`.
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("APPLIANCE_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("appliance");
+    }
+    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+    home.join(".cache").join("appliance")
+}
+
+fn exe_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("Failed to locate the running `appliance`")?;
+    Ok(exe.parent().map(PathBuf::from).unwrap_or_default())
+}
+
+/// The human table for `inspect`.
+fn render(s: &ImageSummary) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "Image:        {}", s.reference);
+    let _ = writeln!(out, "Digest:       {}", s.manifest_digest);
+    let _ = writeln!(out, "Config:       {}", s.config_digest);
+    let _ = writeln!(out, "Created:      {}", s.created);
+    let _ = writeln!(out, "Platform:     linux/{}", s.architecture);
+    let _ = writeln!(out, "User:         {}", s.user);
+    let _ = writeln!(out, "Entrypoint:   {}", s.entrypoint.join(" "));
+    if !s.cmd.is_empty() {
+        let _ = writeln!(out, "Cmd:          {}", s.cmd.join(" "));
+    }
+    let _ = writeln!(out, "Ports:        {}", s.exposed_ports.join(", "));
+    if let Some(hc) = &s.healthcheck {
+        let _ = writeln!(
+            out,
+            "Healthcheck:  {} (every {}s, timeout {}s, start period {}s, {} retries)",
+            hc.test.iter().skip(1).cloned().collect::<Vec<_>>().join(" "),
+            hc.interval / 1_000_000_000,
+            hc.timeout / 1_000_000_000,
+            hc.start_period / 1_000_000_000,
+            hc.retries
+        );
+    }
+    if let Some(m) = &s.model {
+        let _ = writeln!(out, "Model:        {} at {} ({})", m.name, m.path, m.source);
+        let _ = writeln!(out, "Revision:     {}", m.revision);
+        let _ = writeln!(out, "\n{:<64}  {:>12}  FILE", "SHA256", "SIZE");
+        for f in &m.files {
+            let _ = writeln!(out, "{:<64}  {:>12}  {}", f.sha256, f.size, f.path);
+        }
+    }
+    let _ = writeln!(out, "\n{:<3} {:<19} {:>12}  {:<6} CONTENT", "#", "DIGEST", "SIZE", "TYPE");
+    for (i, l) in s.layers.iter().enumerate() {
+        let kind = match l.media_type.rsplit_once('+') {
+            Some((_, c)) => c,
+            None => "tar",
+        };
+        let short = l.digest.get(..19).unwrap_or(&l.digest);
+        let _ = writeln!(
+            out,
+            "{:<3} {:<19} {:>12}  {:<6} {}",
+            i + 1,
+            short,
+            human_bytes(l.size),
+            kind,
+            l.created_by.trim_start_matches("appliance: ")
+        );
+    }
+    out
+}

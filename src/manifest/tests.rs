@@ -1,0 +1,146 @@
+//! Unit tests for manifest parsing and validation.
+
+use super::*;
+
+fn load_str(toml: &str) -> Result<Manifest, ManifestError> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("model")).unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, toml).unwrap();
+    Manifest::load(&path, None)
+}
+
+const MINIMAL: &str = r#"
+[image]
+name = "registry.local/llm/demo"
+tag = "0.1.0"
+[model]
+path = "model"
+"#;
+
+fn field_of(err: ManifestError) -> String {
+    match err {
+        ManifestError::Field { field, .. } => field,
+        other => panic!("expected a field error, got {other}"),
+    }
+}
+
+#[test]
+fn minimal_manifest_gets_documented_defaults() {
+    let m = load_str(MINIMAL).unwrap();
+    assert_eq!(m.server.port, 8000);
+    assert_eq!(m.server.served_model_name, "model");
+    assert_eq!((m.runtime.uid, m.runtime.gid), (65532, 65532));
+    assert_eq!(m.runtime.user, "appliance");
+    assert_eq!(m.runtime.base, Base::Host);
+    assert_eq!(m.image.created, 0);
+    assert_eq!(m.image.compression, Compression::None);
+    assert!(matches!(&m.model.source, ModelSource::Path(p) if p.is_absolute() && p.ends_with("model")));
+}
+
+#[test]
+fn relative_paths_resolve_against_the_manifest_dir() {
+    let m = load_str(&format!("{MINIMAL}\n[signing]\nkey = \"keys/a.key\"\n")).unwrap();
+    let manifest_dir = m.path.parent().unwrap();
+    assert_eq!(m.signing.unwrap().key, manifest_dir.join("keys/a.key"));
+}
+
+#[test]
+fn created_prefers_manifest_then_source_date_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("model")).unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    assert_eq!(Manifest::load(&path, Some("1700000000")).unwrap().image.created, 1_700_000_000);
+    let with_created = MINIMAL.replace("tag = \"0.1.0\"", "tag = \"0.1.0\"\ncreated = \"2025-01-31T12:00:00Z\"");
+    std::fs::write(&path, with_created).unwrap();
+    assert_eq!(Manifest::load(&path, Some("1700000000")).unwrap().image.created, 1_738_324_800);
+    std::fs::write(&path, MINIMAL).unwrap();
+    assert!(Manifest::load(&path, Some("yesterday")).is_err());
+}
+
+#[test]
+fn invalid_toml_reports_line_and_column() {
+    let err = load_str("[image]\nname = \"x\"\ntag = 1.0.0\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("line 3, column"), "{text}");
+}
+
+#[test]
+fn unknown_field_is_an_error_naming_it() {
+    let err = load_str(&MINIMAL.replace("tag = \"0.1.0\"", "tag = \"0.1.0\"\ntga = 1")).unwrap_err();
+    assert!(err.to_string().contains("unknown field `tga`"), "{err}");
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let err = load_str("[image]\nname = \"x\"\n[model]\npath = \"model\"\n").unwrap_err();
+    assert!(err.to_string().contains("missing field `tag`"), "{err}");
+}
+
+#[test]
+fn exactly_one_model_source() {
+    let two = MINIMAL.replace("path = \"model\"", "path = \"model\"\nhf = \"org/x\"");
+    let err = load_str(&two).unwrap_err();
+    assert!(err.to_string().contains("`path` and `hf`"), "{err}");
+    let none = MINIMAL.replace("path = \"model\"", "");
+    assert_eq!(field_of(load_str(&none).unwrap_err()), "model");
+}
+
+#[test]
+fn missing_model_dir_is_named() {
+    let err = load_str(&MINIMAL.replace("path = \"model\"", "path = \"nope\"")).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    assert!(err.to_string().contains("model.path"), "{err}");
+}
+
+#[test]
+fn hub_source_gets_default_globs_and_main() {
+    let m = load_str(&MINIMAL.replace("path = \"model\"", "hf = \"Qwen/Qwen2.5-0.5B-Instruct\"")).unwrap();
+    assert_eq!(
+        m.model.source,
+        ModelSource::Hub {
+            repo: "Qwen/Qwen2.5-0.5B-Instruct".into(),
+            revision: "main".into()
+        }
+    );
+    assert!(m.model.files.iter().any(|f| f == "*.safetensors"));
+    assert!(!m.model.files.iter().any(|f| f.contains(".bin")));
+    assert_eq!(m.server.served_model_name, "Qwen/Qwen2.5-0.5B-Instruct");
+}
+
+#[test]
+fn bad_values_name_their_field() {
+    let cases = [
+        (MINIMAL.replace("registry.local/llm/demo", "Bad Name"), "image.name"),
+        (MINIMAL.replace("0.1.0", ".bad"), "image.tag"),
+        (format!("{MINIMAL}[runtime]\nuid = 0\n"), "runtime.uid"),
+        (format!("{MINIMAL}[runtime]\nuser = \"Root User\"\n"), "runtime.user"),
+        (format!("{MINIMAL}[runtime]\nbase = \"ubuntu\"\n"), "runtime.base"),
+        (format!("{MINIMAL}[server]\nserved_model_name = \"../etc\"\n"), "server.served_model_name"),
+        (format!("{MINIMAL}[server.healthcheck]\ninterval = \"soon\"\n"), "server.healthcheck.interval"),
+        (format!("{MINIMAL}[model.sha256]\n\"config.json\" = \"xyz\"\n"), "model.sha256"),
+        (MINIMAL.replace("path = \"model\"", "hf = \"not-a-repo\""), "model.hf"),
+        (MINIMAL.replace("tag = \"0.1.0\"", "tag = \"0.1.0\"\ncreated = \"last week\""), "image.created"),
+    ];
+    for (toml, field) in cases {
+        assert_eq!(field_of(load_str(&toml).unwrap_err()), field, "{toml}");
+    }
+}
+
+#[test]
+fn healthcheck_durations_parse() {
+    let m = load_str(&format!(
+        "{MINIMAL}[server.healthcheck]\ninterval = \"1m30s\"\ntimeout = \"5\"\nstart_period = \"10m\"\nretries = 5\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        m.server.healthcheck,
+        HealthcheckSettings {
+            interval_secs: 90,
+            timeout_secs: 5,
+            start_period_secs: Some(600),
+            retries: 5
+        }
+    );
+}

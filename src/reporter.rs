@@ -1,0 +1,68 @@
+//! Draws the stages' progress with indicatif, on stderr, only when a person is watching.
+//!
+//! A bar appears only once a step has run for two seconds, so quick builds stay quiet and
+//! logs from CI (stderr not a terminal) carry no control codes.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use appliance::commands::build::BuildLog;
+use appliance::progress::{Progress, ProgressTask};
+
+const SHOW_AFTER: Duration = Duration::from_secs(2);
+
+pub struct Reporter {
+    pub bars: bool,
+    pub quiet: bool,
+}
+
+impl Progress for Reporter {
+    fn task(&self, label: &str, total_bytes: u64) -> Box<dyn ProgressTask + '_> {
+        let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::hidden());
+        let style = ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(label.to_string());
+        Box::new(Task {
+            bar,
+            enabled: self.bars && !self.quiet,
+            started: Instant::now(),
+            shown: std::cell::Cell::new(false),
+        })
+    }
+}
+
+impl BuildLog for Reporter {
+    fn step(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("{message}");
+        }
+    }
+}
+
+struct Task {
+    bar: ProgressBar,
+    enabled: bool,
+    started: Instant,
+    shown: std::cell::Cell<bool>,
+}
+
+impl ProgressTask for Task {
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+        if self.enabled && !self.shown.get() && self.started.elapsed() >= SHOW_AFTER {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            self.shown.set(true);
+        }
+    }
+
+    fn finish(&self) {
+        if self.shown.get() {
+            self.bar.finish_and_clear();
+        }
+    }
+}

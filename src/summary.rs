@@ -1,0 +1,99 @@
+//! Defines `ImageSummary`: what an image is, in the shape both `build --json` and
+//! `inspect --json` print, so one can be checked against the other.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::Healthcheck;
+
+/// Label keys the builder owns; a manifest may not set them.
+pub mod labels {
+    pub const PREFIX: &str = "appliance.";
+    pub const BUILDER_VERSION: &str = "appliance.builder.version";
+    pub const MODEL_NAME: &str = "appliance.model.name";
+    pub const MODEL_PATH: &str = "appliance.model.path";
+    pub const MODEL_SOURCE: &str = "appliance.model.source";
+    pub const MODEL_REVISION: &str = "appliance.model.revision";
+    /// JSON array of `{path, sha256, size}`.
+    pub const MODEL_FILES: &str = "appliance.model.files";
+    /// sha256 of the `sha256sum`-style listing of the model files (see `files_digest`).
+    pub const MODEL_FILES_SHA256: &str = "appliance.model.files.sha256";
+    pub const MODEL_SYNTHETIC: &str = "appliance.model.synthetic";
+    pub const SERVER_VERSION: &str = "appliance.server.version";
+    pub const SERVER_FEATURES: &str = "appliance.server.features";
+    pub const SERVER_SHA256: &str = "appliance.server.sha256";
+    pub const SERVER_TARGET: &str = "appliance.server.target";
+    pub const SERVER_DEVICE: &str = "appliance.server.device";
+    pub const USERLAND: &str = "appliance.runtime.base";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// `name:tag` as written in the manifest.
+    pub reference: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub architecture: String,
+    pub created: String,
+    pub user: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub exposed_ports: Vec<String>,
+    pub healthcheck: Option<Healthcheck>,
+    pub labels: BTreeMap<String, String>,
+    pub layers: Vec<LayerSummary>,
+    pub model: Option<ModelSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSummary {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub path: String,
+    pub source: String,
+    pub revision: String,
+    pub files: Vec<ModelFileSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ModelFileSummary {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// The digest auditors can recompute with `sha256sum`: in the model directory,
+/// `sha256sum $(find . -type f | sort) | sed 's| \./| |' | sha256sum` hashes the lines
+/// `<hex>  <path>\n` in path order, which is what this hashes.
+pub fn files_digest(files: &[ModelFileSummary]) -> crate::digest::Sha256Digest {
+    let mut sorted: Vec<&ModelFileSummary> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let listing: String = sorted
+        .iter()
+        .map(|f| format!("{}  {}\n", f.sha256, f.path))
+        .collect();
+    crate::digest::Sha256Digest::of(listing.as_bytes())
+}
+
+impl ModelSummary {
+    /// Rebuilds the model summary from the labels the builder wrote.
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<Self> {
+        Some(Self {
+            name: labels.get(labels::MODEL_NAME)?.clone(),
+            path: labels.get(labels::MODEL_PATH)?.clone(),
+            source: labels.get(labels::MODEL_SOURCE)?.clone(),
+            revision: labels.get(labels::MODEL_REVISION)?.clone(),
+            files: serde_json::from_str(labels.get(labels::MODEL_FILES)?).ok()?,
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! Provides the files the server needs to start (loader, libc, ...), per `[runtime] base`.
+
+pub mod host;
+
+use std::path::{Path, PathBuf};
+
+use crate::layers::Entry;
+use crate::manifest::Base;
+
+/// A packaged userland file, as recorded for audits.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UserlandFile {
+    pub path: String,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+}
+
+/// Layer entries plus what they are, for labels and SBOMs.
+#[derive(Debug, Clone, Default)]
+pub struct Userland {
+    pub entries: Vec<Entry>,
+    pub files: Vec<UserlandFile>,
+    /// Libraries left for the container runtime to inject (the NVIDIA driver's).
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserlandError {
+    #[error(transparent)]
+    Host(#[from] host::UserlandError),
+    #[error(
+        "`runtime.base = \"scratch\"` needs a statically linked server, but `{path}` is dynamically \
+         linked (it needs the loader `{interpreter}`); use `base = \"host\"` or a static (musl) build"
+    )]
+    NotStatic { path: PathBuf, interpreter: String },
+    #[error("Failed to read `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` is not an ELF executable: {message}")]
+    NotElf { path: PathBuf, message: String },
+    #[error("A base image (`runtime.base = {{ image = ... }}`) is not supported by this version of appliance; use `host` or `scratch`")]
+    BaseImageUnsupported,
+}
+
+/// Resolves the userland `executables` need under `base`.
+pub fn resolve(base: &Base, executables: &[PathBuf]) -> Result<Userland, UserlandError> {
+    match base {
+        Base::Scratch => {
+            for exe in executables {
+                if let Some(interpreter) = interpreter_of(exe)? {
+                    return Err(UserlandError::NotStatic {
+                        path: exe.clone(),
+                        interpreter,
+                    });
+                }
+            }
+            Ok(Userland::default())
+        }
+        Base::Host => {
+            let closure = host::HostResolver::new("/").resolve(executables)?;
+            Ok(from_closure(closure))
+        }
+        Base::Image { .. } => Err(UserlandError::BaseImageUnsupported),
+    }
+}
+
+fn from_closure(closure: host::Closure) -> Userland {
+    let mut userland = Userland::default();
+    for entry in closure.entries {
+        match entry {
+            host::ClosureEntry::File {
+                path,
+                host_path,
+                size,
+                mode,
+                package,
+            } => {
+                let rel = path.trim_start_matches('/').to_string();
+                userland.files.push(UserlandFile {
+                    path: path.clone(),
+                    size,
+                    package: package.map(|p| format!("{}={}", p.name, p.version)),
+                });
+                // Libraries keep their execute bits but lose any write bit: nothing in the
+                // image should be writable by anyone.
+                userland
+                    .entries
+                    .push(Entry::host_file(rel, host_path, size, mode & 0o555));
+            }
+            host::ClosureEntry::Symlink { path, target } => {
+                userland
+                    .entries
+                    .push(Entry::symlink(path.trim_start_matches('/'), target));
+            }
+            host::ClosureEntry::Dir { path } => {
+                userland
+                    .entries
+                    .push(Entry::dir(path.trim_start_matches('/'), 0o755, 0, 0));
+            }
+        }
+    }
+    userland.skipped = closure.skipped.into_iter().map(|s| s.soname).collect();
+    userland
+}
+
+/// The ELF interpreter (`PT_INTERP`) of `path`, or `None` for a static executable.
+fn interpreter_of(path: &Path) -> Result<Option<String>, UserlandError> {
+    let bytes = std::fs::read(path).map_err(|source| UserlandError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| UserlandError::NotElf {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(elf.interpreter.map(str::to_string))
+}

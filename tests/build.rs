@@ -1,0 +1,250 @@
+//! `appliance build` and `appliance inspect` driven as a user would: the real binary, real
+//! manifests, the reference fixture checkpoints; bad input checked for message, exit code and
+//! that nothing is left at the output path.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::paths::{appliance_bin, shared_fixtures};
+
+/// A manifest for the `llama-gqa` fixture, written into `dir` with `extra` TOML appended.
+fn manifest(dir: &Path, extra: &str) -> PathBuf {
+    let model = shared_fixtures().join("models/llama-gqa");
+    let text = format!(
+        "[image]\nname = \"registry.local/llm/llama-gqa\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
+         [model]\npath = \"{}\"\n{extra}",
+        model.display()
+    );
+    let path = dir.join("manifest.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn appliance(args: &[&str], cwd: &Path) -> Output {
+    Command::new(appliance_bin())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run appliance")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// Reads every entry of an image layer blob inside the tarball: path → (mode, uid, gid, bytes).
+fn layer_entries(tarball: &Path) -> BTreeMap<String, (u32, u64, u64, Vec<u8>)> {
+    let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut outer = tar::Archive::new(std::fs::File::open(tarball).unwrap());
+    for e in outer.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        e.read_to_end(&mut bytes).unwrap();
+        blobs.insert(name, bytes);
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&blobs["manifest.json"]).unwrap();
+    let mut out = BTreeMap::new();
+    for layer in manifest[0]["Layers"].as_array().unwrap() {
+        let mut archive = tar::Archive::new(&blobs[layer.as_str().unwrap()][..]);
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let h = e.header().clone();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            out.insert(path, (h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap(), bytes));
+        }
+    }
+    out
+}
+
+#[test]
+fn build_writes_a_tarball_with_server_weights_and_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), "");
+    let out = appliance(&["build", m.to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let tarball = dir.path().join("dist/llama-gqa-0.1.0.tar");
+    assert_eq!(printed.trim(), tarball.to_str().unwrap());
+    assert!(!dir.path().join("dist/llama-gqa-0.1.0.tar.tmp").exists());
+
+    let entries = layer_entries(&tarball);
+    let (mode, uid, _, _) = &entries["usr/local/bin/appliance-server"];
+    assert_eq!((*mode, *uid), (0o555, 0));
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    for file in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+        let (mode, uid, gid, bytes) = &entries[&format!("models/llama-gqa/{file}")];
+        assert_eq!((*mode, *uid, *gid), (0o444, 0, 0), "{file}");
+        assert_eq!(bytes, &std::fs::read(fixture.join(file)).unwrap(), "{file}");
+    }
+    assert!(!entries.contains_key("models/llama-gqa/reference.json"), "not a model file");
+    let passwd = String::from_utf8(entries["etc/passwd"].3.clone()).unwrap();
+    assert!(passwd.contains("appliance:x:65532:65532:"), "{passwd}");
+    assert_eq!(entries["tmp"].0, 0o1777);
+    assert_eq!(&entries["home/appliance"].1..=&entries["home/appliance"].2, &65532..=&65532);
+    assert!(entries.contains_key("etc/ld.so.conf.d"));
+    // The host userland brings the loader and libc the server needs.
+    assert!(entries.keys().any(|p| p.ends_with("libc.so.6")), "no libc in image");
+}
+
+#[test]
+fn export_is_byte_reproducible() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let m = manifest(a.path(), "[image.labels]\n\"org.example.team\" = \"ml\"\n");
+    let out_a = a.path().join("one.tar");
+    let first = Command::new(appliance_bin())
+        .args(["build", m.to_str().unwrap(), "--output", out_a.to_str().unwrap(), "--quiet"])
+        .current_dir(a.path())
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Different working dir, relative manifest path, time zone, locale, umask and output name.
+    let out_b = b.path().join("nested/two.tar");
+    let rel_manifest = pathdiff(&m, b.path());
+    let second = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 077 && exec '{}' build '{}' --output '{}' --quiet",
+            appliance_bin().display(),
+            rel_manifest.display(),
+            out_b.display()
+        ))
+        .current_dir(b.path())
+        .env("TZ", "Asia/Kolkata")
+        .env("LC_ALL", "de_DE.UTF-8")
+        .env("SOURCE_DATE_EPOCH", "12345")
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(sha256_file(&out_a), sha256_file(&out_b));
+}
+
+/// `b/../a/manifest.toml`-style relative path from `from` to `to`.
+fn pathdiff(to: &Path, from: &Path) -> PathBuf {
+    let depth = from.components().count() - 1;
+    let mut rel = PathBuf::new();
+    for _ in 0..depth {
+        rel.push("..");
+    }
+    rel.join(to.strip_prefix("/").unwrap())
+}
+
+#[test]
+fn inspect_json_round_trips_build_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), "[server]\nargs = [\"--max-concurrent-requests\", \"4\"]\n");
+    let out = appliance(&["build", m.to_str().unwrap(), "--json"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tarball = built["output"].as_str().unwrap();
+    let inspected = appliance(&["inspect", tarball, "--json"], dir.path());
+    assert!(inspected.status.success(), "{}", stderr(&inspected));
+    let inspected: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(built["image"], inspected);
+
+    let image = &built["image"];
+    assert_eq!(image["user"], "65532:65532");
+    assert_eq!(image["cmd"], serde_json::json!(["--max-concurrent-requests", "4"]));
+    assert_eq!(image["exposed_ports"], serde_json::json!(["8000/tcp"]));
+    let files = image["model"]["files"].as_array().unwrap();
+    let weights = files.iter().find(|f| f["path"] == "model.safetensors").unwrap();
+    let fixture = shared_fixtures().join("models/llama-gqa/model.safetensors");
+    assert_eq!(weights["sha256"].as_str().unwrap(), sha256_file(&fixture));
+
+    let human = appliance(&["inspect", tarball], dir.path());
+    let text = String::from_utf8(human.stdout).unwrap();
+    assert!(text.contains("registry.local/llm/llama-gqa:0.1.0"), "{text}");
+    assert!(text.contains("weights model.safetensors"), "{text}");
+}
+
+#[test]
+fn pinned_digests_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = shared_fixtures().join("models/llama-gqa/config.json");
+    let good = sha256_file(&fixture);
+    let m = manifest(dir.path(), &format!("[model.sha256]\n\"config.json\" = \"{good}\"\n"));
+    let out = appliance(&["build", m.to_str().unwrap(), "--quiet"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let bad = "0".repeat(64);
+    let m = manifest(dir.path(), &format!("[model.sha256]\n\"config.json\" = \"{bad}\"\n"));
+    let target = dir.path().join("pinned.tar");
+    let out = appliance(&["build", m.to_str().unwrap(), "-o", target.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("config.json") && err.contains(&bad) && err.contains(&good), "{err}");
+    assert!(!target.exists() && !dir.path().join("pinned.tar.tmp").exists());
+}
+
+/// Each bad input: expected exit code and a fragment the message must contain.
+#[test]
+fn bad_input_fails_clearly_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_as_dir = dir.path().join("a-file");
+    std::fs::write(&file_as_dir, "x").unwrap();
+    let out_dir = dir.path().join("is-a-dir.tar");
+    std::fs::create_dir(&out_dir).unwrap();
+    let base = "[image]\nname = \"registry.local/x\"\ntag = \"1\"\n[model]\npath = \"m\"\n";
+    std::fs::create_dir(dir.path().join("m")).unwrap();
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    let cases: Vec<(&str, String, Vec<&str>, i32, Vec<String>)> = vec![
+        ("invalid toml", "[image\nname = 1".into(), vec![], 2, vec!["line 1, column".into()]),
+        ("unknown field", base.replace("tag = \"1\"", "tag = \"1\"\ncolour = \"red\""), vec![], 2, vec!["unknown field `colour`".into()]),
+        ("missing field", base.replace("tag = \"1\"\n", ""), vec![], 2, vec!["missing field `tag`".into()]),
+        ("two sources", base.replace("path = \"m\"", "path = \"m\"\nhf = \"a/b\""), vec![], 2, vec!["exactly one source".into()]),
+        ("missing model dir", base.replace("path = \"m\"", "path = \"gone\""), vec![], 2, vec!["model.path".into(), "gone".into()]),
+        ("empty model dir", base.to_string(), vec![], 1, vec!["No file in".into()]),
+        ("pinned file missing", format!("{}[model.sha256]\n\"absent.safetensors\" = \"{}\"\n", base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())), "0".repeat(64)), vec![], 1, vec!["absent.safetensors".into()]),
+        ("invalid name", base.replace("registry.local/x", "Registry/UPPER"), vec![], 2, vec!["image.name".into()]),
+        ("invalid tag", base.replace("tag = \"1\"", "tag = \"-1\""), vec![], 2, vec!["image.tag".into()]),
+        ("output under a file", base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())), vec!["-o", "a-file/out.tar"], 1, vec!["a-file".into()]),
+        ("unwritable output dir", base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())), vec!["-o", "/proc/appliance/out.tar"], 1, vec!["/proc/appliance".into()]),
+        ("output is a directory", base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())), vec!["-o", "is-a-dir.tar"], 1, vec!["is a directory".into()]),
+    ];
+    for (name, toml, args, code, fragments) in cases {
+        let m = dir.path().join("bad.toml");
+        std::fs::write(&m, &toml).unwrap();
+        let mut all = vec!["build", m.to_str().unwrap()];
+        all.extend(args.iter().copied());
+        let out = appliance(&all, dir.path());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{name}: {err}");
+        for f in fragments {
+            assert!(err.contains(&f), "{name}: expected `{f}` in: {err}");
+        }
+        assert!(err.starts_with("error: "), "{name}: {err}");
+        assert!(!dir.path().join("dist").exists(), "{name}: wrote dist/");
+        let leftovers: Vec<_> = walk(dir.path())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "tmp" || e == "tar") && p != &out_dir)
+            .collect();
+        assert!(leftovers.is_empty(), "{name}: left {leftovers:?}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}

@@ -1,0 +1,39 @@
+//! Shared harness for the integration tests: real tools, real daemons, no mocks.
+//!
+//! Each test binary includes it with `mod support;` and uses the part it needs:
+//!
+//! - [`dockerd`]: a private Docker Engine per test (`Dockerd::start()`), torn down on drop and, if the
+//!   test process dies first, by a supervisor process that outlives it.
+//! - [`tools`]: skopeo, umoci and podman wrappers that panic with an install hint when a tool is
+//!   missing, and isolate every piece of state they write in temp dirs.
+//! - [`http`]: a tiny std-only HTTP/1.1 client for driving `appliance-server` (no client crate).
+//! - [`paths`]: the binaries under test and the shared fixtures (`../shared/fixtures`).
+//! - [`process`]: running a command with a timeout and a panic that shows its output.
+//!
+//! Nothing here skips: a missing tool, fixture or binary is a test failure with a message that says
+//! what to run (`scripts/install-test-deps`, `cargo build --workspace`).
+#![allow(dead_code)]
+
+pub mod cleanup;
+pub mod dockerd;
+pub mod http;
+pub mod paths;
+pub mod process;
+pub mod tools;
+
+#[allow(unused_imports)]
+pub use dockerd::Dockerd;
+#[allow(unused_imports)]
+pub use http::{
+    HttpResponse, free_port, http_get, http_post_json, http_request, try_http_request,
+    wait_for_http,
+};
+#[allow(unused_imports)]
+pub use paths::{appliance_bin, server_bin, shared_dir, shared_fixtures, workspace_root};
+#[allow(unused_imports)]
+pub use process::{run_ok, run_with_timeout};
+#[allow(unused_imports)]
+pub use tools::{
+    Podman, Unpacked, podman_load, require_tool, skopeo_inspect, skopeo_inspect_config,
+    skopeo_inspect_raw, umoci_unpack,
+};
