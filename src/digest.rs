@@ -39,7 +39,9 @@ impl Sha256Digest {
     pub fn parse_prefixed(text: &str) -> Result<Self, String> {
         match text.strip_prefix("sha256:") {
             Some(hex) => Self::parse(hex),
-            None => Err(format!("`{text}` is not a digest of the form `sha256:<64 hex>`")),
+            None => Err(format!(
+                "`{text}` is not a digest of the form `sha256:<64 hex>`"
+            )),
         }
     }
 
@@ -175,7 +177,10 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(Sha256Digest::parse(&empty.hex()).unwrap(), empty);
-        assert_eq!(Sha256Digest::parse_prefixed(&empty.prefixed()).unwrap(), empty);
+        assert_eq!(
+            Sha256Digest::parse_prefixed(&empty.prefixed()).unwrap(),
+            empty
+        );
     }
 
     #[test]

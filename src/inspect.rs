@@ -161,11 +161,20 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
         let manifest: Manifest = serde_json::from_value(parse(&blob, bytes)?)
             .map_err(|e| invalid(format!("`{blob}`: {e}")))?;
         let reference = docker_reference(&docs)
-            .or_else(|| entry.annotations.get("org.opencontainers.image.ref.name").cloned())
+            .or_else(|| {
+                entry
+                    .annotations
+                    .get("org.opencontainers.image.ref.name")
+                    .cloned()
+            })
             .unwrap_or_default();
         (entry.digest.clone(), reference, Some(manifest))
     } else {
-        (String::new(), docker_reference(&docs).unwrap_or_default(), None)
+        (
+            String::new(),
+            docker_reference(&docs).unwrap_or_default(),
+            None,
+        )
     };
 
     let config_path = match &manifest {

@@ -120,7 +120,12 @@ fn render(s: &ImageSummary) -> String {
         let _ = writeln!(
             out,
             "Healthcheck:  {} (every {}s, timeout {}s, start period {}s, {} retries)",
-            hc.test.iter().skip(1).cloned().collect::<Vec<_>>().join(" "),
+            hc.test
+                .iter()
+                .skip(1)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" "),
             hc.interval / 1_000_000_000,
             hc.timeout / 1_000_000_000,
             hc.start_period / 1_000_000_000,
@@ -135,7 +140,11 @@ fn render(s: &ImageSummary) -> String {
             let _ = writeln!(out, "{:<64}  {:>12}  {}", f.sha256, f.size, f.path);
         }
     }
-    let _ = writeln!(out, "\n{:<3} {:<19} {:>12}  {:<6} CONTENT", "#", "DIGEST", "SIZE", "TYPE");
+    let _ = writeln!(
+        out,
+        "\n{:<3} {:<19} {:>12}  {:<6} CONTENT",
+        "#", "DIGEST", "SIZE", "TYPE"
+    );
     for (i, l) in s.layers.iter().enumerate() {
         let kind = match l.media_type.rsplit_once('+') {
             Some((_, c)) => c,

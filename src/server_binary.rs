@@ -200,7 +200,11 @@ mod tests {
             for part in blob.chunks(chunk) {
                 finder.feed(part);
             }
-            assert_eq!(finder.found.as_deref(), Some(&info_json()[..]), "chunk {chunk}");
+            assert_eq!(
+                finder.found.as_deref(),
+                Some(&info_json()[..]),
+                "chunk {chunk}"
+            );
         }
     }
 
@@ -226,6 +230,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("other");
         std::fs::write(&path, b"\x7fELF not ours").unwrap();
-        assert!(matches!(inspect(&path), Err(ServerBinaryError::NoMarker { .. })));
+        assert!(matches!(
+            inspect(&path),
+            Err(ServerBinaryError::NoMarker { .. })
+        ));
     }
 }

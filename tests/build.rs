@@ -62,7 +62,10 @@ fn layer_entries(tarball: &Path) -> BTreeMap<String, (u32, u64, u64, Vec<u8>)> {
             let path = e.path().unwrap().to_string_lossy().into_owned();
             let mut bytes = Vec::new();
             e.read_to_end(&mut bytes).unwrap();
-            out.insert(path, (h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap(), bytes));
+            out.insert(
+                path,
+                (h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap(), bytes),
+            );
         }
     }
     out
@@ -83,19 +86,33 @@ fn build_writes_a_tarball_with_server_weights_and_user() {
     let (mode, uid, _, _) = &entries["usr/local/bin/appliance-server"];
     assert_eq!((*mode, *uid), (0o555, 0));
     let fixture = shared_fixtures().join("models/llama-gqa");
-    for file in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+    for file in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         let (mode, uid, gid, bytes) = &entries[&format!("models/llama-gqa/{file}")];
         assert_eq!((*mode, *uid, *gid), (0o444, 0, 0), "{file}");
         assert_eq!(bytes, &std::fs::read(fixture.join(file)).unwrap(), "{file}");
     }
-    assert!(!entries.contains_key("models/llama-gqa/reference.json"), "not a model file");
+    assert!(
+        !entries.contains_key("models/llama-gqa/reference.json"),
+        "not a model file"
+    );
     let passwd = String::from_utf8(entries["etc/passwd"].3.clone()).unwrap();
     assert!(passwd.contains("appliance:x:65532:65532:"), "{passwd}");
     assert_eq!(entries["tmp"].0, 0o1777);
-    assert_eq!(&entries["home/appliance"].1..=&entries["home/appliance"].2, &65532..=&65532);
+    assert_eq!(
+        &entries["home/appliance"].1..=&entries["home/appliance"].2,
+        &65532..=&65532
+    );
     assert!(entries.contains_key("etc/ld.so.conf.d"));
     // The host userland brings the loader and libc the server needs.
-    assert!(entries.keys().any(|p| p.ends_with("libc.so.6")), "no libc in image");
+    assert!(
+        entries.keys().any(|p| p.ends_with("libc.so.6")),
+        "no libc in image"
+    );
 }
 
 #[test]
@@ -105,7 +122,13 @@ fn export_is_byte_reproducible() {
     let m = manifest(a.path(), "[image.labels]\n\"org.example.team\" = \"ml\"\n");
     let out_a = a.path().join("one.tar");
     let first = Command::new(appliance_bin())
-        .args(["build", m.to_str().unwrap(), "--output", out_a.to_str().unwrap(), "--quiet"])
+        .args([
+            "build",
+            m.to_str().unwrap(),
+            "--output",
+            out_a.to_str().unwrap(),
+            "--quiet",
+        ])
         .current_dir(a.path())
         .env("TZ", "UTC")
         .env("LC_ALL", "C")
@@ -147,7 +170,10 @@ fn pathdiff(to: &Path, from: &Path) -> PathBuf {
 #[test]
 fn inspect_json_round_trips_build_json() {
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(dir.path(), "[server]\nargs = [\"--max-concurrent-requests\", \"4\"]\n");
+    let m = manifest(
+        dir.path(),
+        "[server]\nargs = [\"--max-concurrent-requests\", \"4\"]\n",
+    );
     let out = appliance(&["build", m.to_str().unwrap(), "--json"], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -159,16 +185,25 @@ fn inspect_json_round_trips_build_json() {
 
     let image = &built["image"];
     assert_eq!(image["user"], "65532:65532");
-    assert_eq!(image["cmd"], serde_json::json!(["--max-concurrent-requests", "4"]));
+    assert_eq!(
+        image["cmd"],
+        serde_json::json!(["--max-concurrent-requests", "4"])
+    );
     assert_eq!(image["exposed_ports"], serde_json::json!(["8000/tcp"]));
     let files = image["model"]["files"].as_array().unwrap();
-    let weights = files.iter().find(|f| f["path"] == "model.safetensors").unwrap();
+    let weights = files
+        .iter()
+        .find(|f| f["path"] == "model.safetensors")
+        .unwrap();
     let fixture = shared_fixtures().join("models/llama-gqa/model.safetensors");
     assert_eq!(weights["sha256"].as_str().unwrap(), sha256_file(&fixture));
 
     let human = appliance(&["inspect", tarball], dir.path());
     let text = String::from_utf8(human.stdout).unwrap();
-    assert!(text.contains("registry.local/llm/llama-gqa:0.1.0"), "{text}");
+    assert!(
+        text.contains("registry.local/llm/llama-gqa:0.1.0"),
+        "{text}"
+    );
     assert!(text.contains("weights model.safetensors"), "{text}");
 }
 
@@ -177,19 +212,34 @@ fn pinned_digests_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = shared_fixtures().join("models/llama-gqa/config.json");
     let good = sha256_file(&fixture);
-    let m = manifest(dir.path(), &format!("[model.sha256]\n\"config.json\" = \"{good}\"\n"));
+    let m = manifest(
+        dir.path(),
+        &format!("[model.sha256]\n\"config.json\" = \"{good}\"\n"),
+    );
     let out = appliance(&["build", m.to_str().unwrap(), "--quiet"], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
 
     let bad = "0".repeat(64);
-    let m = manifest(dir.path(), &format!("[model.sha256]\n\"config.json\" = \"{bad}\"\n"));
+    let m = manifest(
+        dir.path(),
+        &format!("[model.sha256]\n\"config.json\" = \"{bad}\"\n"),
+    );
     let target = dir.path().join("pinned.tar");
-    let out = appliance(&["build", m.to_str().unwrap(), "-o", target.to_str().unwrap()], dir.path());
+    let out = appliance(
+        &["build", m.to_str().unwrap(), "-o", target.to_str().unwrap()],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("config.json") && err.contains(&bad) && err.contains(&good), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains(&bad) && err.contains(&good),
+        "{err}"
+    );
     assert!(!target.exists() && !dir.path().join("pinned.tar.tmp").exists());
 }
+
+/// A bad input: name, manifest text, extra args, expected exit code, fragments of the message.
+type BadCase<'a> = (&'a str, String, Vec<&'a str>, i32, Vec<String>);
 
 /// Each bad input: expected exit code and a fragment the message must contain.
 #[test]
@@ -202,19 +252,95 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     let base = "[image]\nname = \"registry.local/x\"\ntag = \"1\"\n[model]\npath = \"m\"\n";
     std::fs::create_dir(dir.path().join("m")).unwrap();
     let fixture = shared_fixtures().join("models/llama-gqa");
-    let cases: Vec<(&str, String, Vec<&str>, i32, Vec<String>)> = vec![
-        ("invalid toml", "[image\nname = 1".into(), vec![], 2, vec!["line 1, column".into()]),
-        ("unknown field", base.replace("tag = \"1\"", "tag = \"1\"\ncolour = \"red\""), vec![], 2, vec!["unknown field `colour`".into()]),
-        ("missing field", base.replace("tag = \"1\"\n", ""), vec![], 2, vec!["missing field `tag`".into()]),
-        ("two sources", base.replace("path = \"m\"", "path = \"m\"\nhf = \"a/b\""), vec![], 2, vec!["exactly one source".into()]),
-        ("missing model dir", base.replace("path = \"m\"", "path = \"gone\""), vec![], 2, vec!["model.path".into(), "gone".into()]),
-        ("empty model dir", base.to_string(), vec![], 1, vec!["No file in".into()]),
-        ("pinned file missing", format!("{}[model.sha256]\n\"absent.safetensors\" = \"{}\"\n", base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())), "0".repeat(64)), vec![], 1, vec!["absent.safetensors".into()]),
-        ("invalid name", base.replace("registry.local/x", "Registry/UPPER"), vec![], 2, vec!["image.name".into()]),
-        ("invalid tag", base.replace("tag = \"1\"", "tag = \"-1\""), vec![], 2, vec!["image.tag".into()]),
-        ("output under a file", base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())), vec!["-o", "a-file/out.tar"], 1, vec!["a-file".into()]),
-        ("unwritable output dir", base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())), vec!["-o", "/proc/appliance/out.tar"], 1, vec!["/proc/appliance".into()]),
-        ("output is a directory", base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())), vec!["-o", "is-a-dir.tar"], 1, vec!["is a directory".into()]),
+    let cases: Vec<BadCase> = vec![
+        (
+            "invalid toml",
+            "[image\nname = 1".into(),
+            vec![],
+            2,
+            vec!["line 1, column".into()],
+        ),
+        (
+            "unknown field",
+            base.replace("tag = \"1\"", "tag = \"1\"\ncolour = \"red\""),
+            vec![],
+            2,
+            vec!["unknown field `colour`".into()],
+        ),
+        (
+            "missing field",
+            base.replace("tag = \"1\"\n", ""),
+            vec![],
+            2,
+            vec!["missing field `tag`".into()],
+        ),
+        (
+            "two sources",
+            base.replace("path = \"m\"", "path = \"m\"\nhf = \"a/b\""),
+            vec![],
+            2,
+            vec!["exactly one source".into()],
+        ),
+        (
+            "missing model dir",
+            base.replace("path = \"m\"", "path = \"gone\""),
+            vec![],
+            2,
+            vec!["model.path".into(), "gone".into()],
+        ),
+        (
+            "empty model dir",
+            base.to_string(),
+            vec![],
+            1,
+            vec!["No file in".into()],
+        ),
+        (
+            "pinned file missing",
+            format!(
+                "{}[model.sha256]\n\"absent.safetensors\" = \"{}\"\n",
+                base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())),
+                "0".repeat(64)
+            ),
+            vec![],
+            1,
+            vec!["absent.safetensors".into()],
+        ),
+        (
+            "invalid name",
+            base.replace("registry.local/x", "Registry/UPPER"),
+            vec![],
+            2,
+            vec!["image.name".into()],
+        ),
+        (
+            "invalid tag",
+            base.replace("tag = \"1\"", "tag = \"-1\""),
+            vec![],
+            2,
+            vec!["image.tag".into()],
+        ),
+        (
+            "output under a file",
+            base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())),
+            vec!["-o", "a-file/out.tar"],
+            1,
+            vec!["a-file".into()],
+        ),
+        (
+            "unwritable output dir",
+            base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())),
+            vec!["-o", "/proc/appliance/out.tar"],
+            1,
+            vec!["/proc/appliance".into()],
+        ),
+        (
+            "output is a directory",
+            base.replace("path = \"m\"", &format!("path = \"{}\"", fixture.display())),
+            vec!["-o", "is-a-dir.tar"],
+            1,
+            vec!["is a directory".into()],
+        ),
     ];
     for (name, toml, args, code, fragments) in cases {
         let m = dir.path().join("bad.toml");
@@ -227,7 +353,10 @@ fn bad_input_fails_clearly_and_writes_nothing() {
         for f in fragments {
             assert!(err.contains(&f), "{name}: expected `{f}` in: {err}");
         }
-        assert!(err.starts_with("error: "), "{name}: {err}");
+        assert!(
+            err.lines().any(|l| l.starts_with("error: ")),
+            "{name}: {err}"
+        );
         assert!(!dir.path().join("dist").exists(), "{name}: wrote dist/");
         let leftovers: Vec<_> = walk(dir.path())
             .into_iter()

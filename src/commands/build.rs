@@ -46,7 +46,11 @@ pub trait BuildLog {
     fn step(&self, message: &str);
 }
 
-pub fn build(settings: &BuildSettings, progress: &dyn Progress, log: &dyn BuildLog) -> Result<BuildOutcome> {
+pub fn build(
+    settings: &BuildSettings,
+    progress: &dyn Progress,
+    log: &dyn BuildLog,
+) -> Result<BuildOutcome> {
     let manifest = Manifest::load(&settings.manifest, settings.source_date_epoch.as_deref())?;
     let reference = &manifest.image.reference;
     let output = match (&settings.output, &manifest.image.output) {
@@ -57,6 +61,8 @@ pub fn build(settings: &BuildSettings, progress: &dyn Progress, log: &dyn BuildL
             reference.tag()
         )),
     };
+    let output = std::path::absolute(&output)
+        .with_context(|| format!("Invalid output path `{}`", output.display()))?;
     export::check_output(&output)?;
     if manifest.signing.is_some() {
         bail!(
@@ -79,7 +85,11 @@ pub fn build(settings: &BuildSettings, progress: &dyn Progress, log: &dyn BuildL
         "Server: {} {} ({})",
         server.path.display(),
         server.info.version,
-        if server.info.features.is_empty() { "cpu".to_string() } else { server.info.features.join(", ") }
+        if server.info.features.is_empty() {
+            "cpu".to_string()
+        } else {
+            server.info.features.join(", ")
+        }
     ));
 
     let model = Fetcher::new(&settings.cache_dir).fetch(&manifest.model)?;
@@ -92,8 +102,17 @@ pub fn build(settings: &BuildSettings, progress: &dyn Progress, log: &dyn BuildL
     ));
 
     let userland = userland::resolve(&manifest.runtime.base, std::slice::from_ref(&server.path))?;
+    if !userland.library_path.is_empty() {
+        log.step(&format!(
+            "Userland: libraries found through ld.so.conf; the image sets LD_LIBRARY_PATH={}",
+            userland.library_path.join(":")
+        ));
+    }
     if !userland.files.is_empty() {
-        log.step(&format!("Userland: {} files from the build host", userland.files.len()));
+        log.step(&format!(
+            "Userland: {} files from the build host",
+            userland.files.len()
+        ));
     }
 
     let served = &manifest.server.served_model_name;
@@ -147,7 +166,10 @@ pub fn build(settings: &BuildSettings, progress: &dyn Progress, log: &dyn BuildL
         .collect();
     fetch::check_pins(&manifest.model.pins, &measured)?;
     if !manifest.model.pins.is_empty() {
-        log.step(&format!("Verified {} pinned sha256 digests", manifest.model.pins.len()));
+        log.step(&format!(
+            "Verified {} pinned sha256 digests",
+            manifest.model.pins.len()
+        ));
     }
 
     let model_summary = ModelSummary {
@@ -160,7 +182,14 @@ pub fn build(settings: &BuildSettings, progress: &dyn Progress, log: &dyn BuildL
         },
         files: model_files,
     };
-    let run = run_config(&manifest, &server, &model_summary, &model.origin, model_bytes)?;
+    let run = run_config(
+        &manifest,
+        &server,
+        &model_summary,
+        &model.origin,
+        model_bytes,
+        &userland.library_path,
+    )?;
     let docs = image::assemble(reference, &run, &layers)?;
 
     let tmp = export::tmp_path(&output);
@@ -211,6 +240,7 @@ fn run_config(
     model: &ModelSummary,
     origin: &ModelOrigin,
     model_bytes: u64,
+    library_path: &[String],
 ) -> Result<RunConfig> {
     let s = &manifest.server;
     let account = &manifest.runtime;
@@ -228,8 +258,19 @@ fn run_config(
         format!("APPLIANCE_SERVED_MODEL_NAME={}", s.served_model_name),
         "APPLIANCE_HOST=0.0.0.0".to_string(),
         format!("APPLIANCE_PORT={}", s.port),
-        format!("APPLIANCE_DEVICE={}", match s.device { Device::Cpu => "cpu", Device::Cuda => "cuda" }),
+        format!(
+            "APPLIANCE_DEVICE={}",
+            match s.device {
+                Device::Cpu => "cpu",
+                Device::Cuda => "cuda",
+            }
+        ),
     ];
+    // The image has no ld.so.cache: directories the host found only through ld.so.conf must
+    // be named explicitly or the loader will not look there.
+    if !library_path.is_empty() {
+        env.push(format!("LD_LIBRARY_PATH={}", library_path.join(":")));
+    }
     if let Some(len) = s.max_model_len {
         env.push(format!("APPLIANCE_MAX_MODEL_LEN={len}"));
     }
@@ -242,8 +283,14 @@ fn run_config(
     let mut label = |k: &str, v: String| {
         labels.insert(k.to_string(), v);
     };
-    label("org.opencontainers.image.title", s.served_model_name.clone());
-    label("org.opencontainers.image.version", manifest.image.reference.tag().to_string());
+    label(
+        "org.opencontainers.image.title",
+        s.served_model_name.clone(),
+    );
+    label(
+        "org.opencontainers.image.version",
+        manifest.image.reference.tag().to_string(),
+    );
     label("org.opencontainers.image.created", created.clone());
     label("org.opencontainers.image.revision", model.revision.clone());
     label(
@@ -255,24 +302,42 @@ fn run_config(
     );
     label(
         "org.opencontainers.image.description",
-        format!("{} served by appliance-server {}", s.served_model_name, server.info.version),
+        format!(
+            "{} served by appliance-server {}",
+            s.served_model_name, server.info.version
+        ),
     );
-    label(labels::BUILDER_VERSION, env!("CARGO_PKG_VERSION").to_string());
+    label(
+        labels::BUILDER_VERSION,
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
     label(labels::MODEL_NAME, model.name.clone());
     label(labels::MODEL_PATH, model.path.clone());
     label(labels::MODEL_SOURCE, model.source.clone());
     label(labels::MODEL_REVISION, model.revision.clone());
     label(labels::MODEL_FILES, serde_json::to_string(&model.files)?);
-    label(labels::MODEL_FILES_SHA256, summary::files_digest(&model.files).prefixed());
+    label(
+        labels::MODEL_FILES_SHA256,
+        summary::files_digest(&model.files).prefixed(),
+    );
     if let ModelOrigin::Synthetic { spec, .. } = origin {
-        label(labels::MODEL_SYNTHETIC, String::from_utf8(crate::json::canonical(spec)?)?);
+        label(
+            labels::MODEL_SYNTHETIC,
+            String::from_utf8(crate::json::canonical(spec)?)?,
+        );
     }
     label(labels::SERVER_VERSION, server.info.version.clone());
     label(labels::SERVER_FEATURES, server.info.features.join(","));
     label(labels::SERVER_SHA256, server.sha256.prefixed());
     label(labels::SERVER_TARGET, server.info.target.clone());
-    label(labels::SERVER_DEVICE, format!("{:?}", s.device).to_lowercase());
-    label(labels::USERLAND, format!("{:?}", manifest.runtime.base).to_lowercase());
+    label(
+        labels::SERVER_DEVICE,
+        format!("{:?}", s.device).to_lowercase(),
+    );
+    label(
+        labels::USERLAND,
+        format!("{:?}", manifest.runtime.base).to_lowercase(),
+    );
     // Users may add or override descriptive labels, never the ones auditors rely on.
     for (k, v) in &manifest.image.labels {
         if k.starts_with(labels::PREFIX) {
@@ -296,7 +361,8 @@ fn run_config(
             vec!["CMD".into(), server_path, "healthcheck".into()],
             hc.interval_secs,
             hc.timeout_secs,
-            hc.start_period_secs.unwrap_or_else(|| start_period_for(model_bytes)),
+            hc.start_period_secs
+                .unwrap_or_else(|| start_period_for(model_bytes)),
             hc.retries,
         ),
     })
@@ -317,5 +383,9 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

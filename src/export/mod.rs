@@ -131,7 +131,12 @@ fn write_all<W: Write>(
         if !written.insert(layer.sums.digest) {
             continue;
         }
-        tar.header(&blob_path(&layer.sums.digest), layer.sums.size, tar::EntryType::Regular, 0o644)?;
+        tar.header(
+            &blob_path(&layer.sums.digest),
+            layer.sums.size,
+            tar::EntryType::Regular,
+            0o644,
+        )?;
         let out = layer
             .write_to(&mut tar.out, task.as_ref())
             .map_err(WriteAllError::Layer)?;

@@ -70,7 +70,9 @@ pub enum FetchError {
          download the snapshot on a connected host and use `path = \"...\"` instead"
     )]
     HubUnsupported { repo: String },
-    #[error("sha256 mismatch for model file `{file}`: expected {expected} (manifest pin), got {actual}")]
+    #[error(
+        "sha256 mismatch for model file `{file}`: expected {expected} (manifest pin), got {actual}"
+    )]
     PinMismatch {
         file: String,
         expected: String,
@@ -179,15 +181,12 @@ fn walk(
         let path = entry.path();
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => walk(&path, &format!("{rel}/"), set, out)?,
-            Ok(meta) if meta.is_file() => {
-                if set.is_match(&rel) {
-                    out.push(PlannedFile {
-                        rel_path: rel,
-                        host_path: path,
-                        size: meta.len(),
-                    });
-                }
-            }
+            Ok(meta) if meta.is_file() && set.is_match(&rel) => out.push(PlannedFile {
+                rel_path: rel,
+                host_path: path,
+                size: meta.len(),
+            }),
+            Ok(meta) if meta.is_file() => {}
             _ if set.is_match(&rel) => return Err(FetchError::NotAFile { path }),
             _ => {}
         }

@@ -48,7 +48,13 @@ pub struct Healthcheck {
 }
 
 impl Healthcheck {
-    pub fn from_secs(test: Vec<String>, interval: u64, timeout: u64, start: u64, retries: u32) -> Self {
+    pub fn from_secs(
+        test: Vec<String>,
+        interval: u64,
+        timeout: u64,
+        start: u64,
+        retries: u32,
+    ) -> Self {
         const NS: u64 = 1_000_000_000;
         Self {
             test,
@@ -168,8 +174,14 @@ pub fn assemble(
     // Both names carry the full reference: containerd reads the first, skopeo/podman the second,
     // and a short name would turn into `localhost/...` in podman.
     manifest_descriptor.set_annotations(Some(HashMap::from([
-        ("io.containerd.image.name".to_string(), reference.full().to_string()),
-        ("org.opencontainers.image.ref.name".to_string(), reference.full().to_string()),
+        (
+            "io.containerd.image.name".to_string(),
+            reference.full().to_string(),
+        ),
+        (
+            "org.opencontainers.image.ref.name".to_string(),
+            reference.full().to_string(),
+        ),
     ])));
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)

@@ -20,9 +20,9 @@ impl<W: Write> Compressor<W> {
         Ok(match compression {
             Compression::None => Self::None(inner),
             // GzBuilder's defaults: mtime 0, no file name, OS byte 255: no host data in the header.
-            Compression::Gzip => Self::Gzip(
-                flate2::GzBuilder::new().write(inner, flate2::Compression::new(6)),
-            ),
+            Compression::Gzip => {
+                Self::Gzip(flate2::GzBuilder::new().write(inner, flate2::Compression::new(6)))
+            }
             Compression::Zstd => {
                 let mut encoder = zstd::Encoder::new(inner, 3)?;
                 encoder.include_checksum(true)?;

@@ -161,7 +161,9 @@ pub enum LayerError {
     },
     #[error("`{path}` changed while the image was being built: {what}")]
     Changed { path: PathBuf, what: String },
-    #[error("The {role:?} layer came out different on the second pass ({first} then {second}); a packaged file changed during the build")]
+    #[error(
+        "The {role:?} layer came out different on the second pass ({first} then {second}); a packaged file changed during the build"
+    )]
     Unstable {
         role: LayerRole,
         first: Sha256Digest,
@@ -346,7 +348,9 @@ impl<R: Read> Read for ExactReader<'_, R> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let max = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let max = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 {
             return Err(io::Error::new(

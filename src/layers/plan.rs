@@ -21,7 +21,15 @@ pub const MAX_WEIGHT_LAYERS: usize = 100;
 /// Files at least this big get their own layer even if their extension is unknown.
 const BIG_FILE: u64 = 64 << 20;
 const WEIGHT_EXTENSIONS: &[&str] = &[
-    "safetensors", "gguf", "bin", "pt", "pth", "onnx", "msgpack", "h5", "npz",
+    "safetensors",
+    "gguf",
+    "bin",
+    "pt",
+    "pth",
+    "onnx",
+    "msgpack",
+    "h5",
+    "npz",
 ];
 
 /// A model file to package: its path inside the model dir and where it is on the host.

@@ -175,7 +175,10 @@ pub enum ModelSource {
     /// A local directory in Hugging Face layout.
     Path(PathBuf),
     /// A Hub repository at a revision (a branch, tag or commit).
-    Hub { repo: String, revision: String },
+    Hub {
+        repo: String,
+        revision: String,
+    },
     Synthetic(SyntheticSpec),
 }
 
@@ -275,7 +278,8 @@ impl Manifest {
         };
         let resolve = |p: &Path| base_dir.join(p);
 
-        let reference = ImageRef::new(&raw.image.name, &raw.image.tag).map_err(|(f, m)| field(f, m))?;
+        let reference =
+            ImageRef::new(&raw.image.name, &raw.image.tag).map_err(|(f, m)| field(f, m))?;
         let created = resolve_created(raw.image.created.as_deref(), source_date_epoch)
             .map_err(|(f, m)| field(f, m))?;
         for key in raw.image.labels.keys() {
@@ -295,7 +299,10 @@ impl Manifest {
         let hc = &raw.server.healthcheck;
         let secs = |name: &str, v: &Option<String>| -> Result<Option<u64>, ManifestError> {
             v.as_deref()
-                .map(|s| parse_duration_secs(s).map_err(|m| field(&format!("server.healthcheck.{name}"), m)))
+                .map(|s| {
+                    parse_duration_secs(s)
+                        .map_err(|m| field(&format!("server.healthcheck.{name}"), m))
+                })
                 .transpose()
         };
         let healthcheck = HealthcheckSettings {
@@ -333,7 +340,9 @@ impl Manifest {
                 other => {
                     return Err(field(
                         "runtime.base",
-                        format!("unknown base `{other}`; expected `host`, `scratch` or {{ image = \"...\", digest = \"sha256:...\" }}"),
+                        format!(
+                            "unknown base `{other}`; expected `host`, `scratch` or {{ image = \"...\", digest = \"sha256:...\" }}"
+                        ),
                     ));
                 }
             },
@@ -394,7 +403,11 @@ fn resolve_model(
         let found = if given.is_empty() {
             "none".to_string()
         } else {
-            given.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(" and ")
+            given
+                .iter()
+                .map(|g| format!("`{g}`"))
+                .collect::<Vec<_>>()
+                .join(" and ")
         };
         return Err((
             "model",
@@ -429,7 +442,10 @@ fn resolve_model(
         if !dir.is_dir() {
             return Err((
                 "model.path",
-                format!("model directory `{}` does not exist or is not a directory", dir.display()),
+                format!(
+                    "model directory `{}` does not exist or is not a directory",
+                    dir.display()
+                ),
             ));
         }
         ModelSource::Path(dir)
@@ -444,8 +460,12 @@ fn resolve_model(
             revision,
         }
     } else {
-        let spec = raw.synthetic.clone().ok_or(("model", "no source".to_string()))?;
-        spec.validate().map_err(|e| ("model.synthetic", e.to_string()))?;
+        let spec = raw
+            .synthetic
+            .clone()
+            .ok_or(("model", "no source".to_string()))?;
+        spec.validate()
+            .map_err(|e| ("model.synthetic", e.to_string()))?;
         ModelSource::Synthetic(spec)
     };
     let mut pins = BTreeMap::new();
@@ -496,7 +516,8 @@ fn validate_repo_id(repo: &str) -> Result<(), String> {
             && p != "."
             && p != ".."
             && p.len() <= 96
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     };
     if parts.len() != 2 || !parts.iter().all(|p| part_ok(p)) {
         return Err(format!(
@@ -512,7 +533,8 @@ fn validate_user_name(user: &str) -> Result<(), String> {
     let first_ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
     if !first_ok || !rest_ok || user.len() > 32 || user == "root" {
         return Err(format!(
             "invalid user name `{user}`: lowercase letters, digits, `_` and `-`, starting with a letter (and not `root`)"
@@ -562,7 +584,9 @@ fn parse_duration_secs(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a duration (e.g. `30s`, `5m`, `1m30s`)"))?;
     if d.is_negative() || d.subsec_nanos() != 0 {
-        return Err(format!("`{text}` must be a whole, non-negative number of seconds"));
+        return Err(format!(
+            "`{text}` must be a whole, non-negative number of seconds"
+        ));
     }
     Ok(d.as_secs() as u64)
 }

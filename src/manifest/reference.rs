@@ -19,7 +19,12 @@ impl ImageRef {
         if name.is_empty() {
             return Err(("image.name", "must not be empty".into()));
         }
-        if name.contains('@') || name.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+        if name.contains('@')
+            || name
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':'))
+        {
             return Err((
                 "image.name",
                 format!("`{name}` must not carry a tag or digest; put the tag in `image.tag`"),

@@ -35,7 +35,9 @@ fn minimal_manifest_gets_documented_defaults() {
     assert_eq!(m.runtime.base, Base::Host);
     assert_eq!(m.image.created, 0);
     assert_eq!(m.image.compression, Compression::None);
-    assert!(matches!(&m.model.source, ModelSource::Path(p) if p.is_absolute() && p.ends_with("model")));
+    assert!(
+        matches!(&m.model.source, ModelSource::Path(p) if p.is_absolute() && p.ends_with("model"))
+    );
 }
 
 #[test]
@@ -51,10 +53,25 @@ fn created_prefers_manifest_then_source_date_epoch() {
     std::fs::create_dir(dir.path().join("model")).unwrap();
     let path = dir.path().join("m.toml");
     std::fs::write(&path, MINIMAL).unwrap();
-    assert_eq!(Manifest::load(&path, Some("1700000000")).unwrap().image.created, 1_700_000_000);
-    let with_created = MINIMAL.replace("tag = \"0.1.0\"", "tag = \"0.1.0\"\ncreated = \"2025-01-31T12:00:00Z\"");
+    assert_eq!(
+        Manifest::load(&path, Some("1700000000"))
+            .unwrap()
+            .image
+            .created,
+        1_700_000_000
+    );
+    let with_created = MINIMAL.replace(
+        "tag = \"0.1.0\"",
+        "tag = \"0.1.0\"\ncreated = \"2025-01-31T12:00:00Z\"",
+    );
     std::fs::write(&path, with_created).unwrap();
-    assert_eq!(Manifest::load(&path, Some("1700000000")).unwrap().image.created, 1_738_324_800);
+    assert_eq!(
+        Manifest::load(&path, Some("1700000000"))
+            .unwrap()
+            .image
+            .created,
+        1_738_324_800
+    );
     std::fs::write(&path, MINIMAL).unwrap();
     assert!(Manifest::load(&path, Some("yesterday")).is_err());
 }
@@ -68,7 +85,8 @@ fn invalid_toml_reports_line_and_column() {
 
 #[test]
 fn unknown_field_is_an_error_naming_it() {
-    let err = load_str(&MINIMAL.replace("tag = \"0.1.0\"", "tag = \"0.1.0\"\ntga = 1")).unwrap_err();
+    let err =
+        load_str(&MINIMAL.replace("tag = \"0.1.0\"", "tag = \"0.1.0\"\ntga = 1")).unwrap_err();
     assert!(err.to_string().contains("unknown field `tga`"), "{err}");
 }
 
@@ -96,7 +114,8 @@ fn missing_model_dir_is_named() {
 
 #[test]
 fn hub_source_gets_default_globs_and_main() {
-    let m = load_str(&MINIMAL.replace("path = \"model\"", "hf = \"Qwen/Qwen2.5-0.5B-Instruct\"")).unwrap();
+    let m = load_str(&MINIMAL.replace("path = \"model\"", "hf = \"Qwen/Qwen2.5-0.5B-Instruct\""))
+        .unwrap();
     assert_eq!(
         m.model.source,
         ModelSource::Hub {
@@ -112,16 +131,43 @@ fn hub_source_gets_default_globs_and_main() {
 #[test]
 fn bad_values_name_their_field() {
     let cases = [
-        (MINIMAL.replace("registry.local/llm/demo", "Bad Name"), "image.name"),
+        (
+            MINIMAL.replace("registry.local/llm/demo", "Bad Name"),
+            "image.name",
+        ),
         (MINIMAL.replace("0.1.0", ".bad"), "image.tag"),
         (format!("{MINIMAL}[runtime]\nuid = 0\n"), "runtime.uid"),
-        (format!("{MINIMAL}[runtime]\nuser = \"Root User\"\n"), "runtime.user"),
-        (format!("{MINIMAL}[runtime]\nbase = \"ubuntu\"\n"), "runtime.base"),
-        (format!("{MINIMAL}[server]\nserved_model_name = \"../etc\"\n"), "server.served_model_name"),
-        (format!("{MINIMAL}[server.healthcheck]\ninterval = \"soon\"\n"), "server.healthcheck.interval"),
-        (format!("{MINIMAL}[model.sha256]\n\"config.json\" = \"xyz\"\n"), "model.sha256"),
-        (MINIMAL.replace("path = \"model\"", "hf = \"not-a-repo\""), "model.hf"),
-        (MINIMAL.replace("tag = \"0.1.0\"", "tag = \"0.1.0\"\ncreated = \"last week\""), "image.created"),
+        (
+            format!("{MINIMAL}[runtime]\nuser = \"Root User\"\n"),
+            "runtime.user",
+        ),
+        (
+            format!("{MINIMAL}[runtime]\nbase = \"ubuntu\"\n"),
+            "runtime.base",
+        ),
+        (
+            format!("{MINIMAL}[server]\nserved_model_name = \"../etc\"\n"),
+            "server.served_model_name",
+        ),
+        (
+            format!("{MINIMAL}[server.healthcheck]\ninterval = \"soon\"\n"),
+            "server.healthcheck.interval",
+        ),
+        (
+            format!("{MINIMAL}[model.sha256]\n\"config.json\" = \"xyz\"\n"),
+            "model.sha256",
+        ),
+        (
+            MINIMAL.replace("path = \"model\"", "hf = \"not-a-repo\""),
+            "model.hf",
+        ),
+        (
+            MINIMAL.replace(
+                "tag = \"0.1.0\"",
+                "tag = \"0.1.0\"\ncreated = \"last week\"",
+            ),
+            "image.created",
+        ),
     ];
     for (toml, field) in cases {
         assert_eq!(field_of(load_str(&toml).unwrap_err()), field, "{toml}");

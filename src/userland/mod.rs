@@ -23,6 +23,8 @@ pub struct Userland {
     pub files: Vec<UserlandFile>,
     /// Libraries left for the container runtime to inject (the NVIDIA driver's).
     pub skipped: Vec<String>,
+    /// Directories the loader must search that only the host's ld.so.conf named.
+    pub library_path: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +44,9 @@ pub enum UserlandError {
     },
     #[error("`{path}` is not an ELF executable: {message}")]
     NotElf { path: PathBuf, message: String },
-    #[error("A base image (`runtime.base = {{ image = ... }}`) is not supported by this version of appliance; use `host` or `scratch`")]
+    #[error(
+        "A base image (`runtime.base = {{ image = ... }}`) is not supported by this version of appliance; use `host` or `scratch`"
+    )]
     BaseImageUnsupported,
 }
 
@@ -104,6 +108,7 @@ fn from_closure(closure: host::Closure) -> Userland {
         }
     }
     userland.skipped = closure.skipped.into_iter().map(|s| s.soname).collect();
+    userland.library_path = closure.library_path;
     userland
 }
 

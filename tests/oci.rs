@@ -1,0 +1,273 @@
+//! The tarball against the real consumers: skopeo (both archive formats), umoci (unpack and
+//! check the rootfs, then run the server from it in a chroot), the Docker Engine (load, inspect,
+//! run) and podman (load). No mocks: if one of them rejects the tarball, these tests fail.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{
+    Dockerd, appliance_bin, podman_load, shared_fixtures, skopeo_inspect, skopeo_inspect_config,
+    umoci_unpack,
+};
+
+const NAME: &str = "registry.local/llm/llama-gqa";
+
+/// Builds the `llama-gqa` fixture into `dir/image.tar` and returns it with the build summary.
+fn build(dir: &Path, extra: &str) -> (PathBuf, serde_json::Value) {
+    let model = shared_fixtures().join("models/llama-gqa");
+    let manifest = dir.join("manifest.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[image]\nname = \"{NAME}\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n{extra}\n\
+             [model]\npath = \"{}\"\n[server]\nserved_model_name = \"llama-gqa\"\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let tarball = dir.join("image.tar");
+    let out = Command::new(appliance_bin())
+        .args([
+            "build",
+            manifest.to_str().unwrap(),
+            "-o",
+            tarball.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (tarball, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn skopeo_reads_docker_and_oci_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tar, built) = build(dir.path(), "");
+    let image = &built["image"];
+    for transport in ["docker-archive", "oci-archive"] {
+        let reference = format!("{transport}:{}", tar.display());
+        let config = skopeo_inspect_config(&reference);
+        assert_eq!(config["config"]["User"], "65532:65532", "{transport}");
+        assert_eq!(
+            config["config"]["Entrypoint"][0],
+            "/usr/local/bin/appliance-server"
+        );
+        assert!(
+            config["config"]["ExposedPorts"]["8000/tcp"].is_object(),
+            "{transport}"
+        );
+        assert_eq!(
+            config["config"]["Labels"]["appliance.model.name"], "llama-gqa",
+            "{transport}"
+        );
+        let inspect = skopeo_inspect(&reference);
+        assert_eq!(
+            inspect["Layers"].as_array().unwrap().len(),
+            image["layers"].as_array().unwrap().len()
+        );
+        assert_eq!(inspect["Architecture"], "amd64");
+    }
+    // The OCI archive's manifest is exactly the one we built.
+    let oci = skopeo_inspect(&format!("oci-archive:{}", tar.display()));
+    assert_eq!(oci["Digest"], image["manifest_digest"]);
+}
+
+#[test]
+fn umoci_unpacks_a_rootfs_the_server_runs_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tar, built) = build(dir.path(), "");
+    let unpacked = umoci_unpack(&tar, false);
+    let rootfs = &unpacked.rootfs;
+
+    let server = std::fs::metadata(rootfs.join("usr/local/bin/appliance-server")).unwrap();
+    assert_eq!(
+        (server.permissions().mode() & 0o7777, server.uid()),
+        (0o555, 0)
+    );
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    for file in ["model.safetensors", "config.json", "tokenizer.json"] {
+        let packed = rootfs.join("models/llama-gqa").join(file);
+        let meta = std::fs::metadata(&packed).unwrap();
+        assert_eq!(
+            (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid()),
+            (0o444, 0, 0),
+            "{file}"
+        );
+        assert_eq!(
+            std::fs::read(&packed).unwrap(),
+            std::fs::read(fixture.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("appliance:x:65532:65532:appliance:/home/appliance:"),
+        "{passwd}"
+    );
+    let home = std::fs::metadata(rootfs.join("home/appliance")).unwrap();
+    assert_eq!((home.uid(), home.gid()), (65532, 65532));
+    assert_eq!(
+        std::fs::metadata(rootfs.join("tmp"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+
+    // The auditor's recipe from the README recomputes the files digest label.
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg("find . -type f | sed 's|^\\./||' | LC_ALL=C sort | xargs sha256sum | sha256sum")
+        .current_dir(rootfs.join("models/llama-gqa"))
+        .output()
+        .unwrap();
+    let digest = String::from_utf8(listing.stdout).unwrap();
+    let label = built["image"]["labels"]["appliance.model.files.sha256"]
+        .as_str()
+        .unwrap();
+    assert_eq!(format!("sha256:{}", &digest[..64]), label);
+
+    // The userland is complete: the server starts from the rootfs alone.
+    let out = Command::new("chroot")
+        .arg(rootfs)
+        .args(["/usr/local/bin/appliance-server", "--version"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "server did not run in its rootfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("appliance-server"));
+
+    let runtime = unpacked.runtime_config();
+    assert_eq!(runtime["process"]["user"]["uid"], 65532);
+    let env: Vec<&str> = runtime["process"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        env.contains(&"APPLIANCE_MODEL=/models/llama-gqa"),
+        "{env:?}"
+    );
+}
+
+#[test]
+fn docker_loads_inspects_and_runs_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tar, built) = build(dir.path(), "compression = \"gzip\"");
+    let docker = Dockerd::start();
+    let loaded = docker.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
+    let reference = format!("{NAME}:0.1.0");
+    assert!(loaded.contains(&reference), "{loaded}");
+    let inspect = docker.image_inspect(&reference);
+    let config = &inspect["Config"];
+    assert_eq!(config["User"], "65532:65532");
+    assert!(config["ExposedPorts"]["8000/tcp"].is_object());
+    assert_eq!(
+        config["Healthcheck"]["Test"],
+        serde_json::json!(["CMD", "/usr/local/bin/appliance-server", "healthcheck"])
+    );
+    assert!(config["Healthcheck"]["StartPeriod"].as_u64().unwrap() >= 120_000_000_000);
+    assert_eq!(config["StopSignal"], "SIGTERM");
+    assert_eq!(
+        config["Labels"]["org.opencontainers.image.version"],
+        "0.1.0"
+    );
+    assert_eq!(
+        config["Labels"]["appliance.model.files"],
+        built["image"]["labels"]["appliance.model.files"]
+    );
+    assert_eq!(inspect["Id"], built["image"]["config_digest"]);
+
+    // The server starts inside Docker as the image's non-root user, on a read-only rootfs.
+    let version = docker.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        &reference,
+        "--version",
+    ]);
+    assert!(version.contains("appliance-server"), "{version}");
+    let id = docker.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/usr/local/bin/appliance-server",
+        &reference,
+        "--version",
+    ]);
+    assert!(id.contains("0.1.0"), "{id}");
+}
+
+#[test]
+fn podman_loads_the_same_tarball() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tar, _) = build(dir.path(), "");
+    let (podman, names) = podman_load(&tar);
+    assert!(
+        names
+            .iter()
+            .any(|n| n.contains("registry.local/llm/llama-gqa:0.1.0")),
+        "{names:?}"
+    );
+    let inspect = podman.image_inspect("registry.local/llm/llama-gqa:0.1.0");
+    assert_eq!(inspect["Config"]["User"], "65532:65532");
+}
+
+/// umoci 0.4.7 and Docker 20.10 cannot read zstd layers (the README says so); podman can, and
+/// it checks every layer's diff_id while storing it.
+#[test]
+fn zstd_layers_load_with_podman() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tar, built) = build(dir.path(), "compression = \"zstd\"");
+    let media: Vec<&str> = built["image"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["media_type"].as_str().unwrap())
+        .collect();
+    assert!(media.iter().any(|m| m.ends_with("+zstd")), "{media:?}");
+    assert!(
+        media.iter().any(|m| m.ends_with(".tar")),
+        "weights stay uncompressed: {media:?}"
+    );
+    let (podman, names) = podman_load(&tar);
+    assert!(
+        names.iter().any(|n| n.contains("llama-gqa:0.1.0")),
+        "{names:?}"
+    );
+    let inspect = podman.image_inspect("registry.local/llm/llama-gqa:0.1.0");
+    let diff_ids: Vec<&str> = inspect["RootFS"]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let built_ids: Vec<&str> = built["image"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diff_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(diff_ids, built_ids);
+}
