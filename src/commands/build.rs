@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 
 use crate::digest::Sha256Digest;
-use crate::export;
+use crate::export::{self, ImageWriter};
 use crate::fetch::{self, Fetcher, ModelOrigin};
 use crate::image::{self, Healthcheck, RunConfig};
 use crate::layers::plan::{self, Account, PlanInput, PlannedFile};
@@ -93,6 +93,7 @@ pub fn build(
     ));
 
     let model = Fetcher::new(&settings.cache_dir).fetch(&manifest.model)?;
+    fetch::check_pinned_files_present(&manifest.model.pins, &model.files)?;
     let model_bytes: u64 = model.files.iter().map(|f| f.size).sum();
     log.step(&format!(
         "Model: {} ({} files, {})",
@@ -136,12 +137,15 @@ pub fn build(
         mtime,
     });
 
-    // First pass: digests of every layer and every model file, nothing written yet.
+    // One pass: each layer streams into the tarball, hashed as it goes. Pins are checked once
+    // the model layers are in; a mismatch drops the writer, which deletes the partial file.
+    log.step(&format!("Writing {}", output.display()));
+    let mut writer = ImageWriter::create(&output, mtime)?;
     let total: u64 = specs.iter().map(|s| s.content_bytes()).sum();
-    let task = progress.task("Hashing", total);
+    let task = progress.task("Writing", total);
     let layers: Vec<Layer> = specs
         .into_iter()
-        .map(|spec| spec.measure(task.as_ref()))
+        .map(|spec| writer.add_layer(spec, task.as_ref()))
         .collect::<Result<_, _>>()?;
     task.finish();
 
@@ -192,11 +196,9 @@ pub fn build(
     )?;
     let docs = image::assemble(reference, &run, &layers)?;
 
-    let tmp = export::tmp_path(&output);
-    log.step(&format!("Writing {}", output.display()));
-    export::export(&output, &docs, &layers, mtime, progress)
+    writer
+        .finish(&docs)
         .with_context(|| format!("Failed to export the image to `{}`", output.display()))?;
-    debug_assert!(!tmp.exists());
     let tarball_size = std::fs::metadata(&output)
         .with_context(|| format!("Failed to read `{}`", output.display()))?
         .len();

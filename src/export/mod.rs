@@ -1,20 +1,25 @@
 //! Writes the one tarball a site receives: an OCI image layout that is also a docker-archive.
 //!
-//! Metadata comes first (`oci-layout`, `index.json`, `manifest.json`, then the manifest and
-//! config blobs) so a reader streaming the archive knows what every later blob is before it
-//! arrives; the layers follow, each streamed straight from its sources. The file is written as
-//! `<output>.tmp` beside the target, fsynced and renamed only when complete, so a failed build
-//! never leaves a partial tarball at the output path.
+//! Layers are streamed straight from their sources into the tarball, once: each goes in behind a
+//! placeholder header that is patched in place when the layer's digest and size are known (the
+//! entry's name is its digest). One read of the weights, one write, no temporary copy. Writes
+//! happen on a background thread ([`pipeline`]) so disk writes overlap with hashing.
+//!
+//! The documents (config, manifest, `index.json`, `manifest.json`, `oci-layout`) follow the
+//! layers, since they name them. The file is written as `<output>.tmp` beside the target,
+//! fsynced and renamed only when complete: a failed build never leaves anything at the output
+//! path, and the temporary file is removed.
+
+mod pipeline;
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::image::{ImageDocuments, blob_path};
-use crate::layers::{Layer, LayerError};
-use crate::progress::Progress;
-
-const WRITE_BUFFER: usize = 1 << 20;
+use crate::layers::{Layer, LayerError, LayerSpec};
+use crate::progress::ProgressTask;
+use pipeline::Pipeline;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -44,54 +49,6 @@ pub fn check_output(output: &Path) -> Result<(), ExportError> {
     Ok(())
 }
 
-/// Writes the image tarball to `output` atomically. `mtime` stamps every outer entry.
-pub fn export(
-    output: &Path,
-    docs: &ImageDocuments,
-    layers: &[Layer],
-    mtime: u64,
-    progress: &dyn Progress,
-) -> Result<(), ExportError> {
-    check_output(output)?;
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|source| ExportError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    let tmp = tmp_path(output);
-    let write_err = |source| ExportError::Write {
-        path: tmp.clone(),
-        source,
-    };
-    let file = File::create(&tmp).map_err(write_err)?;
-    let guard = RemoveOnDrop(Some(tmp.clone()));
-    let mut tar = OuterTar {
-        out: BufWriter::with_capacity(WRITE_BUFFER, file),
-        mtime,
-    };
-    write_all(&mut tar, docs, layers, progress).map_err(|e| match e {
-        WriteAllError::Io(source) => write_err(source),
-        WriteAllError::Layer(e) => ExportError::Layer(e),
-    })?;
-    let file = tar
-        .out
-        .into_inner()
-        .map_err(|e| write_err(e.into_error()))?;
-    file.sync_all().map_err(write_err)?;
-    drop(file);
-    fs::rename(&tmp, output).map_err(|source| ExportError::Write {
-        path: output.to_path_buf(),
-        source,
-    })?;
-    guard.disarm();
-    // Make the rename itself durable; failure here is not worth failing the build over.
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
-}
-
 /// `<output>.tmp` in the same directory, so the final rename never crosses filesystems.
 pub fn tmp_path(output: &Path) -> PathBuf {
     let mut name = output.file_name().unwrap_or_default().to_os_string();
@@ -99,115 +56,213 @@ pub fn tmp_path(output: &Path) -> PathBuf {
     output.with_file_name(name)
 }
 
-enum WriteAllError {
-    Io(io::Error),
-    Layer(LayerError),
-}
-
-impl From<io::Error> for WriteAllError {
-    fn from(e: io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-fn write_all<W: Write>(
-    tar: &mut OuterTar<W>,
-    docs: &ImageDocuments,
-    layers: &[Layer],
-    progress: &dyn Progress,
-) -> Result<(), WriteAllError> {
-    tar.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    tar.file("index.json", &docs.index_json)?;
-    tar.file("manifest.json", &docs.docker_manifest_json)?;
-    tar.dir("blobs")?;
-    tar.dir("blobs/sha256")?;
-    tar.file(&blob_path(&docs.manifest.digest), &docs.manifest.bytes)?;
-    tar.file(&blob_path(&docs.config.digest), &docs.config.bytes)?;
-    let total: u64 = layers.iter().map(|l| l.spec.content_bytes()).sum();
-    let task = progress.task("Writing image", total);
-    let mut written = std::collections::BTreeSet::new();
-    for layer in layers {
-        // Two layers with identical bytes (e.g. two identical shards) share one blob.
-        if !written.insert(layer.sums.digest) {
-            continue;
-        }
-        tar.header(
-            &blob_path(&layer.sums.digest),
-            layer.sums.size,
-            tar::EntryType::Regular,
-            0o644,
-        )?;
-        let out = layer
-            .write_to(&mut tar.out, task.as_ref())
-            .map_err(WriteAllError::Layer)?;
-        let _ = out;
-        tar.pad(layer.sums.size)?;
-    }
-    task.finish();
-    tar.finish()?;
-    Ok(())
-}
-
-/// The outer archive. Hand-driven on top of `tar::Header` because a layer's content is written
-/// by the layer itself (a `Write` sink), which `tar::Builder::append` (a `Read` source) cannot
-/// take without a pipe or a copy.
-struct OuterTar<W: Write> {
-    out: W,
+/// An image tarball being written. Dropping it without [`ImageWriter::finish`] removes the
+/// temporary file.
+pub struct ImageWriter {
+    output: PathBuf,
+    tmp: PathBuf,
+    out: Option<Pipeline>,
+    /// mtime of every outer entry.
     mtime: u64,
+    /// Directories `create` made, deepest first; removed again if the export fails.
+    created_dirs: Vec<PathBuf>,
 }
 
-impl<W: Write> OuterTar<W> {
-    fn header(&mut self, path: &str, size: u64, kind: tar::EntryType, mode: u32) -> io::Result<()> {
-        let mut header = tar::Header::new_gnu();
-        // Every outer path is short (`blobs/sha256/<64 hex>` is 77 bytes), so no long-name records.
-        header.set_path(path)?;
-        header.set_size(size);
-        header.set_entry_type(kind);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(self.mtime);
-        header.set_cksum();
-        self.out.write_all(header.as_bytes())
+impl ImageWriter {
+    /// Creates `<output>.tmp` (and the output directory if needed).
+    pub fn create(output: &Path, mtime: u64) -> Result<Self, ExportError> {
+        check_output(output)?;
+        let mut created_dirs = Vec::new();
+        if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+            created_dirs = dir
+                .ancestors()
+                .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+                .map(Path::to_path_buf)
+                .collect();
+            fs::create_dir_all(dir).map_err(|source| ExportError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let tmp = tmp_path(output);
+        let file = match File::create(&tmp) {
+            Ok(file) => file,
+            Err(source) => {
+                remove_empty(&created_dirs);
+                return Err(ExportError::Write { path: tmp, source });
+            }
+        };
+        let mut writer = Self {
+            output: output.to_path_buf(),
+            tmp,
+            out: Some(Pipeline::new(file)),
+            mtime,
+            created_dirs,
+        };
+        writer.entry(|w| {
+            w.dir("blobs")?;
+            w.dir("blobs/sha256")
+        })?;
+        Ok(writer)
     }
 
-    fn pad(&mut self, size: u64) -> io::Result<()> {
-        let rem = (size % 512) as usize;
-        if rem != 0 {
-            self.out.write_all(&[0u8; 512][..512 - rem])?;
+    /// Streams one layer into the tarball and returns it with its digests.
+    pub fn add_layer(
+        &mut self,
+        spec: LayerSpec,
+        progress: &dyn ProgressTask,
+    ) -> Result<Layer, ExportError> {
+        let mtime = self.mtime;
+        let tmp = self.tmp.clone();
+        let write_err = |source| ExportError::Write {
+            path: tmp.clone(),
+            source,
+        };
+        let out = self.pipeline()?;
+        let header_at = out.position();
+        out.write_all(&[0u8; 512]).map_err(write_err)?;
+        let (out, sums) = spec.write_to(out, progress)?;
+        let path = blob_path(&sums.digest);
+        let header =
+            header(&path, sums.size, tar::EntryType::Regular, 0o644, mtime).map_err(write_err)?;
+        pad(out, sums.size)
+            .and_then(|()| out.patch(header_at, &header))
+            .map_err(write_err)?;
+        Ok(Layer { spec, sums })
+    }
+
+    /// Writes the documents, fsyncs and renames the tarball into place.
+    pub fn finish(mut self, docs: &ImageDocuments) -> Result<(), ExportError> {
+        self.entry(|w| {
+            w.file(&blob_path(&docs.config.digest), &docs.config.bytes)?;
+            w.file(&blob_path(&docs.manifest.digest), &docs.manifest.bytes)?;
+            w.file("index.json", &docs.index_json)?;
+            w.file("manifest.json", &docs.docker_manifest_json)?;
+            w.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            w.out.write_all(&[0u8; 1024])
+        })?;
+        let pipeline = self.out.take().ok_or_else(|| self.write_err(closed()))?;
+        let file = pipeline.finish().map_err(|e| self.write_err(e))?;
+        file.sync_all().map_err(|e| self.write_err(e))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.output).map_err(|source| ExportError::Write {
+            path: self.output.clone(),
+            source,
+        })?;
+        // Make the rename itself durable; failing here is not worth failing the build over.
+        if let Some(dir) = self.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
         }
         Ok(())
     }
 
+    fn pipeline(&mut self) -> Result<&mut Pipeline, ExportError> {
+        match self.out.as_mut() {
+            Some(out) => Ok(out),
+            None => Err(ExportError::Write {
+                path: self.tmp.clone(),
+                source: closed(),
+            }),
+        }
+    }
+
+    fn entry(
+        &mut self,
+        f: impl FnOnce(&mut Entries<'_>) -> io::Result<()>,
+    ) -> Result<(), ExportError> {
+        let mtime = self.mtime;
+        let out = self.pipeline()?;
+        let result = f(&mut Entries { out, mtime });
+        result.map_err(|e| self.write_err(e))
+    }
+
+    fn write_err(&self, source: io::Error) -> ExportError {
+        ExportError::Write {
+            path: self.tmp.clone(),
+            source,
+        }
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        if let Some(out) = self.out.take() {
+            let _ = out.finish();
+            let _ = fs::remove_file(&self.tmp);
+            remove_empty(&self.created_dirs);
+        }
+    }
+}
+
+/// Removes directories (deepest first) that are empty; a failed build leaves no trace.
+fn remove_empty(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if fs::remove_dir(dir).is_err() {
+            break;
+        }
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::other("the image writer is closed")
+}
+
+/// Small whole entries (directories, JSON documents).
+struct Entries<'a> {
+    out: &'a mut Pipeline,
+    mtime: u64,
+}
+
+impl Entries<'_> {
     fn file(&mut self, path: &str, bytes: &[u8]) -> io::Result<()> {
-        self.header(path, bytes.len() as u64, tar::EntryType::Regular, 0o644)?;
+        let size = bytes.len() as u64;
+        self.out.write_all(&header(
+            path,
+            size,
+            tar::EntryType::Regular,
+            0o644,
+            self.mtime,
+        )?)?;
         self.out.write_all(bytes)?;
-        self.pad(bytes.len() as u64)
+        pad(self.out, size)
     }
 
     fn dir(&mut self, path: &str) -> io::Result<()> {
-        self.header(path, 0, tar::EntryType::Directory, 0o755)
-    }
-
-    fn finish(&mut self) -> io::Result<()> {
-        self.out.write_all(&[0u8; 1024])?;
-        self.out.flush()
-    }
-}
-
-/// Deletes the temporary file unless the export completed.
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl RemoveOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
+        self.out.write_all(&header(
+            path,
+            0,
+            tar::EntryType::Directory,
+            0o755,
+            self.mtime,
+        )?)
     }
 }
 
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = fs::remove_file(path);
-        }
+/// One outer header. Outer paths are all short (`blobs/sha256/<64 hex>` is 77 bytes), so no
+/// long-name records are needed; sizes of 8 GiB and more use GNU base-256.
+fn header(
+    path: &str,
+    size: u64,
+    kind: tar::EntryType,
+    mode: u32,
+    mtime: u64,
+) -> io::Result<[u8; 512]> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(path)?;
+    header.set_size(size);
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(mtime);
+    header.set_cksum();
+    Ok(*header.as_bytes())
+}
+
+fn pad(out: &mut impl Write, size: u64) -> io::Result<()> {
+    let rem = (size % 512) as usize;
+    if rem != 0 {
+        out.write_all(&[0u8; 512][..512 - rem])?;
     }
+    Ok(())
 }

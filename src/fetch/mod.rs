@@ -108,14 +108,14 @@ impl Fetcher {
             }
             ModelSource::Hub { repo, .. } => Err(FetchError::HubUnsupported { repo: repo.clone() }),
             ModelSource::Synthetic(spec) => {
-                let digest = spec.digest();
-                let dir = self.cache_dir.join("synthetic").join(&digest);
-                if !dir.join("config.json").is_file() {
-                    synthetic::generate(spec, &dir).map_err(|source| FetchError::Synthetic {
-                        dir: dir.clone(),
+                let root = self.cache_dir.join("synthetic");
+                let dir = synthetic::generate_cached(spec, &root).map_err(|source| {
+                    FetchError::Synthetic {
+                        dir: root.join(spec.digest()),
                         source,
-                    })?;
-                }
+                    }
+                })?;
+                let digest = spec.digest();
                 Ok(FetchedModel {
                     files: list_model_files(&dir, &["*".to_string()])?,
                     origin: ModelOrigin::Synthetic {
@@ -192,6 +192,20 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// Fails early if a pin names a file that will not be packaged.
+pub fn check_pinned_files_present(
+    pins: &BTreeMap<String, Sha256Digest>,
+    files: &[PlannedFile],
+) -> Result<(), FetchError> {
+    match pins
+        .keys()
+        .find(|p| !files.iter().any(|f| &f.rel_path == *p))
+    {
+        Some(file) => Err(FetchError::PinnedFileMissing { file: file.clone() }),
+        None => Ok(()),
+    }
 }
 
 /// Compares the digests measured while packaging with the manifest's pins.

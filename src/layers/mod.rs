@@ -1,10 +1,9 @@
 //! Defines image layers: what goes in each (`LayerSpec`) and how its tar bytes are produced.
 //!
-//! A layer's bytes are a pure function of its spec and the files it names, so they are produced
-//! twice instead of being stored: [`LayerSpec::measure`] streams them into a sink to learn the
-//! digests and size the outer tarball's header needs, and [`LayerSpec::write_to`] streams them
-//! again into the export, checking that the same digest comes out. Two reads of the weights,
-//! one write, no temporary copy and O(1) memory, whatever the model size.
+//! A layer's bytes are a pure function of its spec and the files it names. [`LayerSpec::write_to`]
+//! streams them into any writer in one pass, hashing as they go: the layer digest (and diff_id
+//! for compressed layers) and the sha256 of every file inside, from a single read of each file.
+//! Nothing is buffered beyond a read buffer, so memory is flat whatever the model size.
 
 mod compress;
 pub mod plan;
@@ -143,7 +142,7 @@ pub struct FileSum {
     pub size: u64,
 }
 
-/// A layer whose bytes have been measured: ready to be described in the config and exported.
+/// A layer that has been written: ready to be described in the image config.
 #[derive(Debug, Clone)]
 pub struct Layer {
     pub spec: LayerSpec,
@@ -161,14 +160,6 @@ pub enum LayerError {
     },
     #[error("`{path}` changed while the image was being built: {what}")]
     Changed { path: PathBuf, what: String },
-    #[error(
-        "The {role:?} layer came out different on the second pass ({first} then {second}); a packaged file changed during the build"
-    )]
-    Unstable {
-        role: LayerRole,
-        first: Sha256Digest,
-        second: Sha256Digest,
-    },
     #[error("Failed to write the {role:?} layer")]
     Write {
         role: LayerRole,
@@ -197,43 +188,68 @@ impl LayerSpec {
         }
     }
 
-    /// First pass: produce the bytes into nothing, keeping only digests and sizes.
-    pub fn measure(self, progress: &dyn ProgressTask) -> Result<Layer, LayerError> {
-        let sums = self.produce(io::sink(), progress)?.1;
-        Ok(Layer { spec: self, sums })
-    }
-
-    /// Streams the layer's bytes into `out`, hashing as they go.
-    fn produce<W: Write>(
+    /// Streams the layer's bytes into `out` and returns it with the layer's digests.
+    pub fn write_to<W: Write>(
         &self,
         out: W,
         progress: &dyn ProgressTask,
     ) -> Result<(W, LayerSums), LayerError> {
-        let role = self.role;
-        let write_err = |source| LayerError::Write { role, source };
-        let stored = HashingWriter::new(out);
-        let compressor = Compressor::new(stored, self.compression).map_err(write_err)?;
-        let raw = HashingWriter::new(compressor);
-        let mut tar = tar::Builder::new(raw);
+        let write_err = |source| LayerError::Write {
+            role: self.role,
+            source,
+        };
+        match self.compression {
+            // Stored bytes are the tar itself: one hash serves as digest and diff_id.
+            Compression::None => {
+                let (hashing, files) = self.write_tar(HashingWriter::new(out), progress)?;
+                let (out, digest, size) = hashing.finish();
+                Ok((
+                    out,
+                    LayerSums {
+                        diff_id: digest,
+                        digest,
+                        size,
+                        files,
+                    },
+                ))
+            }
+            compression => {
+                let stored = HashingWriter::new(out);
+                let compressor = Compressor::new(stored, compression).map_err(write_err)?;
+                let (raw, files) = self.write_tar(HashingWriter::new(compressor), progress)?;
+                let (compressor, diff_id, _) = raw.finish();
+                let stored = compressor.finish().map_err(write_err)?;
+                let (out, digest, size) = stored.finish();
+                Ok((
+                    out,
+                    LayerSums {
+                        diff_id,
+                        digest,
+                        size,
+                        files,
+                    },
+                ))
+            }
+        }
+    }
+
+    fn write_tar<W: Write>(
+        &self,
+        out: W,
+        progress: &dyn ProgressTask,
+    ) -> Result<(W, Vec<FileSum>), LayerError> {
+        let mut tar = tar::Builder::new(out);
         let mut files = Vec::new();
         for entry in &self.entries {
             if let Some(sum) = self.append(&mut tar, entry, progress)? {
                 files.push(sum);
             }
         }
-        let raw = tar.into_inner().map_err(write_err)?;
-        let (compressor, diff_id, _) = raw.finish();
-        let stored = compressor.finish().map_err(write_err)?;
-        let (out, digest, size) = stored.finish();
-        Ok((
-            out,
-            LayerSums {
-                diff_id,
-                digest,
-                size,
-                files,
-            },
-        ))
+        let out = tar.into_inner().map_err(|source| LayerError::Write {
+            role: self.role,
+            source,
+        })?;
+        Ok((out, files))
     }
 
     fn append<W: Write>(
@@ -307,21 +323,6 @@ impl LayerSpec {
                 }))
             }
         }
-    }
-}
-
-impl Layer {
-    /// Second pass: stream the layer into `out`, failing if its bytes differ from the first.
-    pub fn write_to<W: Write>(&self, out: W, progress: &dyn ProgressTask) -> Result<W, LayerError> {
-        let (out, sums) = self.spec.produce(out, progress)?;
-        if sums.digest != self.sums.digest || sums.size != self.sums.size {
-            return Err(LayerError::Unstable {
-                role: self.spec.role,
-                first: self.sums.digest,
-                second: sums.digest,
-            });
-        }
-        Ok(out)
     }
 }
 

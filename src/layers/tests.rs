@@ -16,8 +16,9 @@ fn spec(entries: Vec<Entry>, compression: Compression) -> LayerSpec {
     }
 }
 
-fn bytes_of(layer: &Layer) -> Vec<u8> {
-    layer.write_to(Vec::new(), &Silent).unwrap()
+/// Writes the layer into memory; returns its bytes and sums.
+fn write(spec: &LayerSpec) -> (Vec<u8>, LayerSums) {
+    spec.write_to(Vec::new(), &Silent).unwrap()
 }
 
 #[test]
@@ -25,18 +26,16 @@ fn tar_entries_carry_fixed_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("w.safetensors");
     std::fs::write(&weights, b"weights!").unwrap();
-    let layer = spec(
+    let (bytes, sums) = write(&spec(
         vec![
             Entry::host_file("models/m/w.safetensors", weights, 8, 0o444),
             Entry::dir("home/u", 0o750, 65532, 65532),
         ],
         Compression::None,
-    )
-    .measure(&Silent)
-    .unwrap();
-    let bytes = bytes_of(&layer);
-    assert_eq!(layer.sums.digest, Sha256Digest::of(&bytes));
-    assert_eq!(layer.sums.diff_id, layer.sums.digest);
+    ));
+    assert_eq!(sums.digest, Sha256Digest::of(&bytes));
+    assert_eq!(sums.diff_id, sums.digest);
+    assert_eq!(sums.size, bytes.len() as u64);
     let mut archive = tar::Archive::new(&bytes[..]);
     let mut seen = Vec::new();
     for entry in archive.entries().unwrap() {
@@ -66,7 +65,7 @@ fn tar_entries_carry_fixed_metadata() {
             ("models/m/w.safetensors".into(), 0o444, 0, 0),
         ]
     );
-    assert_eq!(layer.sums.files[0].sha256, Sha256Digest::of(b"weights!"));
+    assert_eq!(sums.files[0].sha256, Sha256Digest::of(b"weights!"));
 }
 
 #[test]
@@ -78,29 +77,27 @@ fn same_spec_gives_same_bytes_whatever_the_entry_order() {
     let mut b = a.clone();
     b.reverse();
     for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
-        let la = spec(a.clone(), compression).measure(&Silent).unwrap();
-        let lb = spec(b.clone(), compression).measure(&Silent).unwrap();
-        assert_eq!(la.sums, lb.sums, "{compression:?}");
-        assert_eq!(bytes_of(&la), bytes_of(&lb));
+        let (bytes_a, sums_a) = write(&spec(a.clone(), compression));
+        let (bytes_b, sums_b) = write(&spec(b.clone(), compression));
+        assert_eq!(sums_a, sums_b, "{compression:?}");
+        assert_eq!(bytes_a, bytes_b, "{compression:?}");
     }
 }
 
 #[test]
 fn compressed_layers_have_distinct_digest_and_diff_id() {
-    let layer = spec(
+    let (stored, sums) = write(&spec(
         vec![Entry::bytes("etc/a", vec![b'a'; 10_000], 0o644)],
         Compression::Gzip,
-    )
-    .measure(&Silent)
-    .unwrap();
-    assert_ne!(layer.sums.digest, layer.sums.diff_id);
-    let stored = bytes_of(&layer);
-    assert_eq!(stored.len() as u64, layer.sums.size);
+    ));
+    assert_ne!(sums.digest, sums.diff_id);
+    assert_eq!(Sha256Digest::of(&stored), sums.digest);
+    assert_eq!(stored.len() as u64, sums.size);
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(&stored[..])
         .read_to_end(&mut raw)
         .unwrap();
-    assert_eq!(Sha256Digest::of(&raw), layer.sums.diff_id);
+    assert_eq!(Sha256Digest::of(&raw), sums.diff_id);
     // Fixed gzip header: no mtime, OS byte 255.
     assert_eq!(&stored[4..8], &[0, 0, 0, 0]);
     assert_eq!(stored[9], 255);
@@ -109,16 +106,13 @@ fn compressed_layers_have_distinct_digest_and_diff_id() {
 #[test]
 fn long_paths_and_symlinks_round_trip() {
     let long = format!("usr/lib/{}/libx.so.1", "d".repeat(120));
-    let layer = spec(
+    let (bytes, _) = write(&spec(
         vec![
             Entry::bytes(long.clone(), b"elf".to_vec(), 0o555),
             Entry::symlink("lib64", "usr/lib64"),
         ],
         Compression::None,
-    )
-    .measure(&Silent)
-    .unwrap();
-    let bytes = bytes_of(&layer);
+    ));
     let mut archive = tar::Archive::new(&bytes[..]);
     let mut found_long = false;
     let mut found_link = false;
@@ -138,27 +132,20 @@ fn long_paths_and_symlinks_round_trip() {
     assert!(found_long && found_link);
 }
 
+/// The header promised the size seen when the layer was planned; a file that shrank since
+/// must fail the build rather than produce a short (corrupt) entry.
 #[test]
-fn file_changed_between_passes_is_detected() {
+fn file_shorter_than_planned_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.bin");
-    std::fs::write(&path, b"aaaa").unwrap();
-    let layer = spec(
-        vec![Entry::host_file("w.bin", path.clone(), 4, 0o444)],
-        Compression::None,
-    )
-    .measure(&Silent)
-    .unwrap();
-    std::fs::write(&path, b"bbbb").unwrap();
-    assert!(matches!(
-        layer.write_to(Vec::new(), &Silent),
-        Err(LayerError::Unstable { .. })
-    ));
     std::fs::write(&path, b"bb").unwrap();
-    assert!(matches!(
-        layer.write_to(Vec::new(), &Silent),
-        Err(LayerError::Changed { .. })
-    ));
+    let layer = spec(
+        vec![Entry::host_file("w.bin", path, 4, 0o444)],
+        Compression::None,
+    );
+    let err = layer.write_to(Vec::new(), &Silent).unwrap_err();
+    assert!(matches!(err, LayerError::Changed { .. }), "{err}");
+    assert!(err.to_string().contains("w.bin"), "{err}");
 }
 
 /// A sparse 9 GiB file: its size does not fit the 11 octal digits of a ustar header, so the
@@ -190,7 +177,7 @@ fn file_over_8_gib_gets_a_base256_size() {
     );
     let mut first = FirstBlock(Vec::new());
     assert!(
-        layer.produce(&mut first, &Silent).is_err(),
+        layer.write_to(&mut first, &Silent).is_err(),
         "the writer stops after the header"
     );
     let header = tar::Header::from_byte_slice(&first.0[..512]);

@@ -1,0 +1,151 @@
+//! Defines `Pipeline`: a file writer whose writes happen on a background thread.
+//!
+//! Hashing and disk writes then overlap on two cores instead of taking turns. Memory is bounded:
+//! at most `DEPTH + 2` buffers of `CHUNK` bytes exist at once, recycled through a return channel.
+//! Already written bytes can be overwritten with [`Pipeline::patch`] (used for tar headers whose
+//! content is only known after the entry is written).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
+use std::thread::JoinHandle;
+
+const CHUNK: usize = 1 << 20;
+const DEPTH: usize = 4;
+
+enum Command {
+    Data(Vec<u8>),
+    Patch(u64, Vec<u8>),
+}
+
+pub struct Pipeline {
+    buf: Vec<u8>,
+    position: u64,
+    tx: Option<SyncSender<Command>>,
+    free: Receiver<Vec<u8>>,
+    worker: Option<JoinHandle<io::Result<File>>>,
+}
+
+impl Pipeline {
+    pub fn new(mut file: File) -> Self {
+        let (tx, rx) = sync_channel::<Command>(DEPTH);
+        let (free_tx, free) = channel();
+        let worker = std::thread::spawn(move || -> io::Result<File> {
+            for command in rx {
+                match command {
+                    Command::Data(buf) => {
+                        file.write_all(&buf)?;
+                        let _ = free_tx.send(buf);
+                    }
+                    Command::Patch(offset, bytes) => file.write_all_at(&bytes, offset)?,
+                }
+            }
+            Ok(file)
+        });
+        Self {
+            buf: Vec::with_capacity(CHUNK),
+            position: 0,
+            tx: Some(tx),
+            free,
+            worker: Some(worker),
+        }
+    }
+
+    /// Bytes written so far (the offset the next byte will land at).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Overwrites bytes at `offset`, which must already have been written.
+    pub fn patch(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.send_buffer()?;
+        self.send(Command::Patch(offset, bytes.to_vec()))
+    }
+
+    /// Writes what is buffered, stops the worker and returns the file.
+    pub fn finish(mut self) -> io::Result<File> {
+        self.send_buffer()?;
+        self.tx = None;
+        self.join()
+    }
+
+    fn send_buffer(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = match self.free.try_recv() {
+            Ok(mut buf) => {
+                buf.clear();
+                buf
+            }
+            Err(_) => Vec::with_capacity(CHUNK),
+        };
+        let full = std::mem::replace(&mut self.buf, next);
+        self.send(Command::Data(full))
+    }
+
+    fn send(&mut self, command: Command) -> io::Result<()> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(command).is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The worker stopped: its error is the one to report.
+        self.tx = None;
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(io::Error::other("the writer thread stopped")),
+        }
+    }
+
+    fn join(&mut self) -> io::Result<File> {
+        match self.worker.take() {
+            Some(worker) => worker
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked"))),
+            None => Err(io::Error::other("the writer thread already stopped")),
+        }
+    }
+}
+
+impl Write for Pipeline {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.position += n as u64;
+        if self.buf.len() == CHUNK {
+            self.send_buffer()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buffer()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_in_order_and_patches_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut p = Pipeline::new(File::create(&path).unwrap());
+        p.write_all(&[0u8; 10]).unwrap();
+        let big: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        p.write_all(&big).unwrap();
+        p.patch(2, b"hdr").unwrap();
+        p.write_all(b"tail").unwrap();
+        assert_eq!(p.position(), 10 + big.len() as u64 + 4);
+        drop(p.finish().unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..10], b"\0\0hdr\0\0\0\0\0");
+        assert_eq!(&bytes[10..10 + big.len()], &big[..]);
+        assert_eq!(&bytes[10 + big.len()..], b"tail");
+    }
+}
