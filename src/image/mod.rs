@@ -262,3 +262,109 @@ fn config_json(run: &RunConfig, layers: &[Layer]) -> Result<Vec<u8>, ImageError>
     }
     json::canonical(&value).map_err(json_err("config"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{LayerRole, LayerSpec, LayerSums};
+    use crate::manifest::Compression;
+
+    fn layer(byte: u8, compression: Compression) -> Layer {
+        let digest = Sha256Digest::of(&[byte]);
+        Layer {
+            spec: LayerSpec {
+                role: LayerRole::Weights,
+                description: format!("layer {byte}"),
+                entries: vec![],
+                compression,
+                mtime: 0,
+            },
+            sums: LayerSums {
+                diff_id: Sha256Digest::of(&[byte, 0]),
+                digest,
+                size: 1000 + byte as u64,
+                files: vec![],
+            },
+        }
+    }
+
+    fn run() -> RunConfig {
+        RunConfig {
+            architecture: "amd64".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            user: "65532:65532".into(),
+            entrypoint: vec!["/usr/local/bin/appliance-server".into()],
+            cmd: vec![],
+            env: vec!["A=1".into()],
+            exposed_port: 8000,
+            working_dir: "/home/appliance".into(),
+            labels: BTreeMap::from([("z".into(), "1".into()), ("a".into(), "2".into())]),
+            healthcheck: Healthcheck::from_secs(vec!["CMD".into(), "x".into()], 30, 10, 120, 3),
+        }
+    }
+
+    #[test]
+    fn documents_link_up_and_are_canonical() {
+        let reference = ImageRef::new("registry.local/llm/demo", "1.0").unwrap();
+        let layers = [layer(1, Compression::None), layer(2, Compression::Gzip)];
+        let docs = assemble(&reference, &run(), &layers).unwrap();
+
+        let config: serde_json::Value = serde_json::from_slice(&docs.config.bytes).unwrap();
+        assert_eq!(
+            config["config"]["Healthcheck"]["Interval"],
+            30_000_000_000u64
+        );
+        assert_eq!(
+            config["config"]["Healthcheck"]["StartPeriod"],
+            120_000_000_000u64
+        );
+        assert_eq!(
+            config["config"]["ExposedPorts"]["8000/tcp"],
+            serde_json::json!({})
+        );
+        assert_eq!(config["config"]["StopSignal"], "SIGTERM");
+        assert_eq!(
+            config["rootfs"]["diff_ids"],
+            serde_json::json!([
+                layers[0].sums.diff_id.prefixed(),
+                layers[1].sums.diff_id.prefixed()
+            ])
+        );
+        assert_eq!(config["history"][1]["created_by"], "layer 2");
+        assert_eq!(config["history"][1]["created"], "2026-01-01T00:00:00Z");
+        // Canonical: re-serializing with sorted keys changes nothing.
+        assert_eq!(crate::json::canonical(&config).unwrap(), docs.config.bytes);
+
+        let manifest: serde_json::Value = serde_json::from_slice(&docs.manifest.bytes).unwrap();
+        assert_eq!(manifest["config"]["digest"], docs.config.digest.prefixed());
+        assert_eq!(manifest["config"]["size"], docs.config.size());
+        assert_eq!(
+            manifest["layers"][1]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert_eq!(manifest["layers"][1]["size"], 1002);
+
+        let index: serde_json::Value = serde_json::from_slice(&docs.index_json).unwrap();
+        let entry = &index["manifests"][0];
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+        assert_eq!(entry["digest"], docs.manifest.digest.prefixed());
+        assert_eq!(entry["platform"]["architecture"], "amd64");
+        assert_eq!(
+            entry["annotations"]["org.opencontainers.image.ref.name"],
+            "registry.local/llm/demo:1.0"
+        );
+
+        let docker: serde_json::Value = serde_json::from_slice(&docs.docker_manifest_json).unwrap();
+        assert_eq!(
+            docker[0]["RepoTags"],
+            serde_json::json!(["registry.local/llm/demo:1.0"])
+        );
+        assert_eq!(docker[0]["Config"], blob_path(&docs.config.digest));
+        assert_eq!(docker[0]["Layers"][0], blob_path(&layers[0].sums.digest));
+
+        // Same input, same bytes.
+        let again = assemble(&reference, &run(), &layers).unwrap();
+        assert_eq!(again.manifest.digest, docs.manifest.digest);
+        assert_eq!(again.index_json, docs.index_json);
+    }
+}

@@ -190,3 +190,31 @@ fn healthcheck_durations_parse() {
         }
     );
 }
+
+/// The shipped examples stay valid: each parses, and those that need nothing on disk load.
+#[test]
+fn example_manifests_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let raw: RawManifest =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if raw.model.path.is_none() {
+            Manifest::load(&path, None).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+    assert!(
+        seen >= 3,
+        "expected the example manifests in {}",
+        dir.display()
+    );
+    let demo = Manifest::load(&dir.join("demo.toml"), None).unwrap();
+    assert!(matches!(demo.model.source, ModelSource::Synthetic(_)));
+    assert_eq!(demo.image.reference.short_name(), "appliance-demo");
+}
