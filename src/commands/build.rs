@@ -14,7 +14,7 @@ use crate::fetch::{self, Fetcher, ModelOrigin};
 use crate::image::{self, Healthcheck, RunConfig};
 use crate::layers::plan::{self, Account, PlanInput, PlannedFile};
 use crate::layers::{Layer, LayerRole};
-use crate::manifest::{Device, Manifest};
+use crate::manifest::{Base, Device, Manifest};
 use crate::progress::Progress;
 use crate::server_binary;
 use crate::summary::{self, ImageSummary, LayerSummary, ModelFileSummary, ModelSummary, labels};
