@@ -338,7 +338,12 @@ fn run_config(
     );
     label(
         labels::USERLAND,
-        format!("{:?}", manifest.runtime.base).to_lowercase(),
+        match &manifest.runtime.base {
+            Base::Host => "host".to_string(),
+            Base::Scratch => "scratch".to_string(),
+            // The digest, never the host path: labels must not depend on where the build ran.
+            Base::Image { digest, .. } => format!("image@{digest}"),
+        },
     );
     // Users may add or override descriptive labels, never the ones auditors rely on.
     for (k, v) in &manifest.image.labels {
