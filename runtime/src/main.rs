@@ -2,24 +2,17 @@
 //!
 //! `main` only dispatches: `healthcheck` is a blocking one-shot probe that
 //! must not pay for a tokio runtime or a log subscriber; serving sets up
-//! logging and hands over to [`serve::run`].
-
-mod api;
-mod auth;
-mod build_info;
-mod cli;
-mod healthcheck;
-mod model;
-mod readiness;
-mod serve;
-mod shutdown;
+//! logging and hands over to [`serve::run`]. Everything else lives in the
+//! library crate (`lib.rs`).
 
 use std::process::ExitCode;
 
+use appliance_server::{
+    cli::{Cli, Command},
+    healthcheck, serve,
+};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-
-use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -2,10 +2,11 @@
 //! forward and the `/ready` handler that reports it.
 //!
 //! `/health` answers "the process is serving"; `/ready` answers "send me
-//! traffic". Today the loader only inventories the weights before declaring
-//! ready; the inference engine will add loading them onto the device and a
-//! one-token warm-up generation before the `Ready` transition, so that the
-//! first real request never pays for compilation or allocation.
+//! traffic". The loader (`serve::load`) inventories the weights, loads the
+//! engine onto the device and runs a one-token warm-up generation before
+//! the `Ready` transition, so that the first real request never pays for
+//! first-touch page faults, allocation or kernel loading; a failure at any
+//! step is `Failed` and the process exits 1.
 
 use tokio::sync::watch;
 

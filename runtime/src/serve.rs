@@ -4,27 +4,29 @@
 //! Ordering matters for operators. Everything that can be wrong with the
 //! configuration (device, API key file, model directory, config.json) is
 //! checked *before* the port is bound, so a broken image exits non-zero at
-//! once. Slow work (today the weight inventory; later weight loading and the
-//! warm-up generation) runs *after* binding, so `/health` answers while
-//! `/ready` says `loading`.
+//! once; that includes resolving `config.json` into a model spec (an
+//! unsupported architecture is a configuration error). Slow work (weight
+//! inventory, loading the engine, the warm-up generation) runs *after*
+//! binding, so `/health` answers while `/ready` says `loading`.
 
 use std::{
     error::Error,
     io,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     api::{self, AppState},
     auth::{self, KeyFileError, Secret},
     build_info::{self, BuildInfo},
     cli::{CliError, ServeArgs},
+    engine::{self, Engine, LoadOptions},
     model::{ModelDir, ModelError, weights},
+    models::{ConfigError, ModelSpec},
     readiness::{self, Readiness, ReadinessTx},
     shutdown::{Reason, Shutdown, Signals},
 };
@@ -39,6 +41,8 @@ pub enum ServeError {
     KeyFile(#[from] KeyFileError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    ModelConfig(#[from] ConfigError),
     #[error("the embedded build info is unreadable")]
     BuildInfo(#[from] serde_json::Error),
     #[error("cannot start the async runtime")]
@@ -69,6 +73,8 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         (None, None) => None,
     };
     let model = ModelDir::open(&model_path, args.served_model_name.as_deref())?;
+    // Cheap, and it rejects unsupported architectures before binding.
+    ModelSpec::from_dir(&model.path)?;
     let build = build_info::current()?;
     log_startup(&args, &model, &build, api_key.is_some());
 
@@ -101,7 +107,7 @@ fn log_startup(args: &ServeArgs, model: &ModelDir, build: &BuildInfo, auth: bool
         model.config.architectures.join(", ")
     );
     info!(
-        "engine settings (applied once the inference engine lands): device={:?} dtype={:?} max_model_len={} max_concurrent_requests={} max_queued_requests={}",
+        "engine settings: device={:?} dtype={:?} max_model_len={} max_concurrent_requests={} max_queued_requests={} (request limits apply once the scheduler lands)",
         args.device,
         args.dtype,
         args.max_model_len
@@ -147,8 +153,20 @@ async fn serve(
         build,
         api_key,
         readiness: ready_rx,
+        engine: OnceLock::new(),
     });
-    tokio::spawn(load(model.path.clone(), ready_tx.clone(), shutdown.clone()));
+    let options = LoadOptions {
+        device: args.device,
+        dtype: args.dtype,
+        max_model_len: args.max_model_len.map(|n| n as usize),
+    };
+    tokio::spawn(load(
+        model,
+        options,
+        Arc::clone(&state),
+        ready_tx.clone(),
+        shutdown.clone(),
+    ));
 
     let stop_accepting = {
         let shutdown = shutdown.clone();
@@ -207,45 +225,84 @@ async fn drain(server: &mut JoinHandle<io::Result<()>>, shutdown: &Shutdown, tim
     server.abort();
 }
 
-/// Background loading. Today: inventory and log the weights. The engine will
-/// load them onto the device and run a one-token warm-up here before `Ready`.
-async fn load(dir: PathBuf, ready: ReadinessTx, shutdown: Shutdown) {
-    let inventory = tokio::task::spawn_blocking(move || weights::inventory(&dir)).await;
-    let failure = match inventory {
-        Ok(Ok(inv)) => {
-            for file in &inv.files {
-                info!(
-                    "weights: {} ({})",
-                    file.name,
-                    weights::human_bytes(file.bytes)
-                );
-            }
-            if inv.files.is_empty() {
-                warn!(
-                    "no *.safetensors files in the model directory; the inference engine will need them"
-                );
-            } else {
-                info!(
-                    "weights: {} safetensors file(s), {} in total ({} bytes)",
-                    inv.files.len(),
-                    weights::human_bytes(inv.total_bytes),
-                    inv.total_bytes
-                );
-            }
+/// Background loading: inventory the weights (logged for operators), load
+/// the engine onto the device, run a one-token warm-up generation, publish
+/// the engine to the handlers, and only then report `Ready`. Any failure
+/// marks `/ready` failed and stops the process with exit code 1.
+async fn load(
+    model: ModelDir,
+    options: LoadOptions,
+    state: Arc<AppState>,
+    ready: ReadinessTx,
+    shutdown: Shutdown,
+) {
+    let dir = model.path.clone();
+    let loaded = tokio::task::spawn_blocking(move || load_blocking(&dir, options)).await;
+    let failure = match loaded {
+        Ok(Ok(engine)) => {
+            // Only the loader sets it, once; a second set cannot happen.
+            let _ = state.engine.set(Arc::new(engine));
             ready.set(Readiness::Ready);
             info!("ready");
             return;
         }
-        Ok(Err(e)) => chain(&e),
+        Ok(Err(e)) => e,
         Err(e) => format!("loader task failed: {e}"),
     };
+    error!("loading failed: {failure}");
     ready.set(Readiness::Failed(failure.clone()));
     shutdown.trigger(Reason::Fatal(failure));
 }
 
+/// The blocking part of [`load`]; errors come back as their full cause
+/// chain, which names the file at fault.
+fn load_blocking(dir: &std::path::Path, options: LoadOptions) -> Result<Engine, String> {
+    let inv = weights::inventory(dir).map_err(|e| chain(&e))?;
+    for file in &inv.files {
+        info!(
+            "weights: {} ({})",
+            file.name,
+            weights::human_bytes(file.bytes)
+        );
+    }
+    info!(
+        "weights: {} safetensors file(s), {} in total ({} bytes)",
+        inv.files.len(),
+        weights::human_bytes(inv.total_bytes),
+        inv.total_bytes
+    );
+    let started = Instant::now();
+    let engine = Engine::load(dir, options).map_err(|e| chain(&e))?;
+    let spec = engine.spec();
+    info!(
+        "loaded {:?} ({} layers, hidden {}, vocab {}) on {} as {:?} in {:.2}s; max_model_len={}, stop ids {:?}{}",
+        spec.architecture,
+        spec.num_layers,
+        spec.hidden_size,
+        spec.vocab_size,
+        engine::device::describe(engine.device()),
+        engine.dtype(),
+        started.elapsed().as_secs_f64(),
+        engine.max_model_len(),
+        engine.tokenizer().eos_ids(),
+        if engine.has_chat_template() {
+            ""
+        } else {
+            "; no chat template"
+        },
+    );
+    let started = Instant::now();
+    engine.warm_up().map_err(|e| chain(&e))?;
+    info!(
+        "warm-up generation took {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(engine)
+}
+
 /// `error: cause: root cause`, the way `anyhow` would print it; this module
 /// stays on typed errors, so it formats the chain itself.
-fn chain(error: &dyn Error) -> String {
+pub fn chain(error: &dyn Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

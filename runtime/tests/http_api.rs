@@ -201,3 +201,52 @@ fn api_key_from_the_environment_works_and_stays_hidden() {
     assert!(help.contains("APPLIANCE_API_KEY"), "{help}");
     assert!(!help.contains(KEY), "{help}");
 }
+
+#[test]
+fn tokenize_and_detokenize_validate_their_input() {
+    let model = model_dir("tiny");
+    let server = Server::start(&["--model", model.path.to_str().expect("utf-8 path")], &[]);
+    server.wait_ready();
+    let post = |path: &str, body: &str| request(server.port, "POST", path, &[], body);
+
+    let r = post("/tokenize", r#"{"prompt":"hello world"}"#);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"tokens": [3, 4], "count": 2, "max_model_len": 64})
+    );
+    let r = post(
+        "/tokenize",
+        r#"{"messages":[{"role":"user","content":"hi"}],"add_generation_prompt":true}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    // "user : hi assistant :" in the tiny word vocabulary.
+    assert_eq!(r.json()["tokens"], serde_json::json!([5, 8, 9, 6, 8]));
+    let r = post("/detokenize", r#"{"tokens":[3,4]}"#);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["prompt"], "hello world");
+
+    for (path, body, param) in [
+        ("/tokenize", "{}", None),
+        ("/tokenize", r#"{"prompt":"a","messages":[]}"#, None),
+        ("/tokenize", r#"{"messages":"hi"}"#, Some("messages")),
+        (
+            "/tokenize",
+            r#"{"messages":[{"content":"hi"}]}"#,
+            Some("messages"),
+        ),
+        ("/tokenize", "{not json", None),
+        ("/detokenize", r#"{"tokens":[999]}"#, Some("tokens")),
+        ("/detokenize", r#"{"tokens":[-1]}"#, None),
+    ] {
+        let r = post(path, body);
+        assert_eq!(
+            assert_openai_error(&r, 400),
+            "invalid_request_error",
+            "{body}"
+        );
+        assert_eq!(r.json()["error"]["param"].as_str(), param, "{body}");
+    }
+    let r = post("/tokenize", r#"{"model":"other","prompt":"hi"}"#);
+    assert_openai_error(&r, 404);
+}

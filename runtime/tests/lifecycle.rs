@@ -214,3 +214,43 @@ fn writes_no_files() {
     );
     assert_eq!(list_dir(&model.path), before, "modified the model dir");
 }
+
+/// A checkpoint that cannot load: `/ready` never turns 200, and the process
+/// exits 1 after binding with a message naming the file at fault.
+fn assert_load_fails_naming(model: &common::ModelDir, file: &std::path::Path) {
+    let out = run_server(&["--model", model.path.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listening on"), "{err}");
+    assert!(
+        !err.contains("] ready") && !err.contains(" ready\n"),
+        "{err}"
+    );
+    assert!(err.contains(&file.display().to_string()), "{err}");
+}
+
+#[test]
+fn corrupt_weights_exit_non_zero_naming_the_file() {
+    let model = model_dir("tiny");
+    let weights = model.path.join("model.safetensors");
+    fs::write(&weights, [0u8; 64]).expect("write");
+    assert_load_fails_naming(&model, &weights);
+}
+
+#[test]
+fn missing_tokenizer_exits_non_zero_naming_the_file() {
+    let model = model_dir("tiny");
+    let tokenizer = model.path.join("tokenizer.json");
+    fs::remove_file(&tokenizer).expect("remove");
+    assert_load_fails_naming(&model, &tokenizer);
+}
+
+#[test]
+fn unsupported_architecture_fails_before_binding() {
+    let model = model_dir("tiny");
+    let config = model.path.join("config.json");
+    fs::write(&config, r#"{"architectures":["GPT2LMHeadModel"],"vocab_size":16,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2}"#).expect("write");
+    let out = run_server(&["--model", model.path.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_fails_naming(&out, &config.display().to_string());
+}

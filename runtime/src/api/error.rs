@@ -20,7 +20,7 @@ pub enum ApiError {
     #[error("Incorrect API key provided.")]
     IncorrectApiKey,
     #[error(
-        "{method} {path} is not implemented: this build of appliance-server has no inference engine yet."
+        "{method} {path} is not implemented yet: this build of appliance-server has no request scheduler, so it does not generate over HTTP."
     )]
     NotImplemented { method: Method, path: String },
     #[error("The model `{0}` does not exist.")]
@@ -29,6 +29,26 @@ pub enum ApiError {
     NotFound { method: Method, path: String },
     #[error("Method {method} is not allowed for {path}.")]
     MethodNotAllowed { method: Method, path: String },
+    /// A malformed or semantically invalid request body (HTTP 400).
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("The model is still loading; retry once /ready answers 200.")]
+    ModelLoading,
+    /// An engine failure that is not the client's fault (HTTP 500).
+    #[error("Internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param,
+        }
+    }
 }
 
 impl From<AuthFailure> for ApiError {
@@ -47,6 +67,9 @@ impl ApiError {
             Self::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             Self::ModelNotFound(_) | Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::ModelLoading => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -58,7 +81,9 @@ impl ApiError {
             }
             Self::NotImplemented { .. } => "not_implemented",
             Self::NotFound { .. } => "not_found_error",
-            Self::MethodNotAllowed { .. } => "invalid_request_error",
+            Self::MethodNotAllowed { .. } | Self::InvalidRequest { .. } => "invalid_request_error",
+            Self::ModelLoading => "service_unavailable_error",
+            Self::Internal(_) => "internal_server_error",
         }
     }
 
@@ -67,9 +92,12 @@ impl ApiError {
         match self {
             Self::MissingApiKey | Self::IncorrectApiKey => Some("invalid_api_key"),
             Self::ModelNotFound(_) => Some("model_not_found"),
-            Self::NotImplemented { .. } | Self::NotFound { .. } | Self::MethodNotAllowed { .. } => {
-                None
-            }
+            Self::ModelLoading => Some("model_loading"),
+            Self::NotImplemented { .. }
+            | Self::NotFound { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::InvalidRequest { .. }
+            | Self::Internal(_) => None,
         }
     }
 
@@ -77,6 +105,7 @@ impl ApiError {
     fn param(&self) -> Option<&'static str> {
         match self {
             Self::ModelNotFound(_) => Some("model"),
+            Self::InvalidRequest { param, .. } => *param,
             _ => None,
         }
     }

@@ -1,9 +1,11 @@
 //! The HTTP API: routing, shared state, and the middleware stack.
 //!
 //! This is the top layer of the `api → scheduler → engine → model` stack
-//! (after Hugging Face TGI's router). Today only the routes that need no
-//! engine exist: probes, version, and the model list. Every other `/v1/*`
-//! route answers 501 in OpenAI's error shape; none pretends to generate.
+//! (after Hugging Face TGI's router). Today: probes, version, the model list,
+//! and `/tokenize` + `/detokenize` (which need the engine's tokenizer and
+//! chat template but no generation). Every other `/v1/*` route, generation
+//! included, answers 501 in OpenAI's error shape until the scheduler lands;
+//! none pretends to generate.
 //!
 //! Middleware order, outermost first: access log (so refused requests are
 //! logged too), then API-key auth, then the routes and fallbacks.
@@ -12,18 +14,19 @@ mod middleware;
 mod routes;
 #[cfg(test)]
 mod tests;
+mod tokenize;
 
 pub mod error;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::{
     Router,
     middleware::{from_fn, from_fn_with_state},
-    routing::{any, get},
+    routing::{any, get, post},
 };
 
-use crate::{auth::Secret, build_info::BuildInfo, readiness::ReadinessRx};
+use crate::{auth::Secret, build_info::BuildInfo, engine::Engine, readiness::ReadinessRx};
 
 /// Paths that answer without an API key: orchestrator probes carry none.
 pub const PUBLIC_PATHS: [&str; 2] = ["/health", "/ready"];
@@ -37,6 +40,9 @@ pub struct AppState {
     pub build: BuildInfo,
     pub api_key: Option<Secret>,
     pub readiness: ReadinessRx,
+    /// Set once by the loader, after the warm-up and before `Ready`.
+    /// Handlers that need it answer 503 while it is empty.
+    pub engine: OnceLock<Arc<Engine>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -46,6 +52,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/version", get(routes::version))
         .route("/v1/models", get(routes::list_models))
         .route("/v1/models/{*model}", get(routes::retrieve_model))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/{*rest}", any(routes::not_implemented))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -1,5 +1,6 @@
-//! Route handlers. Each answers from [`AppState`] alone: nothing here can
-//! block on the (future) engine, so probes stay responsive under load.
+//! Route handlers that answer from [`AppState`] alone: nothing here touches
+//! the engine, so probes stay responsive under load. The engine-backed
+//! `/tokenize` and `/detokenize` live in `tokenize.rs`.
 
 use std::sync::Arc;
 
@@ -19,9 +20,8 @@ pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: 200 only once the model directory checked out and the loader
-/// finished; the later engine will only report ready after a warm-up
-/// generation (see `crate::readiness`).
+/// Readiness: 200 only once the engine loaded and its warm-up generation
+/// succeeded (see `crate::readiness`).
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let unavailable = StatusCode::SERVICE_UNAVAILABLE;
     match state.readiness.get() {

@@ -26,6 +26,7 @@ fn app(api_key: Option<&str>) -> (axum::Router, ReadinessTx) {
         build: build_info::current().expect("build info"),
         api_key: api_key.map(|k| k.parse::<Secret>().expect("key")),
         readiness: rx,
+        engine: std::sync::OnceLock::new(),
     };
     (router(Arc::new(state)), tx)
 }

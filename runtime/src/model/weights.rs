@@ -1,8 +1,9 @@
 //! Inventory of a model directory's `*.safetensors` files.
 //!
-//! Until the inference engine exists, this is all the "loading" the server
-//! does: it proves the weights are present and readable and logs what the
-//! image ships, which is what an operator checks first when a model misbehaves.
+//! Runs before the engine loads: it proves the weights are present and
+//! readable (a dangling shard symlink fails here, naming the link) and logs
+//! what the image ships, which is what an operator checks first when a model
+//! misbehaves. Loading itself is `crate::models`.
 
 use std::{
     fs,

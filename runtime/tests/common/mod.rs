@@ -24,24 +24,139 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A temp directory holding a model directory `<tmp>/<name>` with a
-/// `config.json` and one tiny `.safetensors` file.
+/// A temp directory holding a model directory `<tmp>/<name>`: a tiny but
+/// real (random-weight) Llama checkpoint the engine can load and warm up in
+/// milliseconds, with a word-level tokenizer and a chat template.
 pub struct ModelDir {
     _tmp: tempfile::TempDir,
     pub path: PathBuf,
 }
 
+/// Words of the tiny tokenizer; ids follow the specials `<s>`, `</s>`, `<unk>`.
+pub const TINY_WORDS: [&str; 13] = [
+    "hello",
+    "world",
+    "user",
+    "assistant",
+    "system",
+    ":",
+    "hi",
+    "there",
+    "how",
+    "are",
+    "you",
+    "?",
+    "!",
+];
+const TINY_HIDDEN: usize = 8;
+const TINY_HEADS: usize = 2;
+const TINY_KV_HEADS: usize = 1;
+const TINY_FFN: usize = 16;
+
 pub fn model_dir(name: &str) -> ModelDir {
     let tmp = tempfile::tempdir().expect("create temp dir");
     let path = tmp.path().join(name);
     fs::create_dir(&path).expect("create model dir");
-    fs::write(
-        path.join("config.json"),
-        r#"{"model_type":"llama","architectures":["LlamaForCausalLM"],"hidden_size":16}"#,
-    )
-    .expect("write config.json");
-    fs::write(path.join("model.safetensors"), [0u8; 64]).expect("write weights");
+    let vocab = 3 + TINY_WORDS.len();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": TINY_HIDDEN,
+        "intermediate_size": TINY_FFN,
+        "num_hidden_layers": 1,
+        "num_attention_heads": TINY_HEADS,
+        "num_key_value_heads": TINY_KV_HEADS,
+        "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "torch_dtype": "float32",
+    });
+    fs::write(path.join("config.json"), config.to_string()).expect("write config.json");
+    fs::write(path.join("tokenizer.json"), tiny_tokenizer().to_string())
+        .expect("write tokenizer.json");
+    let tok_config = serde_json::json!({
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "chat_template": "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant :{% endif %}",
+    });
+    fs::write(path.join("tokenizer_config.json"), tok_config.to_string())
+        .expect("write tokenizer_config.json");
+    fs::write(path.join("model.safetensors"), tiny_weights(vocab)).expect("write weights");
     ModelDir { _tmp: tmp, path }
+}
+
+fn tiny_tokenizer() -> serde_json::Value {
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let mut vocab = serde_json::Map::new();
+    for (i, w) in ["<s>", "</s>", "<unk>"]
+        .iter()
+        .chain(TINY_WORDS.iter())
+        .enumerate()
+    {
+        vocab.insert((*w).to_owned(), i.into());
+    }
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<s>"), special(1, "</s>"), special(2, "<unk>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    })
+}
+
+/// A safetensors file (written by hand: 8-byte header length, JSON header,
+/// little-endian f32 data) with deterministic pseudo-random weights.
+fn tiny_weights(vocab: usize) -> Vec<u8> {
+    let (h, kv) = (TINY_HIDDEN, TINY_HIDDEN / TINY_HEADS * TINY_KV_HEADS);
+    let l = "model.layers.0";
+    let tensors: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, h]),
+        (format!("{l}.input_layernorm.weight"), vec![h]),
+        (format!("{l}.self_attn.q_proj.weight"), vec![h, h]),
+        (format!("{l}.self_attn.k_proj.weight"), vec![kv, h]),
+        (format!("{l}.self_attn.v_proj.weight"), vec![kv, h]),
+        (format!("{l}.self_attn.o_proj.weight"), vec![h, h]),
+        (format!("{l}.post_attention_layernorm.weight"), vec![h]),
+        (format!("{l}.mlp.gate_proj.weight"), vec![TINY_FFN, h]),
+        (format!("{l}.mlp.up_proj.weight"), vec![TINY_FFN, h]),
+        (format!("{l}.mlp.down_proj.weight"), vec![h, TINY_FFN]),
+        ("model.norm.weight".into(), vec![h]),
+        ("lm_head.weight".into(), vec![vocab, h]),
+    ];
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    let mut state: u32 = 12345;
+    for (name, shape) in &tensors {
+        let n: usize = shape.iter().product();
+        let start = data.len();
+        for _ in 0..n {
+            let value = if shape.len() == 1 {
+                1.0f32
+            } else {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                ((state >> 16) % 1000) as f32 / 1000.0 - 0.5
+            };
+            data.extend_from_slice(&value.to_le_bytes());
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let header = serde_json::Value::Object(header).to_string();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&data);
+    out
 }
 
 /// A command for the server binary with a clean, deterministic environment.

@@ -1,0 +1,97 @@
+//! Chat template tests: where the template comes from, and that the
+//! environment behaves like transformers' (block trimming, Python methods,
+//! `raise_exception`, Python-style `tojson`).
+
+use serde_json::json;
+
+use super::*;
+
+fn config(v: Json) -> TokenizerConfig {
+    TokenizerConfig {
+        bos_token: v.get("bos_token").and_then(Json::as_str).map(str::to_owned),
+        eos_token: v.get("eos_token").and_then(Json::as_str).map(str::to_owned),
+        add_bos_token: None,
+        raw: v,
+    }
+}
+
+fn template(source: &str) -> ChatTemplate {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(json!({"chat_template": source, "bos_token": "<s>", "eos_token": "</s>"}));
+    ChatTemplate::load(dir.path(), &cfg)
+        .expect("compiles")
+        .expect("has a template")
+}
+
+#[test]
+fn named_templates_use_default_and_files_take_precedence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let named = json!({"chat_template": [
+        {"name": "tool_use", "template": "T"},
+        {"name": "default", "template": "D{{ bos_token }}"},
+    ], "bos_token": "<s>"});
+    let t = ChatTemplate::load(dir.path(), &config(named.clone()))
+        .expect("ok")
+        .expect("some");
+    assert_eq!(t.render(&json!([]), None, false).expect("render"), "D<s>");
+
+    fs::write(dir.path().join("chat_template.jinja"), "F\n").expect("write");
+    let t = ChatTemplate::load(dir.path(), &config(named))
+        .expect("ok")
+        .expect("some");
+    // Jinja drops a single trailing newline, as transformers' does.
+    assert_eq!(t.render(&json!([]), None, false).expect("render"), "F");
+
+    let no_default = json!({"chat_template": [{"name": "tool_use", "template": "T"}]});
+    let empty = tempfile::tempdir().expect("tempdir");
+    let err = ChatTemplate::load(empty.path(), &config(no_default)).expect_err("no default");
+    assert!(err.to_string().contains("default"), "{err}");
+    assert!(
+        ChatTemplate::load(empty.path(), &config(json!({})))
+            .expect("ok")
+            .is_none()
+    );
+}
+
+#[test]
+fn blocks_are_trimmed_and_python_methods_work() {
+    let t = template(
+        "{% for m in messages %}\n  {% if m.role == 'user' %}\n[{{ m.content.strip() | upper }}]\n  {% endif %}\n{% endfor %}\n{% if add_generation_prompt %}>{% endif %}",
+    );
+    let messages =
+        json!([{"role": "user", "content": "  hi  "}, {"role": "system", "content": "x"}]);
+    assert_eq!(t.render(&messages, None, true).expect("render"), "[HI]\n>");
+}
+
+#[test]
+fn raise_exception_reaches_the_client_message() {
+    let t = template("{{ raise_exception('Conversation roles must alternate') }}");
+    let err = t.render(&json!([]), None, false).expect_err("raises");
+    assert!(
+        err.to_string()
+            .contains("Conversation roles must alternate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tojson_formats_like_python_json_dumps() {
+    let t = template("{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}");
+    let tools = json!([{"name": "f", "n": 1.0, "ok": true, "list": [], "s": "é<"}]);
+    let out = t.render(&json!([]), Some(&tools), false).expect("render");
+    let (flat, pretty) = out.split_once('|').expect("separator");
+    assert_eq!(
+        flat,
+        r#"[{"list": [], "n": 1.0, "name": "f", "ok": true, "s": "é<"}]"#
+    );
+    assert!(pretty.starts_with("{\n  \"list\": [],\n"), "{pretty}");
+    assert!(pretty.ends_with("\n}"), "{pretty}");
+}
+
+#[test]
+fn strftime_now_formats_the_current_date() {
+    let t = template("{{ strftime_now('%Y') }}");
+    let year = t.render(&json!([]), None, false).expect("render");
+    assert_eq!(year.len(), 4, "{year}");
+    assert!(year.starts_with("20"), "{year}");
+}
