@@ -121,7 +121,10 @@ impl ImageWriter {
         let out = self.pipeline()?;
         let header_at = out.position();
         out.write_all(&[0u8; 512]).map_err(write_err)?;
-        let (out, sums) = spec.write_to(out, progress)?;
+        out.start_digest().map_err(write_err)?;
+        let (out, written) = spec.write_unhashed(out, progress)?;
+        let (digest, size) = out.end_digest().map_err(write_err)?;
+        let sums = written.into_sums(digest, size);
         let path = blob_path(&sums.digest);
         let header =
             header(&path, sums.size, tar::EntryType::Regular, 0o644, mtime).map_err(write_err)?;

@@ -11,12 +11,20 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Sha256Digest;
+
 const CHUNK: usize = 1 << 20;
 const DEPTH: usize = 4;
 
 enum Command {
     Data(Vec<u8>),
     Patch(u64, Vec<u8>),
+    /// Start hashing the data written from here on.
+    StartDigest,
+    /// Stop hashing and send back the digest and byte count.
+    EndDigest(SyncSender<(Sha256Digest, u64)>),
 }
 
 pub struct Pipeline {
@@ -32,13 +40,23 @@ impl Pipeline {
         let (tx, rx) = sync_channel::<Command>(DEPTH);
         let (free_tx, free) = channel();
         let worker = std::thread::spawn(move || -> io::Result<File> {
+            let mut digest: Option<(Sha256, u64)> = None;
             for command in rx {
                 match command {
                     Command::Data(buf) => {
+                        if let Some((hasher, len)) = digest.as_mut() {
+                            hasher.update(&buf);
+                            *len += buf.len() as u64;
+                        }
                         file.write_all(&buf)?;
                         let _ = free_tx.send(buf);
                     }
                     Command::Patch(offset, bytes) => file.write_all_at(&bytes, offset)?,
+                    Command::StartDigest => digest = Some((Sha256::new(), 0)),
+                    Command::EndDigest(reply) => {
+                        let (hasher, len) = digest.take().unwrap_or_else(|| (Sha256::new(), 0));
+                        let _ = reply.send((Sha256Digest::from_hasher(hasher), len));
+                    }
                 }
             }
             Ok(file)
@@ -61,6 +79,29 @@ impl Pipeline {
     pub fn patch(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         self.send_buffer()?;
         self.send(Command::Patch(offset, bytes.to_vec()))
+    }
+
+    /// Starts a digest of everything written after this call (computed on the writer thread).
+    pub fn start_digest(&mut self) -> io::Result<()> {
+        self.send_buffer()?;
+        self.send(Command::StartDigest)
+    }
+
+    /// Ends the digest begun by [`Pipeline::start_digest`]: sha256 and length of the bytes since.
+    pub fn end_digest(&mut self) -> io::Result<(Sha256Digest, u64)> {
+        self.send_buffer()?;
+        let (reply, answer) = sync_channel(1);
+        self.send(Command::EndDigest(reply))?;
+        match answer.recv() {
+            Ok(result) => Ok(result),
+            Err(_) => {
+                self.tx = None;
+                Err(self
+                    .join()
+                    .err()
+                    .unwrap_or_else(|| io::Error::other("the writer thread stopped")))
+            }
+        }
     }
 
     /// Writes what is buffered, stops the worker and returns the file.
@@ -138,7 +179,12 @@ mod tests {
         let mut p = Pipeline::new(File::create(&path).unwrap());
         p.write_all(&[0u8; 10]).unwrap();
         let big: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        p.start_digest().unwrap();
         p.write_all(&big).unwrap();
+        assert_eq!(
+            p.end_digest().unwrap(),
+            (Sha256Digest::of(&big), big.len() as u64)
+        );
         p.patch(2, b"hdr").unwrap();
         p.write_all(b"tail").unwrap();
         assert_eq!(p.position(), 10 + big.len() as u64 + 4);

@@ -8,11 +8,13 @@
 mod compress;
 pub mod plan;
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
+
+use sha2::Digest as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::digest::{HashingReader, HashingWriter, Sha256Digest};
+use crate::digest::{HashingWriter, Sha256Digest};
 use crate::manifest::Compression;
 use crate::progress::ProgressTask;
 use compress::Compressor;
@@ -142,6 +144,27 @@ pub struct FileSum {
     pub size: u64,
 }
 
+/// What writing a layer learned, before the stored bytes' digest is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The uncompressed tar's digest, for compressed layers; for uncompressed layers it is the
+    /// stored digest.
+    pub diff_id: Option<Sha256Digest>,
+    pub files: Vec<FileSum>,
+}
+
+impl Written {
+    /// Completes the sums with the digest and size of the bytes as stored.
+    pub fn into_sums(self, digest: Sha256Digest, size: u64) -> LayerSums {
+        LayerSums {
+            diff_id: self.diff_id.unwrap_or(digest),
+            digest,
+            size,
+            files: self.files,
+        }
+    }
+}
+
 /// A layer that has been written: ready to be described in the image config.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -194,38 +217,44 @@ impl LayerSpec {
         out: W,
         progress: &dyn ProgressTask,
     ) -> Result<(W, LayerSums), LayerError> {
+        let (hashing, written) = self.write_unhashed(HashingWriter::new(out), progress)?;
+        let (out, digest, size) = hashing.finish();
+        let sums = written.into_sums(digest, size);
+        Ok((out, sums))
+    }
+
+    /// Like [`LayerSpec::write_to`], but leaves hashing the stored bytes to the caller, who
+    /// sees them all anyway: the export hashes them on its writer thread, so the layer digest
+    /// and the files' digests are computed on different cores.
+    pub fn write_unhashed<W: Write>(
+        &self,
+        out: W,
+        progress: &dyn ProgressTask,
+    ) -> Result<(W, Written), LayerError> {
         let write_err = |source| LayerError::Write {
             role: self.role,
             source,
         };
         match self.compression {
-            // Stored bytes are the tar itself: one hash serves as digest and diff_id.
             Compression::None => {
-                let (hashing, files) = self.write_tar(HashingWriter::new(out), progress)?;
-                let (out, digest, size) = hashing.finish();
+                let (out, files) = self.write_tar(out, progress)?;
                 Ok((
                     out,
-                    LayerSums {
-                        diff_id: digest,
-                        digest,
-                        size,
+                    Written {
+                        diff_id: None,
                         files,
                     },
                 ))
             }
             compression => {
-                let stored = HashingWriter::new(out);
-                let compressor = Compressor::new(stored, compression).map_err(write_err)?;
+                let compressor = Compressor::new(out, compression).map_err(write_err)?;
                 let (raw, files) = self.write_tar(HashingWriter::new(compressor), progress)?;
                 let (compressor, diff_id, _) = raw.finish();
-                let stored = compressor.finish().map_err(write_err)?;
-                let (out, digest, size) = stored.finish();
+                let out = compressor.finish().map_err(write_err)?;
                 Ok((
                     out,
-                    LayerSums {
-                        diff_id,
-                        digest,
-                        size,
+                    Written {
+                        diff_id: Some(diff_id),
                         files,
                     },
                 ))
@@ -290,30 +319,27 @@ impl LayerSpec {
                         (Sha256Digest::of(bytes), bytes.len() as u64)
                     }
                     FileSource::Host(path) => {
-                        let read_err = |source| LayerError::Read {
-                            path: path.clone(),
-                            role,
-                            source,
-                        };
-                        let file = std::fs::File::open(path).map_err(read_err)?;
-                        let reader = ExactReader::new(
-                            BufReader::with_capacity(READ_BUFFER, file),
-                            *size,
-                            progress,
-                        );
-                        let mut hashing = HashingReader::new(reader);
-                        if let Err(e) = tar.append_data(&mut header, &entry.path, &mut hashing) {
-                            return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
-                                LayerError::Changed {
+                        // The header goes through the tar builder (it handles long names); the
+                        // content is then copied in big chunks straight to the output, with no
+                        // 8 KiB intermediate copies: this loop is the hot path for weights.
+                        tar.append_data(&mut header, &entry.path, io::empty())
+                            .map_err(write_err)?;
+                        let digest = copy_file(path, *size, tar.get_mut(), progress).map_err(
+                            |e| match e {
+                                CopyError::Short => LayerError::Changed {
                                     path: path.clone(),
                                     what: format!("it is shorter than the {size} bytes it had"),
-                                }
-                            } else {
-                                read_err(e)
-                            });
-                        }
-                        let (_, digest, read) = hashing.finish();
-                        (digest, read)
+                                },
+                                CopyError::Read(source) => LayerError::Read {
+                                    path: path.clone(),
+                                    role,
+                                    source,
+                                },
+                                CopyError::Write(source) => write_err(source),
+                            },
+                        )?;
+                        pad(tar.get_mut(), *size).map_err(write_err)?;
+                        (digest, *size)
                     }
                 };
                 Ok(Some(FileSum {
@@ -326,43 +352,49 @@ impl LayerSpec {
     }
 }
 
-/// Yields exactly `len` bytes of `inner`, failing with `UnexpectedEof` if it ends early: the tar
-/// header already promised `len` bytes, so a short file must not produce a short entry.
-struct ExactReader<'a, R> {
-    inner: R,
-    remaining: u64,
-    progress: &'a dyn ProgressTask,
+enum CopyError {
+    /// The file ended before the size the header promised.
+    Short,
+    Read(io::Error),
+    Write(io::Error),
 }
 
-impl<'a, R: Read> ExactReader<'a, R> {
-    fn new(inner: R, len: u64, progress: &'a dyn ProgressTask) -> Self {
-        Self {
-            inner,
-            remaining: len,
-            progress,
-        }
-    }
-}
-
-impl<R: Read> Read for ExactReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 {
-            return Ok(0);
-        }
-        let max = buf
+/// Copies exactly `len` bytes of the file at `path` into `out`, returning their sha256.
+fn copy_file(
+    path: &std::path::Path,
+    len: u64,
+    out: &mut impl Write,
+    progress: &dyn ProgressTask,
+) -> Result<Sha256Digest, CopyError> {
+    let mut file = std::fs::File::open(path).map_err(CopyError::Read)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut remaining = len;
+    while remaining > 0 {
+        let want = buf
             .len()
-            .min(self.remaining.min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..max])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file ended early",
-            ));
-        }
-        self.remaining -= n as u64;
-        self.progress.advance(n as u64);
-        Ok(n)
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => return Err(CopyError::Short),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        remaining -= n as u64;
+        progress.advance(n as u64);
     }
+    Ok(Sha256Digest::from_hasher(hasher))
+}
+
+/// Zero padding to the next 512-byte tar block.
+fn pad(out: &mut impl Write, size: u64) -> io::Result<()> {
+    let rem = (size % 512) as usize;
+    if rem != 0 {
+        out.write_all(&[0u8; 512][..512 - rem])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
