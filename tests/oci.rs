@@ -16,14 +16,19 @@ use support::{
 const NAME: &str = "registry.local/llm/llama-gqa";
 
 /// Builds the `llama-gqa` fixture into `dir/image.tar` and returns it with the build summary.
+/// `extra` goes into `[image]`, `server` into `[server]`.
 fn build(dir: &Path, extra: &str) -> (PathBuf, serde_json::Value) {
+    build_with(dir, extra, "")
+}
+
+fn build_with(dir: &Path, extra: &str, server: &str) -> (PathBuf, serde_json::Value) {
     let model = shared_fixtures().join("models/llama-gqa");
     let manifest = dir.join("manifest.toml");
     std::fs::write(
         &manifest,
         format!(
             "[image]\nname = \"{NAME}\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n{extra}\n\
-             [model]\npath = \"{}\"\n[server]\nserved_model_name = \"llama-gqa\"\n",
+             [model]\npath = \"{}\"\n[server]\nserved_model_name = \"llama-gqa\"\n{server}\n",
             model.display()
         ),
     )
@@ -270,4 +275,69 @@ fn zstd_layers_load_with_podman() {
         .map(|l| l["diff_id"].as_str().unwrap())
         .collect();
     assert_eq!(diff_ids, built_ids);
+}
+
+/// The whole site workflow on the real Docker Engine: load, run hardened (the image's non-root
+/// user, read-only rootfs, no capabilities, no new privileges), the model loads, the image's own
+/// HEALTHCHECK (`appliance-server healthcheck`, no curl) turns the container healthy, the API
+/// answers, and `docker stop` (SIGTERM) drains and exits 0.
+#[test]
+fn docker_runs_the_image_hardened_until_healthy_and_stops_cleanly() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let (tar, _) = build_with(dir.path(), "", &format!("port = {port}"));
+    let docker = Dockerd::start();
+    docker.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
+    let reference = format!("{NAME}:0.1.0");
+    let id = docker.docker_ok(&[
+        "run",
+        "-d",
+        "--network",
+        "host",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--health-interval",
+        "1s",
+        &reference,
+    ]);
+    let id = id.trim().to_string();
+    let state = |field: &str| {
+        docker
+            .docker_ok(&["inspect", "-f", field, &id])
+            .trim()
+            .to_string()
+    };
+
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = support::wait_for_http(&format!("{base}/ready"), Duration::from_secs(90));
+    assert!(
+        ready,
+        "server never became ready; logs:\n{}",
+        docker.docker_ok(&["logs", &id])
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state("{{.State.Health.Status}}") != "healthy" {
+        assert!(
+            Instant::now() < deadline,
+            "never healthy: {}",
+            state("{{json .State.Health}}")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(state("{{.Config.User}}"), "65532:65532");
+    let (status, body) =
+        support::http_post_json(&format!("{base}/tokenize"), r#"{"prompt": "hello"}"#, None);
+    assert_eq!(status, 200, "{body}");
+
+    docker.docker_ok(&["stop", "-t", "30", &id]);
+    assert_eq!(
+        state("{{.State.ExitCode}}"),
+        "0",
+        "logs:\n{}",
+        docker.docker_ok(&["logs", &id])
+    );
 }
