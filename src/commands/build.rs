@@ -13,7 +13,7 @@ use crate::export::{self, ImageWriter};
 use crate::fetch::{self, Fetcher, ModelOrigin};
 use crate::image::{self, Healthcheck, RunConfig};
 use crate::layers::plan::{self, Account, PlanInput, PlannedFile};
-use crate::layers::{Layer, LayerRole};
+use crate::layers::{FileSum, Layer, LayerRole};
 use crate::manifest::{Base, Device, Manifest};
 use crate::progress::Progress;
 use crate::server_binary;
@@ -149,26 +149,27 @@ pub fn build(
         .collect::<Result<_, _>>()?;
     task.finish();
 
+    // Every model file's digest, as measured while its layer was written.
     let model_prefix = format!("{model_dir}/");
-    let mut model_files: Vec<ModelFileSummary> = layers
+    let measured: BTreeMap<String, &FileSum> = layers
         .iter()
         .filter(|l| matches!(l.spec.role, LayerRole::Weights | LayerRole::ModelFiles))
         .flat_map(|l| &l.sums.files)
-        .filter_map(|f| {
-            Some(ModelFileSummary {
-                path: f.path.strip_prefix(&model_prefix)?.to_string(),
-                sha256: f.sha256.hex(),
-                size: f.size,
-            })
+        .filter_map(|f| Some((f.path.strip_prefix(&model_prefix)?.to_string(), f)))
+        .collect();
+    let model_files: Vec<ModelFileSummary> = measured
+        .iter()
+        .map(|(path, f)| ModelFileSummary {
+            path: path.clone(),
+            sha256: f.sha256.hex(),
+            size: f.size,
         })
         .collect();
-    model_files.sort();
-    let measured: BTreeMap<String, Sha256Digest> = layers
+    let digests: BTreeMap<String, Sha256Digest> = measured
         .iter()
-        .flat_map(|l| &l.sums.files)
-        .filter_map(|f| Some((f.path.strip_prefix(&model_prefix)?.to_string(), f.sha256)))
+        .map(|(path, f)| (path.clone(), f.sha256))
         .collect();
-    fetch::check_pins(&manifest.model.pins, &measured)?;
+    fetch::check_pins(&manifest.model.pins, &digests)?;
     if !manifest.model.pins.is_empty() {
         log.step(&format!(
             "Verified {} pinned sha256 digests",
@@ -346,10 +347,8 @@ fn run_config(
         },
     );
     // Users may add or override descriptive labels, never the ones auditors rely on.
+    // (The manifest already refused the reserved `appliance.` prefix.)
     for (k, v) in &manifest.image.labels {
-        if k.starts_with(labels::PREFIX) {
-            bail!("Label `{k}` in `image.labels` uses the reserved `appliance.` prefix");
-        }
         labels.insert(k.clone(), v.clone());
     }
 

@@ -286,6 +286,13 @@ impl Manifest {
             if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(field("image.labels", format!("invalid label key `{key}`")));
             }
+            // Auditors rely on these being what the builder measured.
+            if key.starts_with(crate::summary::labels::PREFIX) {
+                return Err(field(
+                    "image.labels",
+                    format!("`{key}` uses the reserved `appliance.` prefix"),
+                ));
+            }
         }
 
         let model = resolve_model(&raw.model, &resolve).map_err(|(f, m)| field(f, m))?;

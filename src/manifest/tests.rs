@@ -218,3 +218,14 @@ fn example_manifests_are_valid() {
     assert!(matches!(demo.model.source, ModelSource::Synthetic(_)));
     assert_eq!(demo.image.reference.short_name(), "appliance-demo");
 }
+
+#[test]
+fn reserved_label_prefix_is_refused_up_front() {
+    let toml = MINIMAL.replace(
+        "tag = \"0.1.0\"",
+        "tag = \"0.1.0\"\n[image.labels]\n\"appliance.model.name\" = \"forged\"",
+    );
+    let err = load_str(&toml).unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+    assert_eq!(field_of(err), "image.labels");
+}
