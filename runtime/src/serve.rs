@@ -107,7 +107,7 @@ fn log_startup(args: &ServeArgs, model: &ModelDir, build: &BuildInfo, auth: bool
         model.config.architectures.join(", ")
     );
     info!(
-        "engine settings: device={:?} dtype={:?} max_model_len={} max_concurrent_requests={} max_queued_requests={} (request limits apply once the scheduler lands)",
+        "engine settings: device={:?} dtype={:?} max_model_len={} max_concurrent_requests={} max_queued_requests={} (the queue limit applies once the scheduler lands)",
         args.device,
         args.dtype,
         args.max_model_len
@@ -154,6 +154,9 @@ async fn serve(
         api_key,
         readiness: ready_rx,
         engine: OnceLock::new(),
+        generation_slots: Arc::new(tokio::sync::Semaphore::new(
+            args.max_concurrent_requests as usize,
+        )),
     });
     let options = LoadOptions {
         device: args.device,

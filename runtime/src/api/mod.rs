@@ -2,19 +2,24 @@
 //!
 //! This is the top layer of the `api → scheduler → engine → model` stack
 //! (after Hugging Face TGI's router). Today: probes, version, the model list,
-//! and `/tokenize` + `/detokenize` (which need the engine's tokenizer and
-//! chat template but no generation). Every other `/v1/*` route, generation
-//! included, answers 501 in OpenAI's error shape until the scheduler lands;
-//! none pretends to generate.
+//! `/tokenize` + `/detokenize` (which need the engine's tokenizer and
+//! chat template but no generation), and non-streaming `/v1/completions` +
+//! `/v1/chat/completions` (see `completions.rs`; one sequence per request,
+//! no batching or queue limits until the scheduler lands). Every other
+//! `/v1/*` route answers 501 in OpenAI's error shape; none pretends to
+//! work.
 //!
 //! Middleware order, outermost first: access log (so refused requests are
 //! logged too), then API-key auth, then the routes and fallbacks.
 
+mod completions;
 mod middleware;
+pub mod openai;
 mod routes;
 #[cfg(test)]
 mod tests;
 mod tokenize;
+pub mod validation;
 
 pub mod error;
 
@@ -25,6 +30,8 @@ use axum::{
     middleware::{from_fn, from_fn_with_state},
     routing::{any, get, post},
 };
+
+use tokio::sync::Semaphore;
 
 use crate::{auth::Secret, build_info::BuildInfo, engine::Engine, readiness::ReadinessRx};
 
@@ -43,6 +50,9 @@ pub struct AppState {
     /// Set once by the loader, after the warm-up and before `Ready`.
     /// Handlers that need it answer 503 while it is empty.
     pub engine: OnceLock<Arc<Engine>>,
+    /// One permit per concurrent generation (`--max-concurrent-requests`).
+    /// Requests beyond it wait without bound (no queue limit or 429 yet).
+    pub generation_slots: Arc<Semaphore>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -54,6 +64,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{*model}", get(routes::retrieve_model))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/v1/{*rest}", any(routes::not_implemented))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -27,6 +27,7 @@ fn app(api_key: Option<&str>) -> (axum::Router, ReadinessTx) {
         api_key: api_key.map(|k| k.parse::<Secret>().expect("key")),
         readiness: rx,
         engine: std::sync::OnceLock::new(),
+        generation_slots: Arc::new(tokio::sync::Semaphore::new(1)),
     };
     (router(Arc::new(state)), tx)
 }

@@ -13,7 +13,8 @@
 //! - `logprobs` / `top_logprobs` (needs log-softmax of the processed logits);
 //! - applying `generation_config.json` defaults (temperature, top_p, top_k)
 //!   when a request leaves them unset, as vLLM does;
-//! - `stop` strings (needs incremental detokenization; token-id stops work).
+//! - `stop` strings are handled by the API layer (`api/completions.rs`,
+//!   which re-decodes the output after each token), not here.
 
 use std::hash::{BuildHasher, RandomState};
 

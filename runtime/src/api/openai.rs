@@ -1,0 +1,174 @@
+//! OpenAI wire types for `POST /v1/completions` and
+//! `POST /v1/chat/completions` (plus vLLM's `return_token_ids` and
+//! `ignore_eos` extensions).
+//!
+//! Requests are deliberately loose: every field is optional and unknown
+//! fields are ignored, as OpenAI clients send many. `validation.rs` turns a
+//! request into a checked [`super::validation::Validated`] before the engine
+//! sees it; fields we parse only to refuse (penalties, logprobs, ...) are
+//! here so that a client asking for them gets a 400 instead of silently
+//! different behaviour.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Fields shared by both endpoints (flattened into each request).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CommonParams {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// vLLM's extension; `-1` or `0` means no limit.
+    pub top_k: Option<i64>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub n: Option<i64>,
+    pub stream: Option<bool>,
+    /// vLLM: add `prompt_token_ids` / `token_ids` to the response.
+    pub return_token_ids: Option<bool>,
+    /// vLLM: keep generating past end-of-sequence ids.
+    pub ignore_eos: Option<bool>,
+    // Parsed only to be refused until the engine supports them.
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub min_p: Option<f64>,
+    pub logit_bias: Option<Value>,
+    pub logprobs: Option<Value>,
+    pub top_logprobs: Option<Value>,
+    pub best_of: Option<i64>,
+    pub echo: Option<bool>,
+}
+
+/// Top-level names of [`CommonParams`], for naming `param` in errors.
+pub const COMMON_FIELDS: [&str; 19] = [
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "return_token_ids",
+    "ignore_eos",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "min_p",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "best_of",
+    "echo",
+    "model",
+];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: Option<Prompt>,
+    pub max_tokens: Option<i64>,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+pub const COMPLETION_FIELDS: [&str; 2] = ["prompt", "max_tokens"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Option<Vec<ChatMessage>>,
+    pub max_tokens: Option<i64>,
+    /// OpenAI's newer name for `max_tokens`; wins when both are set.
+    pub max_completion_tokens: Option<i64>,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+pub const CHAT_FIELDS: [&str; 3] = ["messages", "max_tokens", "max_completion_tokens"];
+
+/// `prompt`: one string or one list of token ids. Anything else (batches)
+/// lands in `Other` so that validation can name it.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+    Other(Value),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompletionResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    /// Always `null`: logprobs are not supported yet (requests are refused).
+    pub logprobs: Option<Value>,
+    pub finish_reason: &'static str,
+    /// vLLM puts the prompt ids on the completion choice as well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<Value>,
+    pub finish_reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage {
+    pub role: &'static str,
+    pub content: String,
+}
