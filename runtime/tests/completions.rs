@@ -9,10 +9,7 @@
 
 mod common;
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use common::{Response, Server, assert_openai_error, request};
 use serde::Deserialize;
@@ -33,30 +30,12 @@ struct Case {
     finish_reason: String,
 }
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/models")
-}
-
 fn checkpoints() -> Vec<PathBuf> {
-    let dir = fixtures_dir();
-    let entries = fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "reference fixtures missing at {} ({e}); these tests need them",
-            dir.display()
-        )
-    });
-    let mut dirs: Vec<PathBuf> = entries
-        .map(|e| e.expect("fixture entry").path())
-        .filter(|p| p.join("reference.json").is_file())
-        .collect();
-    dirs.sort();
-    assert!(!dirs.is_empty(), "no checkpoints in {}", dir.display());
-    dirs
+    common::fixture_checkpoints()
 }
 
 fn reference(dir: &Path) -> Reference {
-    let raw = fs::read(dir.join("reference.json")).expect("read reference.json");
-    serde_json::from_slice(&raw).expect("parse reference.json")
+    common::fixture_reference(dir)
 }
 
 fn name_of(dir: &Path) -> String {
@@ -146,7 +125,7 @@ fn every_fixture_case_matches_the_reference_over_http() {
 
 #[test]
 fn invalid_requests_get_openai_errors() {
-    let dir = fixtures_dir().join("qwen2-tied");
+    let dir = common::fixtures_dir().join("qwen2-tied");
     let server = start(&dir);
     let prompt = reference(&dir).cases[0].input_ids.clone();
     let ok = json!({"model": "qwen2-tied", "prompt": prompt, "max_tokens": 2});
@@ -219,7 +198,7 @@ fn assert_400(r: Response) -> Response {
 
 #[test]
 fn stop_strings_cut_the_text_before_the_match() {
-    let dir = fixtures_dir().join("llama-gqa");
+    let dir = common::fixtures_dir().join("llama-gqa");
     let server = start(&dir);
     let reference = reference(&dir);
     let case = reference
@@ -270,7 +249,7 @@ fn stop_strings_cut_the_text_before_the_match() {
 
 #[test]
 fn the_same_seed_samples_the_same_text() {
-    let dir = fixtures_dir().join("mistral");
+    let dir = common::fixtures_dir().join("mistral");
     let server = start(&dir);
     let messages = json!([{"role": "user", "content": "Tell me something."}]);
     let body = |seed: u64| {

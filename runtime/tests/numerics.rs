@@ -45,31 +45,12 @@ struct Top5 {
     values: Vec<f32>,
 }
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/models")
-}
-
-/// Every checkpoint directory; panics (fails) if there are none.
 fn checkpoints() -> Vec<PathBuf> {
-    let dir = fixtures_dir();
-    let entries = fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "reference fixtures missing at {} ({e}); the numerics tests need them",
-            dir.display()
-        )
-    });
-    let mut dirs: Vec<PathBuf> = entries
-        .map(|e| e.expect("fixture entry").path())
-        .filter(|p| p.join("reference.json").is_file())
-        .collect();
-    dirs.sort();
-    assert!(!dirs.is_empty(), "no checkpoints in {}", dir.display());
-    dirs
+    common::fixture_checkpoints()
 }
 
 fn reference(dir: &Path) -> Reference {
-    let raw = fs::read(dir.join("reference.json")).expect("read reference.json");
-    serde_json::from_slice(&raw).expect("parse reference.json")
+    common::fixture_reference(dir)
 }
 
 fn load(dir: &Path) -> Engine {
@@ -180,7 +161,7 @@ fn the_fixtures_cover_the_supported_architectures() {
 
 #[test]
 fn cancelling_stops_generation_after_the_current_token() {
-    let dir = fixtures_dir().join("llama-gqa");
+    let dir = common::fixtures_dir().join("llama-gqa");
     let engine = load(&dir);
     let request = GenerateRequest {
         prompt: reference(&dir).cases[0].input_ids.clone(),
@@ -207,7 +188,7 @@ fn cancelling_stops_generation_after_the_current_token() {
 /// the reference did, and `/detokenize` inverts a completion prompt.
 #[test]
 fn binary_tokenize_endpoint_matches_a_chat_case() {
-    let dir = fixtures_dir().join("qwen2-tied");
+    let dir = common::fixtures_dir().join("qwen2-tied");
     let reference = reference(&dir);
     let chat = reference
         .cases
@@ -293,7 +274,7 @@ fn shard_checkpoint(src: &Path, dst: &Path) {
 
 #[test]
 fn sharded_checkpoints_load_to_the_same_logits() {
-    let src = fixtures_dir().join("llama-gqa");
+    let src = common::fixtures_dir().join("llama-gqa");
     let tmp = tempfile::tempdir().expect("tempdir");
     shard_checkpoint(&src, tmp.path());
     let prompt = reference(&src).cases[0].input_ids.clone();

@@ -451,3 +451,33 @@ pub fn list_dir(path: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// `../shared/fixtures/models`, beside the workspace.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/models")
+}
+
+/// The reference checkpoints (`../shared/fixtures/models/*` with a `reference.json`), sorted.
+/// Panics, failing the test, when they are missing: numerics are never silently skipped.
+pub fn fixture_checkpoints() -> Vec<PathBuf> {
+    let dir = fixtures_dir();
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
+        panic!(
+            "reference fixtures missing at {} ({e}); these tests need them",
+            dir.display()
+        )
+    });
+    let mut dirs: Vec<PathBuf> = entries
+        .map(|e| e.expect("fixture entry").path())
+        .filter(|p| p.join("reference.json").is_file())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no checkpoints in {}", dir.display());
+    dirs
+}
+
+/// A checkpoint's `reference.json`, in whatever shape the test reads it.
+pub fn fixture_reference<T: serde::de::DeserializeOwned>(dir: &Path) -> T {
+    let raw = std::fs::read(dir.join("reference.json")).expect("read reference.json");
+    serde_json::from_slice(&raw).expect("parse reference.json")
+}
