@@ -96,18 +96,6 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
-
     /// Returns the inner writer, the digest and the byte count.
     pub fn finish(self) -> (W, Sha256Digest, u64) {
         (self.inner, Sha256Digest::from_hasher(self.hasher), self.len)
@@ -155,14 +143,6 @@ impl<R: Read> Read for HashingReader<R> {
         self.len += n as u64;
         Ok(n)
     }
-}
-
-/// Hashes a whole reader, returning digest and length.
-pub fn hash_reader(reader: impl Read) -> io::Result<(Sha256Digest, u64)> {
-    let mut hashing = HashingReader::new(reader);
-    io::copy(&mut hashing, &mut io::sink())?;
-    let (_, digest, len) = hashing.finish();
-    Ok((digest, len))
 }
 
 #[cfg(test)]

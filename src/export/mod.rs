@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::image::{ImageDocuments, blob_path};
-use crate::layers::{Layer, LayerError, LayerSpec};
+use crate::layers::{Layer, LayerError, LayerSpec, pad};
 use crate::progress::ProgressTask;
 use pipeline::Pipeline;
 
@@ -260,12 +260,4 @@ fn header(
     header.set_mtime(mtime);
     header.set_cksum();
     Ok(*header.as_bytes())
-}
-
-fn pad(out: &mut impl Write, size: u64) -> io::Result<()> {
-    let rem = (size % 512) as usize;
-    if rem != 0 {
-        out.write_all(&[0u8; 512][..512 - rem])?;
-    }
-    Ok(())
 }

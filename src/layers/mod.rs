@@ -388,8 +388,8 @@ fn copy_file(
     Ok(Sha256Digest::from_hasher(hasher))
 }
 
-/// Zero padding to the next 512-byte tar block.
-fn pad(out: &mut impl Write, size: u64) -> io::Result<()> {
+/// Zero padding to the next 512-byte tar block (layer entries and the export's outer entries).
+pub(crate) fn pad(out: &mut impl Write, size: u64) -> io::Result<()> {
     let rem = (size % 512) as usize;
     if rem != 0 {
         out.write_all(&[0u8; 512][..512 - rem])?;
