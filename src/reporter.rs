@@ -2,6 +2,10 @@
 //!
 //! A bar appears only once a step has run for two seconds, so quick builds stay quiet and
 //! logs from CI (stderr not a terminal) carry no control codes.
+//!
+//! `APPLIANCE_PROGRESS_AFTER_MS` overrides the two seconds. It exists so that the test suite can
+//! check the bars on a terminal (a pseudo-terminal from `script`) with a small model, instead of
+//! trusting them to a manual look.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +15,13 @@ use appliance::commands::build::BuildLog;
 use appliance::progress::{Progress, ProgressTask};
 
 const SHOW_AFTER: Duration = Duration::from_secs(2);
+
+fn show_after() -> Duration {
+    std::env::var("APPLIANCE_PROGRESS_AFTER_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(SHOW_AFTER, Duration::from_millis)
+}
 
 pub struct Reporter {
     pub bars: bool,
@@ -30,6 +41,7 @@ impl Progress for Reporter {
         Box::new(Task {
             bar,
             enabled: self.bars && !self.quiet,
+            show_after: show_after(),
             started: Instant::now(),
             shown: std::cell::Cell::new(false),
         })
@@ -47,6 +59,7 @@ impl BuildLog for Reporter {
 struct Task {
     bar: ProgressBar,
     enabled: bool,
+    show_after: Duration,
     started: Instant,
     shown: std::cell::Cell<bool>,
 }
@@ -54,8 +67,10 @@ struct Task {
 impl ProgressTask for Task {
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
-        if self.enabled && !self.shown.get() && self.started.elapsed() >= SHOW_AFTER {
+        if self.enabled && !self.shown.get() && self.started.elapsed() >= self.show_after {
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            // Draw now: a step may have no further advance to trigger the first frame.
+            self.bar.tick();
             self.shown.set(true);
         }
     }

@@ -158,6 +158,55 @@ fn export_is_byte_reproducible() {
 }
 
 /// `b/../a/manifest.toml`-style relative path from `from` to `to`.
+/// Progress bars with a byte rate are drawn when stderr is a terminal (a pseudo-terminal from
+/// util-linux `script`), and never when it is a pipe: CI logs must carry no control codes.
+/// `APPLIANCE_PROGRESS_AFTER_MS=0` lifts the two-second delay so a small fixture shows bars.
+#[test]
+fn progress_bars_only_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest(dir.path(), "");
+    let on_tty = dir.path().join("tty.tar");
+    let command = format!(
+        "exec '{}' build '{}' --output '{}'",
+        appliance_bin().display(),
+        manifest.display(),
+        on_tty.display()
+    );
+    let tty = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("APPLIANCE_PROGRESS_AFTER_MS", "0")
+        .env("TERM", "xterm")
+        .current_dir(dir.path())
+        .output()
+        .expect("run util-linux script (package bsdutils)");
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "build on a pty failed: {screen}");
+    assert!(on_tty.is_file());
+    assert!(
+        screen.contains("B/s") && screen.contains('\u{1b}'),
+        "no progress bar with a byte rate on the terminal: {screen:?}"
+    );
+
+    let piped = Command::new(appliance_bin())
+        .args(["build", manifest.to_str().unwrap(), "--output"])
+        .arg(dir.path().join("pipe.tar"))
+        .env("APPLIANCE_PROGRESS_AFTER_MS", "0")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    let log = stderr(&piped);
+    assert!(
+        !log.contains('\u{1b}') && !log.contains("B/s"),
+        "progress output leaked into a non-terminal stderr: {log:?}"
+    );
+    // Bars change nothing in the bytes.
+    assert_eq!(
+        sha256_file(&on_tty),
+        sha256_file(&dir.path().join("pipe.tar"))
+    );
+}
+
 fn pathdiff(to: &Path, from: &Path) -> PathBuf {
     let depth = from.components().count() - 1;
     let mut rel = PathBuf::new();
