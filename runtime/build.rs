@@ -22,8 +22,27 @@ fn main() {
     let profile = required_env("PROFILE");
     let features = enabled_features();
 
+    let cuda = if features.iter().any(|f| f == "cuda") {
+        cuda_build_facts()
+    } else {
+        String::new()
+    };
+
+    // For the SBOM: every crate compiled in, and the commit the source came from.
+    let sbom = format!(
+        ",\"crates\":[{}]{}",
+        compiled_crates(&target, &features)
+            .iter()
+            .map(|c| json_string(c))
+            .collect::<Vec<_>>()
+            .join(","),
+        source_revision()
+            .map(|r| format!(",\"source_revision\":{}", json_string(&r)))
+            .unwrap_or_default()
+    );
+
     let json = format!(
-        "{{\"name\":{},\"version\":{},\"features\":[{}],\"target\":{},\"profile\":{}}}",
+        "{{\"name\":{},\"version\":{},\"features\":[{}],\"target\":{},\"profile\":{}{cuda}{sbom}}}",
         json_string(&required_env("CARGO_PKG_NAME")),
         json_string(&version),
         features
@@ -82,6 +101,173 @@ fn enabled_features() -> Vec<String> {
     features.sort();
     features.dedup();
     features
+}
+
+/// `,"cuda":{...}` for a CUDA build: the toolkit the kernels were compiled with, the compute
+/// capability they target and the oldest driver that runs them. The launcher refuses to start on
+/// an older driver and the builder turns these into image labels, so they must describe what was
+/// compiled, which only the build knows.
+///
+/// Also makes the binary find the toolkit's user-space libraries (cuBLAS, cuRAND, cudart) through
+/// an absolute `RUNPATH` to `$CUDA_HOME/lib`: the appliance builder resolves the binary's library
+/// closure the way the loader does and packs those libraries at the same path, so the image needs
+/// no `LD_LIBRARY_PATH` and no copy of the build host's `ld.so.conf`.
+fn cuda_build_facts() -> String {
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    let cuda_home = env::var("CUDA_HOME").ok().filter(|h| !h.is_empty());
+    let nvcc = match &cuda_home {
+        Some(home) => PathBuf::from(home).join("bin/nvcc"),
+        None => PathBuf::from("nvcc"),
+    };
+    // A toolkit upgraded in place keeps CUDA_HOME but replaces nvcc.
+    if nvcc.is_absolute() {
+        println!("cargo:rerun-if-changed={}", nvcc.display());
+    }
+    let out = std::process::Command::new(&nvcc)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("--features cuda needs nvcc: running {nvcc:?} failed: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "Cuda compilation tools, release 13.0, V13.0.88"
+    let version = text
+        .split("release ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("cannot find the CUDA release in `{nvcc:?} --version`: {text}"))
+        .to_owned();
+    let min_driver = min_driver_for(&version).unwrap_or_else(|| {
+        panic!("no known minimum NVIDIA driver for CUDA {version}: add it to min_driver_for")
+    });
+    // candle-kernels reads the same variable (else nvidia-smi, which a build host lacks).
+    let compute_cap = env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "unknown".to_owned());
+    if let Some(home) = &cuda_home {
+        let lib = PathBuf::from(home).join("lib");
+        let lib = if lib.is_dir() {
+            lib
+        } else {
+            PathBuf::from(home).join("lib64")
+        };
+        println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{}", lib.display());
+    }
+    format!(
+        ",\"cuda\":{{\"version\":{},\"compute_cap\":{},\"min_driver\":{}}}",
+        json_string(&version),
+        json_string(&compute_cap),
+        json_string(min_driver)
+    )
+}
+
+/// The Linux driver each CUDA toolkit release shipped with (NVIDIA's CUDA toolkit release
+/// notes, table 3): kernels compiled to PTX by that toolkit need at least this driver to JIT
+/// (candle #1846), whatever the runtime's minor-version compatibility promises.
+fn min_driver_for(cuda: &str) -> Option<&'static str> {
+    Some(match cuda {
+        "11.8" => "520.61.05",
+        "12.0" => "525.60.13",
+        "12.1" => "530.30.02",
+        "12.2" => "535.54.03",
+        "12.3" => "545.23.06",
+        "12.4" => "550.54.14",
+        "12.5" => "555.42.02",
+        "12.6" => "560.28.03",
+        "12.8" => "570.26",
+        "12.9" => "575.51.03",
+        "13.0" => "580.65.06",
+        _ => return None,
+    })
+}
+
+/// `name@version` of every crate in the server's normal dependency graph for this target and
+/// feature set, from `cargo tree` over the workspace's Cargo.lock (what cargo-auditable embeds,
+/// as a list the builder turns into `pkg:cargo/...` SBOM components). Empty if cargo cannot
+/// answer within a minute (e.g. a locked package cache): the SBOM then lists the server alone.
+fn compiled_crates(target: &str, features: &[String]) -> Vec<String> {
+    let manifest_dir = PathBuf::from(required_env("CARGO_MANIFEST_DIR"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../Cargo.lock").display()
+    );
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "tree",
+        "--offline",
+        "-e",
+        "normal,no-proc-macro",
+        "--prefix",
+        "none",
+        "-f",
+        "{p}",
+    ])
+    .args(["--target", target, "--manifest-path"])
+    .arg(manifest_dir.join("Cargo.toml"))
+    .args(["-p", &required_env("CARGO_PKG_NAME")])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        return Vec::new();
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Vec::new();
+            }
+        }
+    }
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut text);
+    }
+    let own = required_env("CARGO_PKG_NAME");
+    let mut crates: Vec<String> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let name = parts.next()?;
+            let version = parts.next()?.strip_prefix('v')?;
+            (name != own).then(|| format!("{name}@{version}"))
+        })
+        .collect();
+    crates.sort();
+    crates.dedup();
+    crates
+}
+
+/// The git commit of the checkout the server is built from, if it is one.
+fn source_revision() -> Option<String> {
+    let root = PathBuf::from(required_env("CARGO_MANIFEST_DIR")).join("..");
+    let git = root.join(".git");
+    for watched in ["HEAD", "refs/heads", "packed-refs"] {
+        if git.join(watched).exists() {
+            println!("cargo:rerun-if-changed={}", git.join(watched).display());
+        }
+    }
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let rev = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && rev.len() == 40).then_some(rev)
 }
 
 fn required_env(name: &str) -> String {

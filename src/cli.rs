@@ -31,6 +31,65 @@ pub enum Command {
         /// Print a JSON summary of the image on stdout instead of the path.
         #[arg(long)]
         json: bool,
+        /// Rehash every cached input (downloaded files, earlier builds' layer digests) instead
+        /// of trusting the size/time stamps recorded when they were last hashed.
+        #[arg(long)]
+        verify_cache: bool,
+        /// Fail if the model would differ from `<manifest>.lock` in any way (commit, file,
+        /// digest, size), or if there is no lock; never rewrite the lock.
+        #[arg(long)]
+        locked: bool,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
+    /// Resolve the manifest's Hub revision to a commit and record every model file's size and
+    /// sha256 in `<manifest>.lock` (downloading and verifying the files into the cache).
+    Lock {
+        /// The manifest whose `[model] hf` source to lock.
+        manifest: PathBuf,
+        /// Print nothing but errors.
+        #[arg(short, long)]
+        quiet: bool,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
+    /// Download and verify a manifest's Hub model into the Hugging Face cache, so that
+    /// `build --offline` can run on a host with no network. Writes the lock when absent.
+    Fetch {
+        /// The manifest whose `[model] hf` source to fetch.
+        manifest: PathBuf,
+        /// Fail if the model would differ from `<manifest>.lock`.
+        #[arg(long)]
+        locked: bool,
+        /// Print nothing but errors.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Rehash every cached file instead of trusting its size/time stamp.
+        #[arg(long)]
+        verify_cache: bool,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
+    /// Generate a signing key pair: `<prefix>.key` (encrypted, cosign format) and `<prefix>.pub`.
+    ///
+    /// The password comes from `APPLIANCE_KEY_PASSWORD` or `COSIGN_PASSWORD`, else a prompt.
+    Keygen {
+        /// Path prefix of the two files, e.g. `keys/site-a`.
+        #[arg(short, long, value_name = "PREFIX")]
+        output: PathBuf,
+    },
+    /// Verify an image tarball offline: every blob, the signature and the attestations.
+    ///
+    /// Exits 0 only if every check passes; a failure names the blob, file or field at fault.
+    Verify {
+        /// The image tarball.
+        tarball: PathBuf,
+        /// The signer's public key (`.pub`, PEM).
+        #[arg(long, value_name = "PUB")]
+        key: PathBuf,
+        /// Print the audit report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what is inside an image tarball: reference, digests, user, ports, model, layers.
     Inspect {
@@ -40,4 +99,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Options for commands that get a model from the Hugging Face Hub. The endpoint, cache and
+/// token come from `HF_ENDPOINT`, `HF_HUB_CACHE`/`HF_HOME` and `HF_TOKEN` (or `$HF_HOME/token`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HubArgs {
+    /// Never touch the network: use the Hugging Face cache (also `HF_HUB_OFFLINE=1`).
+    #[arg(long)]
+    pub offline: bool,
+    /// Files downloaded in parallel.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
 }

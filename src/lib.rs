@@ -7,6 +7,7 @@
 //! [`export`] (one tarball, written atomically). [`commands::build`] runs them in order;
 //! [`inspect`] reads a finished tarball back.
 
+pub mod attest;
 pub mod commands;
 pub mod digest;
 pub mod export;
@@ -15,8 +16,11 @@ pub mod image;
 pub mod inspect;
 pub mod json;
 pub mod layers;
+pub mod lock;
 pub mod manifest;
 pub mod progress;
 pub mod server_binary;
+pub mod sign;
 pub mod summary;
 pub mod userland;
+pub mod verify;

@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use appliance::commands::build::{self, BuildSettings, human_bytes};
+use appliance::commands::{fetch, lock};
+use appliance::fetch::hub::{HubFetcher, HubSettings};
 use appliance::inspect;
 use appliance::manifest::ManifestError;
 use appliance::summary::ImageSummary;
@@ -43,6 +45,9 @@ fn run(cli: Cli) -> Result<()> {
             output,
             quiet,
             json,
+            verify_cache,
+            locked,
+            hub,
         } => {
             let settings = BuildSettings {
                 manifest,
@@ -50,6 +55,13 @@ fn run(cli: Cli) -> Result<()> {
                 cache_dir: cache_dir(),
                 exe_dir: exe_dir()?,
                 source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
+                key_password: appliance::commands::signing::KeyPassword {
+                    value: password_from_env(),
+                    can_prompt: std::io::stdin().is_terminal(),
+                },
+                verify_cache,
+                hub: hub_settings(&hub, verify_cache),
+                locked,
             };
             let reporter = Reporter {
                 bars: std::io::stderr().is_terminal(),
@@ -72,6 +84,74 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Lock {
+            manifest,
+            quiet,
+            hub,
+        } => {
+            let reporter = Reporter {
+                bars: std::io::stderr().is_terminal(),
+                quiet,
+            };
+            let fetcher = HubFetcher::new(hub_settings(&hub, false));
+            let done = lock::lock(&manifest, &fetcher, &reporter, &reporter)?;
+            println!("{}", done.lock_path.display());
+            Ok(())
+        }
+        Command::Fetch {
+            manifest,
+            locked,
+            quiet,
+            verify_cache,
+            hub,
+        } => {
+            let reporter = Reporter {
+                bars: std::io::stderr().is_terminal(),
+                quiet,
+            };
+            let fetcher = HubFetcher::new(hub_settings(&hub, verify_cache));
+            let done = fetch::fetch(&manifest, &fetcher, locked, &reporter, &reporter)?;
+            if !quiet {
+                eprintln!(
+                    "Fetched {} files ({}) of commit {} into {}",
+                    done.snapshot.files.len(),
+                    human_bytes(done.snapshot.files.iter().map(|f| f.size).sum()),
+                    done.snapshot.commit,
+                    fetcher.settings().cache_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Keygen { output } => {
+            let password = match password_from_env() {
+                Some(p) => p,
+                None if std::io::stdin().is_terminal() => {
+                    let first = rpassword::prompt_password("Password for the new key: ")?;
+                    let again = rpassword::prompt_password("Repeat the password: ")?;
+                    if first != again {
+                        anyhow::bail!("The passwords differ");
+                    }
+                    appliance::sign::Secret::new(first)
+                }
+                None => anyhow::bail!(
+                    "Set `APPLIANCE_KEY_PASSWORD` (or `COSIGN_PASSWORD`), or run in a terminal to be asked"
+                ),
+            };
+            let out = appliance::commands::keygen::keygen(&output, &password)?;
+            eprintln!("Key fingerprint sha256:{}", out.fingerprint.hex());
+            println!("{}", out.private_key.display());
+            println!("{}", out.public_key.display());
+            Ok(())
+        }
+        Command::Verify { tarball, key, json } => {
+            let report = appliance::commands::verify::verify(&tarball, &key)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", appliance::verify::render(&report));
+            }
+            Ok(())
+        }
         Command::Inspect { tarball, json } => {
             let summary = inspect::inspect(&tarball)?;
             if json {
@@ -84,6 +164,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The signing key password: `APPLIANCE_KEY_PASSWORD`, else cosign's `COSIGN_PASSWORD`.
+fn password_from_env() -> Option<appliance::sign::Secret> {
+    ["APPLIANCE_KEY_PASSWORD", "COSIGN_PASSWORD"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok())
+        .map(appliance::sign::Secret::new)
+}
+
 /// `APPLIANCE_CACHE`, else `$XDG_CACHE_HOME/appliance`, else `~/.cache/appliance`.
 fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("APPLIANCE_CACHE").filter(|d| !d.is_empty()) {
@@ -94,6 +182,16 @@ fn cache_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
     home.join(".cache").join("appliance")
+}
+
+/// The Hub settings from the standard Hugging Face variables and the command's flags.
+fn hub_settings(args: &cli::HubArgs, verify_cache: bool) -> HubSettings {
+    let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+    let mut settings = HubSettings::from_env(&|k| std::env::var(k).ok(), &home, cache_dir());
+    settings.offline |= args.offline;
+    settings.jobs = usize::from(args.jobs);
+    settings.verify_cache = verify_cache;
+    settings
 }
 
 fn exe_dir() -> Result<PathBuf> {

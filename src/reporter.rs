@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use appliance::commands::build::BuildLog;
 use appliance::progress::{Progress, ProgressTask};
@@ -56,6 +56,8 @@ impl BuildLog for Reporter {
     }
 }
 
+static BARS: std::sync::LazyLock<MultiProgress> = std::sync::LazyLock::new(MultiProgress::new);
+
 struct Task {
     bar: ProgressBar,
     enabled: bool,
@@ -68,7 +70,9 @@ impl ProgressTask for Task {
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
         if self.enabled && !self.shown.get() && self.started.elapsed() >= self.show_after {
-            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            // One shared stderr area: parallel downloads draw one line each (file bars and
+            // the total), instead of overwriting each other.
+            BARS.add(self.bar.clone());
             // Draw now: a step may have no further advance to trigger the first frame.
             self.bar.tick();
             self.shown.set(true);

@@ -11,7 +11,8 @@ use crate::digest::{HashingReader, Sha256Digest};
 
 /// The bytes that precede the build-info JSON inside the server binary.
 pub const MARKER: &[u8] = b"\0APPLIANCE_BUILD_INFO:";
-const MAX_INFO_LEN: usize = 4096;
+/// The crate list makes the marker a few KiB; this bounds a scan of a hostile binary.
+const MAX_INFO_LEN: usize = 256 << 10;
 
 /// What the server binary says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -23,6 +24,24 @@ pub struct BuildInfo {
     pub target: String,
     #[serde(default)]
     pub profile: String,
+    /// `name@version` of every crate compiled into the server (from `cargo tree` at its build),
+    /// for the SBOM; empty for servers built before the list was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crates: Vec<String>,
+    /// The git commit the server was built from, when its build saw a git checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_revision: Option<String>,
+    /// Only in a `cuda` build: what its kernels were compiled with (see runtime/build.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<CudaBuild>,
+}
+
+/// The CUDA toolkit, compute capability and minimum driver a `cuda` server was built for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CudaBuild {
+    pub version: String,
+    pub compute_cap: String,
+    pub min_driver: String,
 }
 
 impl BuildInfo {

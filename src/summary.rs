@@ -26,6 +26,11 @@ pub mod labels {
     pub const SERVER_TARGET: &str = "appliance.server.target";
     pub const SERVER_DEVICE: &str = "appliance.server.device";
     pub const USERLAND: &str = "appliance.runtime.base";
+    /// CUDA images only: the toolkit the server was built with, the compute capability its
+    /// kernels target (`CUDA_COMPUTE_CAP`), and the oldest NVIDIA driver that runs them.
+    pub const CUDA_VERSION: &str = "appliance.cuda.version";
+    pub const CUDA_COMPUTE_CAPS: &str = "appliance.cuda.compute_capabilities";
+    pub const CUDA_MIN_DRIVER: &str = "appliance.cuda.min_driver";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

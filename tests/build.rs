@@ -207,6 +207,93 @@ fn progress_bars_only_on_a_terminal() {
     );
 }
 
+/// Every blob in the tarball is named by the sha256 of its bytes.
+fn assert_blobs_match_names(tarball: &Path) {
+    let mut outer = tar::Archive::new(std::fs::File::open(tarball).unwrap());
+    for e in outer.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            let out = Command::new("sha256sum")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin.take().unwrap().write_all(&bytes)?;
+                    c.wait_with_output()
+                })
+                .unwrap();
+            assert_eq!(&String::from_utf8_lossy(&out.stdout)[..64], hex, "{name}");
+        }
+    }
+}
+
+/// A rebuild from unchanged weights reuses their layer digests (kernel copy, no hashing) and
+/// gives the same bytes; a weight rewritten in place with the same size misses the cache and
+/// gets the right digest; `--verify-cache` rehashes and agrees.
+#[test]
+fn layer_digest_cache_is_reused_and_invalidated() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(shared_fixtures().join("models/llama-gqa")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let manifest = dir.path().join("m.toml");
+    std::fs::write(
+        &manifest,
+        "[image]\nname = \"registry.local/llm/cache\"\ntag = \"1\"\n\
+         created = \"2025-06-01T00:00:00Z\"\n[model]\npath = \"model\"\n\
+         [server]\nserved_model_name = \"llama-gqa\"\n",
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let build = |out: &str, extra: &[&str]| {
+        let output = Command::new(appliance_bin())
+            .args(["build", "m.toml", "--quiet", "--output", out])
+            .args(extra)
+            .env("APPLIANCE_CACHE", &cache)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        dir.path().join(out)
+    };
+    let first = build("1.tar", &[]);
+    let entries = || std::fs::read_dir(cache.join("layers/v1")).map_or(0, |d| d.count());
+    assert!(entries() >= 1, "no layer digests recorded");
+    let second = build("2.tar", &[]);
+    assert_eq!(sha256_file(&first), sha256_file(&second));
+
+    // Flip one byte of the weights, same size, mtime restored.
+    let weights = model.join("model.safetensors");
+    let mtime = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&weights, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let third = build("3.tar", &[]);
+    assert_ne!(sha256_file(&first), sha256_file(&third));
+    assert_blobs_match_names(&third);
+    let packed = layer_entries(&third);
+    assert_eq!(packed["models/llama-gqa/model.safetensors"].3, bytes);
+
+    let verified = build("4.tar", &["--verify-cache"]);
+    assert_eq!(sha256_file(&third), sha256_file(&verified));
+}
+
 fn pathdiff(to: &Path, from: &Path) -> PathBuf {
     let depth = from.components().count() - 1;
     let mut rel = PathBuf::new();

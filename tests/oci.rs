@@ -166,6 +166,15 @@ fn umoci_unpacks_a_rootfs_the_server_runs_from() {
         env.contains(&"APPLIANCE_MODEL=/models/llama-gqa"),
         "{env:?}"
     );
+
+    // The host userland is complete for every ELF packed, by an independent loader replay.
+    let env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
+    let checked = support::elf::assert_rootfs_loads(rootfs, &env);
+    assert!(
+        checked.contains(&"/usr/local/bin/appliance-server".to_string()),
+        "{checked:?}"
+    );
+    assert!(checked.iter().any(|p| p.contains("libc.so")), "{checked:?}");
 }
 
 #[test]
@@ -224,10 +233,22 @@ fn docker_loads_inspects_and_runs_the_image() {
     assert!(id.contains("0.1.0"), "{id}");
 }
 
+/// `podman load` of the same tarball, then rootful `podman run` hardened like the Docker run
+/// (host network, read-only rootfs, no capabilities, key file): ready, answers with the key,
+/// refuses without it, stops with exit code 0.
+///
+/// Why the explicit `--ulimit`s: podman 4.3 running as root asks runc for RLIMIT_NOFILE
+/// 1048576 by default (and RLIMIT_NPROC 1048576 once `nofile` is given); raising a hard limit
+/// needs CAP_SYS_RESOURCE, which a build machine that is itself a container (this one: hard
+/// limits nofile 20000 and nproc 96343, no CAP_SYS_RESOURCE) lacks, and runc fails with "error
+/// setting rlimit type 7 (or 6): operation not permitted". 4096 of each is well below such
+/// limits and ample for the server.
 #[test]
-fn podman_loads_the_same_tarball() {
+fn podman_loads_and_runs_the_same_tarball() {
+    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
-    let (tar, _) = build(dir.path(), "");
+    let port = support::free_port();
+    let (tar, _) = build_with(dir.path(), "", &format!("port = {port}"));
     let (podman, names) = podman_load(&tar);
     assert!(
         names
@@ -237,6 +258,46 @@ fn podman_loads_the_same_tarball() {
     );
     let inspect = podman.image_inspect("registry.local/llm/llama-gqa:0.1.0");
     assert_eq!(inspect["Config"]["User"], "65532:65532");
+
+    let key = "sk-podman-51c0";
+    let key_file = write_key_file(dir.path(), key);
+    let id = podman.podman_ok(&[
+        "run",
+        "-d",
+        "--network",
+        "host",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--ulimit",
+        "nofile=4096:4096",
+        "--ulimit",
+        "nproc=4096:4096",
+        "-v",
+        &format!("{}:/run/secrets/key:ro", key_file.display()),
+        "-e",
+        "APPLIANCE_API_KEY_FILE=/run/secrets/key",
+        "registry.local/llm/llama-gqa:0.1.0",
+    ]);
+    let id = id.trim().to_string();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = support::wait_for_http(&format!("{base}/ready"), Duration::from_secs(90));
+    let logs = || podman.podman_ok(&["logs", &id]);
+    assert!(ready, "never ready under podman; logs:\n{}", logs());
+    let user = podman.podman_ok(&["inspect", "-f", "{{.Config.User}}", &id]);
+    assert_eq!(user.trim(), "65532:65532");
+    let body = r#"{"model": "llama-gqa", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}"#;
+    let url = format!("{base}/v1/chat/completions");
+    let (status, text) = support::http_post_json(&url, body, Some(key));
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = support::http_post_json(&url, body, None);
+    assert_eq!(status, 401, "{text}");
+    podman.podman_ok(&["stop", "-t", "30", &id]);
+    let code = podman.podman_ok(&["inspect", "-f", "{{.State.ExitCode}}", &id]);
+    assert_eq!(code.trim(), "0", "logs:\n{}", logs());
+    podman.podman_ok(&["rm", &id]);
 }
 
 /// umoci 0.4.7 and Docker 20.10 cannot read zstd layers (the README says so); podman can, and
@@ -278,15 +339,19 @@ fn zstd_layers_load_with_podman() {
 }
 
 /// The whole site workflow on the real Docker Engine: load, run hardened (the image's non-root
-/// user, read-only rootfs, no capabilities, no new privileges), the model loads, the image's own
-/// HEALTHCHECK (`appliance-server healthcheck`, no curl) turns the container healthy, the API
-/// answers, and `docker stop` (SIGTERM) drains and exits 0.
+/// user, read-only rootfs, no capabilities, no new privileges) with the API key in a secret file
+/// mounted read-only (`APPLIANCE_API_KEY_FILE`), the model loads, the API answers the reference
+/// chat case through plain HTTP and through the official OpenAI Python client (and refuses a
+/// request without the key), the image's own HEALTHCHECK (`appliance-server healthcheck`, no
+/// curl) turns the container healthy, and `docker stop` (SIGTERM) drains and exits 0.
 #[test]
 fn docker_runs_the_image_hardened_until_healthy_and_stops_cleanly() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let (tar, _) = build_with(dir.path(), "", &format!("port = {port}"));
+    let key = "sk-site-7f3a9c2e5b1d";
+    let key_file = write_key_file(dir.path(), key);
     let docker = Dockerd::start();
     docker.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
     let reference = format!("{NAME}:0.1.0");
@@ -302,6 +367,10 @@ fn docker_runs_the_image_hardened_until_healthy_and_stops_cleanly() {
         "no-new-privileges",
         "--health-interval",
         "1s",
+        "-v",
+        &format!("{}:/run/secrets/key:ro", key_file.display()),
+        "-e",
+        "APPLIANCE_API_KEY_FILE=/run/secrets/key",
         &reference,
     ]);
     let id = id.trim().to_string();
@@ -319,6 +388,46 @@ fn docker_runs_the_image_hardened_until_healthy_and_stops_cleanly() {
         "server never became ready; logs:\n{}",
         docker.docker_ok(&["logs", &id])
     );
+    assert_eq!(state("{{.Config.User}}"), "65532:65532");
+
+    // The reference chat case, greedy: the image reproduces transformers' ids inside Docker.
+    let case = reference_chat_case();
+    let body = serde_json::json!({
+        "model": "llama-gqa", "messages": case["prompt"], "temperature": 0,
+        "max_tokens": case["output_ids"].as_array().unwrap().len(), "return_token_ids": true,
+    })
+    .to_string();
+    let url = format!("{base}/v1/chat/completions");
+    let (status, text) = support::http_post_json(&url, &body, Some(key));
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        answer["choices"][0]["token_ids"], case["output_ids"],
+        "{text}"
+    );
+    let content = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for bearer in [None, Some("sk-wrong")] {
+        let (status, text) = support::http_post_json(&url, &body, bearer);
+        assert_eq!(status, 401, "{bearer:?}: {text}");
+    }
+
+    // The official client, as users will call it: same answer with the key, 401 without.
+    let client = openai_chat(
+        port,
+        key,
+        &case["prompt"],
+        case["output_ids"].as_array().unwrap().len(),
+    );
+    assert_eq!(client["status"], "ok", "{client}");
+    assert_eq!(client["content"], content, "{client}");
+    assert_eq!(client["model"], "llama-gqa", "{client}");
+    let refused = openai_chat(port, "sk-wrong", &case["prompt"], 4);
+    assert_eq!(refused["status"], "AuthenticationError", "{refused}");
+    assert_eq!(refused["code"], 401, "{refused}");
+
     let deadline = Instant::now() + Duration::from_secs(60);
     while state("{{.State.Health.Status}}") != "healthy" {
         assert!(
@@ -328,16 +437,76 @@ fn docker_runs_the_image_hardened_until_healthy_and_stops_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(state("{{.Config.User}}"), "65532:65532");
-    let (status, body) =
-        support::http_post_json(&format!("{base}/tokenize"), r#"{"prompt": "hello"}"#, None);
+    let (status, body) = support::http_post_json(
+        &format!("{base}/tokenize"),
+        r#"{"prompt": "hello"}"#,
+        Some(key),
+    );
     assert_eq!(status, 200, "{body}");
 
     docker.docker_ok(&["stop", "-t", "30", &id]);
-    assert_eq!(
-        state("{{.State.ExitCode}}"),
-        "0",
-        "logs:\n{}",
-        docker.docker_ok(&["logs", &id])
+    let logs = docker.docker_ok(&["logs", &id]);
+    assert_eq!(state("{{.State.ExitCode}}"), "0", "logs:\n{logs}");
+    let inspect = docker.docker_ok(&["inspect", &id]);
+    assert!(
+        !logs.contains(key) && !inspect.contains(key),
+        "the API key leaked into logs or the container config"
     );
+}
+
+/// The key as a site stores it: a file readable only by the image's user (uid 65532).
+fn write_key_file(dir: &Path, key: &str) -> PathBuf {
+    let path = dir.join("api-key");
+    std::fs::write(&path, format!("{key}\n")).unwrap();
+    std::os::unix::fs::chown(&path, Some(65532), Some(65532)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    path
+}
+
+/// The chat case of the `llama-gqa` reference outputs (transformers, greedy).
+fn reference_chat_case() -> serde_json::Value {
+    let path = shared_fixtures().join("models/llama-gqa/reference.json");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "chat")
+        .unwrap_or_else(|| panic!("no chat case in {}", path.display()))
+        .clone()
+}
+
+/// One non-streaming chat completion through the `openai` Python package (installed by
+/// scripts/install-test-deps); returns what the client saw, as JSON.
+fn openai_chat(
+    port: u16,
+    key: &str,
+    messages: &serde_json::Value,
+    max_tokens: usize,
+) -> serde_json::Value {
+    const SCRIPT: &str = r#"
+import json, os, sys
+import openai
+client = openai.OpenAI(base_url=os.environ["BASE_URL"], api_key=os.environ["KEY"], max_retries=0)
+try:
+    r = client.chat.completions.create(model="llama-gqa", messages=json.loads(os.environ["MESSAGES"]),
+                                       max_tokens=int(os.environ["MAX_TOKENS"]), temperature=0)
+    print(json.dumps({"status": "ok", "content": r.choices[0].message.content, "model": r.model,
+                      "finish_reason": r.choices[0].finish_reason}))
+except openai.APIStatusError as e:
+    print(json.dumps({"status": type(e).__name__, "code": e.status_code}))
+"#;
+    let out = support::run_ok(
+        Command::new(support::require_tool("python3"))
+            .arg("-c")
+            .arg(SCRIPT)
+            .env("BASE_URL", format!("http://127.0.0.1:{port}/v1"))
+            .env("KEY", key)
+            .env("MESSAGES", messages.to_string())
+            .env("MAX_TOKENS", max_tokens.to_string()),
+        std::time::Duration::from_secs(120),
+    );
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("openai client printed {out:?}: {e}"))
 }

@@ -52,6 +52,20 @@ pub struct BuildInfo {
     pub target: String,
     /// `"release"` or `"debug"`.
     pub profile: String,
+    /// Present in a `cuda` build only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<CudaBuild>,
+}
+
+/// What a CUDA build was compiled for; the launcher and the image labels rely on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CudaBuild {
+    /// Toolkit release, `"13.0"`.
+    pub version: String,
+    /// `CUDA_COMPUTE_CAP` the kernels were compiled for (`"80"`), or `"unknown"`.
+    pub compute_cap: String,
+    /// Oldest Linux driver that runs this toolkit's PTX, `"580.65.06"`.
+    pub min_driver: String,
 }
 
 /// The marker's JSON payload, read from the embedded static itself.
@@ -97,6 +111,7 @@ mod tests {
             info.features.contains(&"cuda".to_owned()),
             cfg!(feature = "cuda")
         );
+        assert_eq!(info.cuda.is_some(), cfg!(feature = "cuda"));
     }
 
     #[test]

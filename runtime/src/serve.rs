@@ -26,7 +26,6 @@ use crate::{
     cli::{CliError, ServeArgs},
     engine::{self, Engine, LoadOptions},
     model::{ModelDir, ModelError, weights},
-    models::{ConfigError, ModelSpec},
     readiness::{self, Readiness, ReadinessTx},
     shutdown::{Reason, Shutdown, Signals},
 };
@@ -41,8 +40,6 @@ pub enum ServeError {
     KeyFile(#[from] KeyFileError),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error(transparent)]
-    ModelConfig(#[from] ConfigError),
     #[error("the embedded build info is unreadable")]
     BuildInfo(#[from] serde_json::Error),
     #[error("cannot start the async runtime")]
@@ -72,9 +69,9 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         (None, Some(path)) => Some(auth::read_key_file(path)?),
         (None, None) => None,
     };
+    // Reads config.json once and resolves it: an unsupported architecture
+    // is refused here, before binding.
     let model = ModelDir::open(&model_path, args.served_model_name.as_deref())?;
-    // Cheap, and it rejects unsupported architectures before binding.
-    ModelSpec::from_dir(&model.path)?;
     let build = build_info::current()?;
     log_startup(&args, &model, &build, api_key.is_some());
 
@@ -107,7 +104,7 @@ fn log_startup(args: &ServeArgs, model: &ModelDir, build: &BuildInfo, auth: bool
         model.config.architectures.join(", ")
     );
     info!(
-        "engine settings: device={:?} dtype={:?} max_model_len={} max_concurrent_requests={} max_queued_requests={} (the queue limit applies once the scheduler lands)",
+        "engine settings: device={:?} dtype={:?} max_model_len={} max_concurrent_requests={} max_queued_requests={}",
         args.device,
         args.dtype,
         args.max_model_len
@@ -147,6 +144,7 @@ async fn serve(
     }
 
     let (ready_tx, ready_rx) = readiness::channel();
+    let metrics = Arc::new(crate::metrics::Metrics::new(&model.served_name));
     let state = Arc::new(AppState {
         model_name: model.served_name.clone(),
         created: unix_now(),
@@ -154,9 +152,12 @@ async fn serve(
         api_key,
         readiness: ready_rx,
         engine: OnceLock::new(),
-        generation_slots: Arc::new(tokio::sync::Semaphore::new(
+        scheduler: crate::scheduler::Scheduler::new(
             args.max_concurrent_requests as usize,
-        )),
+            args.max_queued_requests as usize,
+            Arc::clone(&metrics),
+        ),
+        metrics,
     });
     let options = LoadOptions {
         device: args.device,
@@ -239,8 +240,7 @@ async fn load(
     ready: ReadinessTx,
     shutdown: Shutdown,
 ) {
-    let dir = model.path.clone();
-    let loaded = tokio::task::spawn_blocking(move || load_blocking(&dir, options)).await;
+    let loaded = tokio::task::spawn_blocking(move || load_blocking(&model, options)).await;
     let failure = match loaded {
         Ok(Ok(engine)) => {
             // Only the loader sets it, once; a second set cannot happen.
@@ -259,7 +259,8 @@ async fn load(
 
 /// The blocking part of [`load`]; errors come back as their full cause
 /// chain, which names the file at fault.
-fn load_blocking(dir: &std::path::Path, options: LoadOptions) -> Result<Engine, String> {
+fn load_blocking(model: &ModelDir, options: LoadOptions) -> Result<Engine, String> {
+    let dir = model.path.as_path();
     let inv = weights::inventory(dir).map_err(|e| chain(&e))?;
     for file in &inv.files {
         info!(
@@ -275,7 +276,8 @@ fn load_blocking(dir: &std::path::Path, options: LoadOptions) -> Result<Engine, 
         inv.total_bytes
     );
     let started = Instant::now();
-    let engine = Engine::load(dir, options).map_err(|e| chain(&e))?;
+    let engine = Engine::load_resolved(dir, model.spec.clone(), &model.config_tokens, options)
+        .map_err(|e| chain(&e))?;
     let spec = engine.spec();
     info!(
         "loaded {:?} ({} layers, hidden {}, vocab {}) on {} as {:?} in {:.2}s; max_model_len={}, stop ids {:?}{}",

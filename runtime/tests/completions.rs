@@ -149,14 +149,23 @@ fn invalid_requests_get_openai_errors() {
     assert_openai_error(&r, 400);
     assert_eq!(param(&r), "n");
 
-    let r = post(&server, "/v1/completions", &with(json!({"stream": true})));
-    assert_openai_error(&r, 400);
-    assert_eq!(param(&r), "stream");
-    assert!(r.body.contains("streaming is not supported yet"), "{r:?}");
-    let chat = json!({"model": "qwen2-tied", "stream": true,
+    let r = post(
+        &server,
+        "/v1/completions",
+        &with(json!({"stream_options": {"include_usage": true}})),
+    );
+    assert_eq!(param(&assert_400(r)), "stream_options");
+    // Errors found before a stream starts are plain HTTP errors.
+    let chat = json!({"model": "qwen2-tied", "stream": true, "top_k": -5,
         "messages": [{"role": "user", "content": "hi"}]});
     let r = post(&server, "/v1/chat/completions", &chat);
-    assert_eq!(param(&assert_400(r)), "stream");
+    assert_eq!(param(&assert_400(r)), "top_k");
+    let r = post(
+        &server,
+        "/v1/completions",
+        &with(json!({"stream": true, "repetition_penalty": 3})),
+    );
+    assert_eq!(param(&assert_400(r)), "repetition_penalty");
 
     let r = post(
         &server,

@@ -8,13 +8,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
+use super::lock::{LockPolicy, fetch_hub};
+use crate::attest;
 use crate::digest::Sha256Digest;
 use crate::export::{self, ImageWriter};
+use crate::fetch::hub::HubFetcher;
 use crate::fetch::{self, Fetcher, ModelOrigin};
 use crate::image::{self, Healthcheck, RunConfig};
+use crate::layers::cache::DigestCache;
 use crate::layers::plan::{self, Account, PlanInput, PlannedFile};
 use crate::layers::{FileSum, Layer, LayerRole};
-use crate::manifest::{Base, Device, Manifest};
+use crate::manifest::{Base, Device, Manifest, ModelSource};
 use crate::progress::Progress;
 use crate::server_binary;
 use crate::summary::{self, ImageSummary, LayerSummary, ModelFileSummary, ModelSummary, labels};
@@ -31,6 +35,14 @@ pub struct BuildSettings {
     /// Directory of the running `appliance`, where `appliance-server` is looked for by default.
     pub exe_dir: PathBuf,
     pub source_date_epoch: Option<String>,
+    /// `--verify-cache`: rehash cached inputs instead of trusting their recorded stamps.
+    pub verify_cache: bool,
+    /// The signing key's password, for manifests with `[signing]`.
+    pub key_password: super::signing::KeyPassword,
+    /// Hub endpoint, cache, token and `--offline`, for `[model] hf` sources.
+    pub hub: crate::fetch::hub::HubSettings,
+    /// `--locked`: refuse any drift from `<manifest>.lock`.
+    pub locked: bool,
 }
 
 /// What a build produced.
@@ -64,12 +76,14 @@ pub fn build(
     let output = std::path::absolute(&output)
         .with_context(|| format!("Invalid output path `{}`", output.display()))?;
     export::check_output(&output)?;
-    if manifest.signing.is_some() {
-        bail!(
-            "Signing (`[signing]` in `{}`) is not supported by this version of appliance; remove the section to build unsigned",
-            settings.manifest.display()
-        );
-    }
+    // The key is decrypted first: a wrong password must fail before hours of hashing.
+    let signer = match &manifest.signing {
+        Some(signing) => Some(super::signing::load_signer(
+            &signing.key,
+            &settings.key_password,
+        )?),
+        None => None,
+    };
 
     let server_path = server_binary::locate(manifest.server.binary.as_deref(), &settings.exe_dir)?;
     let server = server_binary::inspect(&server_path)?;
@@ -81,6 +95,11 @@ pub fn build(
             server.info.features.join(", ")
         );
     }
+    let launcher = if manifest.server.device == Device::Cuda {
+        Some(cuda_launcher(&manifest, &server)?)
+    } else {
+        None
+    };
     log.step(&format!(
         "Server: {} {} ({})",
         server.path.display(),
@@ -92,7 +111,35 @@ pub fn build(
         }
     ));
 
-    let model = Fetcher::new(&settings.cache_dir).fetch(&manifest.model)?;
+    // Hub models go through the lock policy; their digests, verified on download (or when
+    // re-checked in the cache), are checked again against what gets packaged below.
+    let (model, hub_digests) = match &manifest.model.source {
+        ModelSource::Hub { .. } => {
+            let policy = if settings.locked {
+                LockPolicy::Locked
+            } else {
+                LockPolicy::Update
+            };
+            let hub = HubFetcher::new(settings.hub.clone());
+            let fetched = fetch_hub(&manifest, &settings.manifest, &hub, policy, progress, log)?;
+            let digests: BTreeMap<String, Sha256Digest> = fetched
+                .snapshot
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.sha256))
+                .collect();
+            (fetched.model, Some(digests))
+        }
+        _ => {
+            if settings.locked {
+                bail!("`--locked` applies to `[model] hf` sources, which have a lock file");
+            }
+            (
+                Fetcher::new(&settings.cache_dir).fetch(&manifest.model)?,
+                None,
+            )
+        }
+    };
     fetch::check_pinned_files_present(&manifest.model.pins, &model.files)?;
     let model_bytes: u64 = model.files.iter().map(|f| f.size).sum();
     log.step(&format!(
@@ -102,7 +149,9 @@ pub fn build(
         human_bytes(model_bytes)
     ));
 
-    let userland = userland::resolve(&manifest.runtime.base, std::slice::from_ref(&server.path))?;
+    let mut executables = vec![server.path.clone()];
+    executables.extend(launcher.iter().map(|l| l.host_path.clone()));
+    let userland = userland::resolve(&manifest.runtime.base, &executables)?;
     if !userland.library_path.is_empty() {
         log.step(&format!(
             "Userland: libraries found through ld.so.conf; the image sets LD_LIBRARY_PATH={}",
@@ -113,6 +162,21 @@ pub fn build(
         log.step(&format!(
             "Userland: {} files from the build host",
             userland.files.len()
+        ));
+    }
+    if let Some(base) = &userland.base {
+        let arch = server.info.oci_architecture();
+        if base.architecture != arch {
+            bail!(
+                "The base image `{}` is for `{}`, but the server is built for `{arch}`",
+                base.label(),
+                base.architecture
+            );
+        }
+        log.step(&format!(
+            "Userland: base image {} ({} layers, verified; it has every library the server needs)",
+            base.label(),
+            base.layers.len()
         ));
     }
 
@@ -133,6 +197,7 @@ pub fn build(
             host_path: server.path.clone(),
             size: server.size,
         },
+        launcher,
         compression: manifest.image.compression,
         mtime,
     });
@@ -141,12 +206,36 @@ pub fn build(
     // the model layers are in; a mismatch drops the writer, which deletes the partial file.
     log.step(&format!("Writing {}", output.display()));
     let mut writer = ImageWriter::create(&output, mtime)?;
-    let total: u64 = specs.iter().map(|s| s.content_bytes()).sum();
+    writer.use_cache(DigestCache::new(
+        &settings.cache_dir,
+        !settings.verify_cache,
+    ));
+    let base_bytes: u64 = userland
+        .base
+        .iter()
+        .flat_map(|b| &b.layers)
+        .map(|l| l.size)
+        .sum();
+    let total: u64 = base_bytes + specs.iter().map(|s| s.content_bytes()).sum::<u64>();
     let task = progress.task("Writing", total);
-    let layers: Vec<Layer> = specs
-        .into_iter()
-        .map(|spec| writer.add_layer(spec, task.as_ref()))
-        .collect::<Result<_, _>>()?;
+    // The base image's layers go first, byte for byte: ours sit on top of its rootfs.
+    let mut layers: Vec<Layer> = Vec::new();
+    if let Some(base) = &userland.base {
+        for layer in &base.layers {
+            let mut blob = base.open_layer(layer)?;
+            layers.push(writer.add_blob(
+                base.layer_spec(layer, mtime),
+                &layer.blob,
+                &mut blob,
+                layer.digest,
+                layer.diff_id,
+                task.as_ref(),
+            )?);
+        }
+    }
+    for spec in specs {
+        layers.push(writer.add_layer(spec, task.as_ref())?);
+    }
     task.finish();
 
     // Every model file's digest, as measured while its layer was written.
@@ -170,6 +259,17 @@ pub fn build(
         .map(|(path, f)| (path.clone(), f.sha256))
         .collect();
     fetch::check_pins(&manifest.model.pins, &digests)?;
+    if let Some(verified) = &hub_digests {
+        for (file, expected) in verified {
+            if digests.get(file) != Some(expected) {
+                bail!(
+                    "`{file}` changed in the cache while it was packaged: verified as {}, packaged as {}; nothing was written",
+                    expected.hex(),
+                    digests.get(file).map(|d| d.hex()).unwrap_or_default()
+                );
+            }
+        }
+    }
     if !manifest.model.pins.is_empty() {
         log.step(&format!(
             "Verified {} pinned sha256 digests",
@@ -187,7 +287,7 @@ pub fn build(
         },
         files: model_files,
     };
-    let run = run_config(
+    let mut run = run_config(
         &manifest,
         &server,
         &model_summary,
@@ -195,11 +295,90 @@ pub fn build(
         model_bytes,
         &userland.library_path,
     )?;
+    // With a base image: its Env below ours, and the label names it by digest.
+    if let Some(base) = &userland.base {
+        run.env = base.merge_env(std::mem::take(&mut run.env));
+        run.labels
+            .insert(labels::USERLAND.to_string(), base.label());
+    }
     let docs = image::assemble(reference, &run, &layers)?;
+
+    let mut sidecars = None;
+    if let Some(signer) = &signer {
+        let facts = attest::BuildFacts {
+            reference: reference.full().to_string(),
+            manifest_digest: docs.manifest.digest,
+            created: run.created.clone(),
+            builder_version: env!("CARGO_PKG_VERSION").to_string(),
+            model: attest::ModelFacts {
+                name: served.clone(),
+                dir: model_dir.clone(),
+                source: model_summary.source.clone(),
+                revision: model_summary.revision.clone(),
+                hub: match &model.origin {
+                    ModelOrigin::Hf { repo, revision } => Some((repo.clone(), revision.clone())),
+                    _ => None,
+                },
+                files: measured
+                    .iter()
+                    .map(|(path, f)| attest::FileFact {
+                        path: path.clone(),
+                        sha256: f.sha256,
+                        size: f.size,
+                        package: None,
+                    })
+                    .collect(),
+            },
+            server: attest::ServerFacts {
+                path: plan::SERVER_PATH.to_string(),
+                version: server.info.version.clone(),
+                sha256: server.sha256,
+                size: server.size,
+                features: server.info.features.clone(),
+                target: server.info.target.clone(),
+                crates: server.info.crates.clone(),
+                source_revision: server.info.source_revision.clone(),
+            },
+            userland: super::signing::userland_facts(&layers, &userland.files),
+            base: userland.base.as_ref().map(|base| attest::BaseFacts {
+                name: base.name.clone(),
+                pinned: base.pinned,
+                layers: base
+                    .layers
+                    .iter()
+                    .map(|l| (l.digest, l.diff_id, l.size))
+                    .collect(),
+            }),
+            manifest: read_document(&settings.manifest)?,
+            // The lock beside the manifest (`manifest.toml` → `manifest.lock`), when there is one.
+            lock: Some(settings.manifest.with_extension("lock"))
+                .filter(|p| p.is_file())
+                .map(|p| read_document(&p))
+                .transpose()?,
+        };
+        let artifacts =
+            super::signing::sign_image(signer, &facts, reference.name(), docs.manifest.size())?;
+        writer.add_dir("signatures")?;
+        for (path, bytes) in &artifacts.entries {
+            writer.add_file(path, bytes)?;
+        }
+        sidecars = Some(super::signing::stage_sidecars(
+            super::signing::sidecar_files(&output, &artifacts),
+        )?);
+        log.step(&format!(
+            "Signed {} with key sha256:{}",
+            docs.manifest.digest,
+            artifacts.fingerprint.hex()
+        ));
+    }
 
     writer
         .finish(&docs)
         .with_context(|| format!("Failed to export the image to `{}`", output.display()))?;
+    match sidecars {
+        Some(sidecars) => sidecars.commit()?,
+        None => super::signing::remove_stale_sidecars(&output)?,
+    }
     let tarball_size = std::fs::metadata(&output)
         .with_context(|| format!("Failed to read `{}`", output.display()))?
         .len();
@@ -233,6 +412,19 @@ pub fn build(
         output,
         tarball_size,
         image,
+    })
+}
+
+/// A manifest or lock as an external parameter of the provenance: its file name and text.
+fn read_document(path: &std::path::Path) -> Result<attest::NamedDocument> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("Failed to read `{}`", path.display()))?;
+    Ok(attest::NamedDocument {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        text,
     })
 }
 
@@ -337,6 +529,11 @@ fn run_config(
         labels::SERVER_DEVICE,
         format!("{:?}", s.device).to_lowercase(),
     );
+    if let Some(cuda) = &server.info.cuda {
+        label(labels::CUDA_VERSION, cuda.version.clone());
+        label(labels::CUDA_COMPUTE_CAPS, cuda.compute_cap.clone());
+        label(labels::CUDA_MIN_DRIVER, cuda.min_driver.clone());
+    }
     label(
         labels::USERLAND,
         match &manifest.runtime.base {
@@ -357,7 +554,13 @@ fn run_config(
         architecture: server.info.oci_architecture().to_string(),
         created,
         user: format!("{}:{}", account.uid, account.gid),
-        entrypoint: vec![server_path.clone()],
+        // A CUDA server cannot even be loaded without the driver: the launcher starts first,
+        // explains a missing GPU or an old driver, then execs the server.
+        entrypoint: vec![if s.device == Device::Cuda {
+            format!("/{}", plan::LAUNCHER_PATH)
+        } else {
+            server_path.clone()
+        }],
         cmd: s.args.clone(),
         env,
         exposed_port: s.port,
@@ -371,6 +574,44 @@ fn run_config(
                 .unwrap_or_else(|| start_period_for(model_bytes)),
             hc.retries,
         ),
+    })
+}
+
+/// The launcher to pack as a CUDA image's entrypoint: `server.launcher`, else
+/// `appliance-launcher` beside the server binary (scripts/build-cuda-server builds both into one
+/// dir). The server must carry its CUDA build facts, which the launcher and the labels rely on.
+fn cuda_launcher(
+    manifest: &Manifest,
+    server: &server_binary::ServerBinary,
+) -> Result<plan::PlannedFile> {
+    if server.info.cuda.is_none() {
+        bail!(
+            "`{}` has the `cuda` feature but no CUDA build facts in its build-info marker; rebuild \
+             it with scripts/build-cuda-server",
+            server.path.display()
+        );
+    }
+    let path = match &manifest.server.launcher {
+        Some(path) => path.clone(),
+        None => server
+            .path
+            .parent()
+            .map(|dir| dir.join("appliance-launcher"))
+            .unwrap_or_default(),
+    };
+    let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file());
+    let Some(meta) = meta else {
+        bail!(
+            "A `cuda` image needs `appliance-launcher` as its entrypoint, but `{}` does not exist; \
+             build it with scripts/build-cuda-server (`cargo build --release -p \
+             appliance-launcher`) or set `server.launcher`",
+            path.display()
+        );
+    };
+    Ok(plan::PlannedFile {
+        rel_path: "appliance-launcher".into(),
+        host_path: path,
+        size: meta.len(),
     })
 }
 

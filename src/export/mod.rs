@@ -13,11 +13,18 @@
 mod pipeline;
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::digest::Sha256Digest;
 use crate::image::{ImageDocuments, blob_path};
-use crate::layers::{Layer, LayerError, LayerSpec, pad};
+use crate::layers::cache::{DigestCache, Stamp};
+use crate::layers::{
+    EntryKind, FileSource, FileSum, Layer, LayerError, LayerSpec, LayerSums, Segment,
+    copy_host_file, pad,
+};
+use crate::manifest::Compression;
 use crate::progress::ProgressTask;
 use pipeline::Pipeline;
 
@@ -39,6 +46,20 @@ pub enum ExportError {
     },
     #[error(transparent)]
     Layer(#[from] LayerError),
+    #[error("Failed to read the base layer `{blob}`")]
+    ReadBlob {
+        blob: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "The base layer `{blob}` changed while the image was being built: expected {expected}, got {actual}"
+    )]
+    BlobChanged {
+        blob: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// Checks what can be checked about `output` before any expensive work starts.
@@ -66,6 +87,8 @@ pub struct ImageWriter {
     mtime: u64,
     /// Directories `create` made, deepest first; removed again if the export fails.
     created_dirs: Vec<PathBuf>,
+    /// Digests of weight layers from earlier builds (see [`crate::layers::cache`]).
+    cache: Option<DigestCache>,
 }
 
 impl ImageWriter {
@@ -98,6 +121,7 @@ impl ImageWriter {
             out: Some(Pipeline::new(file)),
             mtime,
             created_dirs,
+            cache: None,
         };
         writer.entry(|w| {
             w.dir("blobs")?;
@@ -106,12 +130,22 @@ impl ImageWriter {
         Ok(writer)
     }
 
+    /// Lets uncompressed layers of host files reuse digests from earlier builds.
+    pub fn use_cache(&mut self, cache: DigestCache) {
+        self.cache = Some(cache);
+    }
+
     /// Streams one layer into the tarball and returns it with its digests.
     pub fn add_layer(
         &mut self,
         spec: LayerSpec,
         progress: &dyn ProgressTask,
     ) -> Result<Layer, ExportError> {
+        if spec.compression == Compression::None && spec.has_host_files() {
+            if let Some(cache) = self.cache.clone() {
+                return self.add_host_layer(spec, &cache, progress);
+            }
+        }
         let mtime = self.mtime;
         let tmp = self.tmp.clone();
         let write_err = |source| ExportError::Write {
@@ -125,6 +159,188 @@ impl ImageWriter {
         let (out, written) = spec.write_unhashed(out, progress)?;
         let (digest, size) = out.end_digest().map_err(write_err)?;
         let sums = written.into_sums(digest, size);
+        let path = blob_path(&sums.digest);
+        let header =
+            header(&path, sums.size, tar::EntryType::Regular, 0o644, mtime).map_err(write_err)?;
+        pad(out, sums.size)
+            .and_then(|()| out.patch(header_at, &header))
+            .map_err(write_err)?;
+        Ok(Layer { spec, sums })
+    }
+
+    /// Adds a small whole file (signature and attestation documents) before the image documents.
+    pub fn add_file(&mut self, path: &str, bytes: &[u8]) -> Result<(), ExportError> {
+        self.entry(|w| w.file(path, bytes))
+    }
+
+    /// Adds a directory entry (e.g. `signatures`).
+    pub fn add_dir(&mut self, path: &str) -> Result<(), ExportError> {
+        self.entry(|w| w.dir(path))
+    }
+
+    /// Copies an existing layer blob (a base image's) into the tarball byte for byte, checking
+    /// as it streams that it is still the blob `expected` names; `spec` only describes it.
+    pub fn add_blob(
+        &mut self,
+        spec: LayerSpec,
+        blob_name: &str,
+        blob: &mut dyn Read,
+        expected: Sha256Digest,
+        diff_id: Sha256Digest,
+        progress: &dyn ProgressTask,
+    ) -> Result<Layer, ExportError> {
+        let mtime = self.mtime;
+        let tmp = self.tmp.clone();
+        let write_err = |source| ExportError::Write {
+            path: tmp.clone(),
+            source,
+        };
+        let out = self.pipeline()?;
+        let header_at = out.position();
+        out.write_all(&[0u8; 512]).map_err(write_err)?;
+        out.start_digest().map_err(write_err)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match blob.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(ExportError::ReadBlob {
+                        blob: blob_name.to_string(),
+                        source,
+                    });
+                }
+            };
+            out.write_all(&buf[..n]).map_err(write_err)?;
+            progress.advance(n as u64);
+        }
+        let (digest, size) = out.end_digest().map_err(write_err)?;
+        if digest != expected {
+            return Err(ExportError::BlobChanged {
+                blob: blob_name.to_string(),
+                expected: expected.prefixed(),
+                actual: digest.prefixed(),
+            });
+        }
+        let path = blob_path(&digest);
+        let header =
+            header(&path, size, tar::EntryType::Regular, 0o644, mtime).map_err(write_err)?;
+        pad(out, size)
+            .and_then(|()| out.patch(header_at, &header))
+            .map_err(write_err)?;
+        let sums = crate::layers::LayerSums {
+            diff_id,
+            digest,
+            size,
+            files: Vec::new(),
+        };
+        Ok(Layer { spec, sums })
+    }
+
+    /// Writes an uncompressed layer from its [`Segment`]s. On a cache hit, host files are
+    /// copied by the kernel and nothing is hashed; on a miss, they are hashed as usual and the
+    /// sums recorded. Either way the files' stamps must be unchanged after the copy.
+    fn add_host_layer(
+        &mut self,
+        spec: LayerSpec,
+        cache: &DigestCache,
+        progress: &dyn ProgressTask,
+    ) -> Result<Layer, ExportError> {
+        let (mtime, role, tmp) = (self.mtime, spec.role, self.tmp.clone());
+        let write_err = |source| ExportError::Write {
+            path: tmp.clone(),
+            source,
+        };
+        let segments = spec.segments()?;
+        let key = DigestCache::key(&segments).map_err(|(path, source)| LayerError::Read {
+            path,
+            role,
+            source,
+        })?;
+        let hit = cache.get(&key);
+        let out = self.pipeline()?;
+        let header_at = out.position();
+        out.write_all(&[0u8; 512]).map_err(write_err)?;
+        if hit.is_none() {
+            out.start_digest().map_err(write_err)?;
+        }
+        let start = out.position();
+        let mut digests = Vec::new();
+        for segment in &segments {
+            match segment {
+                Segment::Bytes(bytes) => out.write_all(bytes).map_err(write_err)?,
+                Segment::File { path, size } if hit.is_some() => {
+                    let file = File::open(path)
+                        .map_err(|source| LayerError::Read {
+                            path: path.clone(),
+                            role,
+                            source,
+                        })
+                        .map(Arc::new)?;
+                    let name: Arc<Path> = Arc::from(path.as_path());
+                    let mut left = *size;
+                    while left > 0 {
+                        let piece = left.min(KERNEL_COPY_PIECE);
+                        out.copy_from(&file, piece, &name).map_err(write_err)?;
+                        progress.advance(piece);
+                        left -= piece;
+                    }
+                }
+                Segment::File { path, size } => {
+                    digests.push(copy_host_file(path, *size, out, progress, role)?);
+                }
+            }
+        }
+        let sums = match hit {
+            Some(sums) => {
+                out.sync().map_err(write_err)?;
+                sums
+            }
+            None => {
+                let (digest, size) = out.end_digest().map_err(write_err)?;
+                // The same file list `LayerSpec::write_unhashed` reports, in entry order.
+                let mut host_digests = digests.into_iter();
+                let files = spec
+                    .entries
+                    .iter()
+                    .filter_map(|e| match &e.kind {
+                        EntryKind::File { source, size } => Some(FileSum {
+                            path: e.path.clone(),
+                            sha256: match source {
+                                FileSource::Host(_) => host_digests.next()?,
+                                FileSource::Bytes(bytes) => Sha256Digest::of(bytes),
+                            },
+                            size: *size,
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                LayerSums {
+                    diff_id: digest,
+                    digest,
+                    size,
+                    files,
+                }
+            }
+        };
+        for (path, before) in &key.stamps {
+            if Stamp::of(path).ok().as_ref() != Some(before) {
+                return Err(LayerError::Changed {
+                    path: path.clone(),
+                    what: "it was modified while it was being copied".into(),
+                }
+                .into());
+            }
+        }
+        let written = out.position() - start;
+        if written != sums.size {
+            return Err(write_err(io::Error::other(format!(
+                "the {role:?} layer has {written} bytes where its digest covers {}",
+                sums.size
+            ))));
+        }
+        cache.put(&key, &sums);
         let path = blob_path(&sums.digest);
         let header =
             header(&path, sums.size, tar::EntryType::Regular, 0o644, mtime).map_err(write_err)?;
@@ -209,6 +425,9 @@ fn remove_empty(dirs: &[PathBuf]) {
 fn closed() -> io::Error {
     io::Error::other("the image writer is closed")
 }
+
+/// Kernel copies are queued in pieces this big, so progress moves while a large file copies.
+const KERNEL_COPY_PIECE: u64 = 64 << 20;
 
 /// Small whole entries (directories, JSON documents).
 struct Entries<'a> {

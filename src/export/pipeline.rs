@@ -6,8 +6,10 @@
 //! content is only known after the entry is written).
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 
@@ -25,6 +27,15 @@ enum Command {
     StartDigest,
     /// Stop hashing and send back the digest and byte count.
     EndDigest(SyncSender<(Sha256Digest, u64)>),
+    /// Copy the next `len` bytes of `src` (from its current offset) in the kernel
+    /// (`copy_file_range` through `io::copy`): no user-space copy, no hashing.
+    Copy {
+        src: Arc<File>,
+        len: u64,
+        name: Arc<Path>,
+    },
+    /// Answer once everything sent before has been written.
+    Sync(SyncSender<()>),
 }
 
 pub struct Pipeline {
@@ -56,6 +67,25 @@ impl Pipeline {
                     Command::EndDigest(reply) => {
                         let (hasher, len) = digest.take().unwrap_or_else(|| (Sha256::new(), 0));
                         let _ = reply.send((Sha256Digest::from_hasher(hasher), len));
+                    }
+                    Command::Copy { src, len, name } => {
+                        if digest.is_some() {
+                            return Err(io::Error::other("kernel copies cannot be hashed"));
+                        }
+                        let copied = io::copy(&mut (&*src).take(len), &mut file)?;
+                        if copied < len {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!(
+                                    "`{}` ended {} bytes early: it changed during the build",
+                                    name.display(),
+                                    len - copied
+                                ),
+                            ));
+                        }
+                    }
+                    Command::Sync(reply) => {
+                        let _ = reply.send(());
                     }
                 }
             }
@@ -94,6 +124,36 @@ impl Pipeline {
         self.send(Command::EndDigest(reply))?;
         match answer.recv() {
             Ok(result) => Ok(result),
+            Err(_) => {
+                self.tx = None;
+                Err(self
+                    .join()
+                    .err()
+                    .unwrap_or_else(|| io::Error::other("the writer thread stopped")))
+            }
+        }
+    }
+
+    /// Appends the next `len` bytes of `src` (read from its current offset), copied by the
+    /// kernel on the writer thread. `len` is sent in pieces so callers can report progress.
+    pub fn copy_from(&mut self, src: &Arc<File>, len: u64, name: &Arc<Path>) -> io::Result<()> {
+        self.send_buffer()?;
+        self.send(Command::Copy {
+            src: Arc::clone(src),
+            len,
+            name: Arc::clone(name),
+        })?;
+        self.position += len;
+        Ok(())
+    }
+
+    /// Returns once every byte sent so far is written (errors of the writer thread surface here).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.send_buffer()?;
+        let (reply, answer) = sync_channel(1);
+        self.send(Command::Sync(reply))?;
+        match answer.recv() {
+            Ok(()) => Ok(()),
             Err(_) => {
                 self.tx = None;
                 Err(self
@@ -193,5 +253,36 @@ mod tests {
         assert_eq!(&bytes[..10], b"\0\0hdr\0\0\0\0\0");
         assert_eq!(&bytes[10..10 + big.len()], &big[..]);
         assert_eq!(&bytes[10 + big.len()..], b"tail");
+    }
+
+    #[test]
+    fn kernel_copies_land_in_order_and_short_sources_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src");
+        let data: Vec<u8> = (0..3 * CHUNK + 5).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&src_path, &data).unwrap();
+        let name: Arc<Path> = Arc::from(src_path.as_path());
+        let src = Arc::new(File::open(&src_path).unwrap());
+
+        let out_path = dir.path().join("out");
+        let mut p = Pipeline::new(File::create(&out_path).unwrap());
+        p.write_all(b"head").unwrap();
+        p.copy_from(&src, CHUNK as u64, &name).unwrap();
+        p.copy_from(&src, (data.len() - CHUNK) as u64, &name)
+            .unwrap();
+        p.write_all(b"tail").unwrap();
+        p.sync().unwrap();
+        assert_eq!(p.position(), 8 + data.len() as u64);
+        drop(p.finish().unwrap());
+        let bytes = std::fs::read(&out_path).unwrap();
+        assert_eq!(&bytes[..4], b"head");
+        assert_eq!(&bytes[4..4 + data.len()], &data[..]);
+        assert_eq!(&bytes[4 + data.len()..], b"tail");
+
+        let src = Arc::new(File::open(&src_path).unwrap());
+        let mut p = Pipeline::new(File::create(&out_path).unwrap());
+        p.copy_from(&src, data.len() as u64 + 1, &name).unwrap();
+        let err = p.sync().unwrap_err();
+        assert!(err.to_string().contains("ended 1 bytes early"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 //! Digests are not computed here but while the layers are measured (the same single read that
 //! feeds the layer digest), and handed back to [`check_pins`] before anything is written.
 
+pub mod hub;
 pub mod synthetic;
 
 use std::collections::BTreeMap;
@@ -65,10 +66,8 @@ pub enum FetchError {
         #[source]
         source: synthetic::SyntheticError,
     },
-    #[error(
-        "Downloading `{repo}` from the Hugging Face Hub is not supported by this version of appliance; \
-         download the snapshot on a connected host and use `path = \"...\"` instead"
-    )]
+    /// Hub sources need the lock policy and Hub settings: `commands::lock::fetch_hub`.
+    #[error("`{repo}` is a Hub source; fetch it with `commands::lock::fetch_hub`")]
     HubUnsupported { repo: String },
     #[error(
         "sha256 mismatch for model file `{file}`: expected {expected} (manifest pin), got {actual}"

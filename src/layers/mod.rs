@@ -5,13 +5,14 @@
 //! for compressed layers) and the sha256 of every file inside, from a single read of each file.
 //! Nothing is buffered beyond a read buffer, so memory is flat whatever the model size.
 
+pub mod cache;
 mod compress;
 pub mod plan;
 
 use std::io::{self, Read, Write};
 
 use sha2::Digest as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::digest::{HashingWriter, Sha256Digest};
@@ -105,6 +106,8 @@ impl Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LayerRole {
+    /// A pre-pulled base image's layer, copied byte for byte.
+    Base,
     Filesystem,
     Weights,
     ModelFiles,
@@ -269,8 +272,12 @@ impl LayerSpec {
     ) -> Result<(W, Vec<FileSum>), LayerError> {
         let mut tar = tar::Builder::new(out);
         let mut files = Vec::new();
+        let role = self.role;
+        let mut copy = |out: &mut W, path: &Path, size: u64| {
+            copy_host_file(path, size, out, progress, role).map(Some)
+        };
         for entry in &self.entries {
-            if let Some(sum) = self.append(&mut tar, entry, progress)? {
+            if let Some(sum) = self.append(&mut tar, entry, &mut copy)? {
                 files.push(sum);
             }
         }
@@ -281,11 +288,46 @@ impl LayerSpec {
         Ok((out, files))
     }
 
+    /// The layer's bytes as a recipe of literal bytes and host files' contents, produced by the
+    /// same code that writes layers (only the content copy differs), so the two cannot disagree.
+    /// The export streams uncompressed weight layers from it, and [`cache`] keys on it.
+    pub fn segments(&self) -> Result<Vec<Segment>, LayerError> {
+        let mut tar = tar::Builder::new(Recorder::default());
+        let mut record = |out: &mut Recorder, path: &Path, size: u64| {
+            out.file(path, size);
+            Ok(None)
+        };
+        for entry in &self.entries {
+            self.append(&mut tar, entry, &mut record)?;
+        }
+        let mut recorder = tar.into_inner().map_err(|source| LayerError::Write {
+            role: self.role,
+            source,
+        })?;
+        recorder.cut();
+        Ok(recorder.segments)
+    }
+
+    /// Whether any content comes from a file on the build host (what [`cache`] can skip).
+    pub fn has_host_files(&self) -> bool {
+        self.entries.iter().any(|e| {
+            matches!(
+                e.kind,
+                EntryKind::File {
+                    source: FileSource::Host(_),
+                    ..
+                }
+            )
+        })
+    }
+
+    /// Appends one entry; `copy` moves a host file's contents into the output and may return
+    /// their digest (entries without one are left out of the returned sums).
     fn append<W: Write>(
         &self,
         tar: &mut tar::Builder<W>,
         entry: &Entry,
-        progress: &dyn ProgressTask,
+        copy: &mut ContentCopy<'_, W>,
     ) -> Result<Option<FileSum>, LayerError> {
         let role = self.role;
         let write_err = |source| LayerError::Write { role, source };
@@ -316,7 +358,7 @@ impl LayerSpec {
                     FileSource::Bytes(bytes) => {
                         tar.append_data(&mut header, &entry.path, &bytes[..])
                             .map_err(write_err)?;
-                        (Sha256Digest::of(bytes), bytes.len() as u64)
+                        (Some(Sha256Digest::of(bytes)), bytes.len() as u64)
                     }
                     FileSource::Host(path) => {
                         // The header goes through the tar builder (it handles long names); the
@@ -324,25 +366,12 @@ impl LayerSpec {
                         // 8 KiB intermediate copies: this loop is the hot path for weights.
                         tar.append_data(&mut header, &entry.path, io::empty())
                             .map_err(write_err)?;
-                        let digest = copy_file(path, *size, tar.get_mut(), progress).map_err(
-                            |e| match e {
-                                CopyError::Short => LayerError::Changed {
-                                    path: path.clone(),
-                                    what: format!("it is shorter than the {size} bytes it had"),
-                                },
-                                CopyError::Read(source) => LayerError::Read {
-                                    path: path.clone(),
-                                    role,
-                                    source,
-                                },
-                                CopyError::Write(source) => write_err(source),
-                            },
-                        )?;
+                        let digest = copy(tar.get_mut(), path, *size)?;
                         pad(tar.get_mut(), *size).map_err(write_err)?;
                         (digest, *size)
                     }
                 };
-                Ok(Some(FileSum {
+                Ok(sha256.map(|sha256| FileSum {
                     path: entry.path.clone(),
                     sha256,
                     size: read,
@@ -350,6 +379,76 @@ impl LayerSpec {
             }
         }
     }
+}
+
+/// Moves a host file's `size` bytes at `path` into a layer's output; may return their digest.
+type ContentCopy<'a, W> =
+    dyn FnMut(&mut W, &Path, u64) -> Result<Option<Sha256Digest>, LayerError> + 'a;
+
+/// One piece of a layer's bytes (see [`LayerSpec::segments`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment {
+    /// Headers, padding, small files' contents, the trailer.
+    Bytes(Vec<u8>),
+    /// The contents of a file on the build host, `size` bytes.
+    File { path: PathBuf, size: u64 },
+}
+
+/// A writer that records what a tar builder writes, cut at host files.
+#[derive(Default)]
+struct Recorder {
+    segments: Vec<Segment>,
+    pending: Vec<u8>,
+}
+
+impl Recorder {
+    fn file(&mut self, path: &Path, size: u64) {
+        self.cut();
+        self.segments.push(Segment::File {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+
+    fn cut(&mut self) {
+        if !self.pending.is_empty() {
+            self.segments
+                .push(Segment::Bytes(std::mem::take(&mut self.pending)));
+        }
+    }
+}
+
+impl Write for Recorder {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Copies `size` bytes of a host file into `out` and returns their sha256; errors name the file.
+pub(crate) fn copy_host_file(
+    path: &Path,
+    size: u64,
+    out: &mut impl Write,
+    progress: &dyn ProgressTask,
+    role: LayerRole,
+) -> Result<Sha256Digest, LayerError> {
+    copy_file(path, size, out, progress).map_err(|e| match e {
+        CopyError::Short => LayerError::Changed {
+            path: path.to_path_buf(),
+            what: format!("it is shorter than the {size} bytes it had"),
+        },
+        CopyError::Read(source) => LayerError::Read {
+            path: path.to_path_buf(),
+            role,
+            source,
+        },
+        CopyError::Write(source) => LayerError::Write { role, source },
+    })
 }
 
 enum CopyError {

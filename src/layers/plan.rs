@@ -14,6 +14,8 @@ use crate::manifest::Compression;
 
 /// Where the server binary lives in the image.
 pub const SERVER_PATH: &str = "usr/local/bin/appliance-server";
+/// Where a CUDA image's entrypoint, the driver-checking launcher, lives.
+pub const LAUNCHER_PATH: &str = "usr/local/bin/appliance-launcher";
 /// Parent of every model directory in the image.
 pub const MODELS_ROOT: &str = "models";
 /// More weight files than this are grouped, keeping far below Docker's 125-layer limit.
@@ -62,6 +64,8 @@ pub struct PlanInput<'a> {
     /// Loader, libc and friends; empty for a static server on `scratch`.
     pub userland: Vec<Entry>,
     pub server: PlannedFile,
+    /// `appliance-launcher`, in CUDA images only; shares the server's layer.
+    pub launcher: Option<PlannedFile>,
     pub compression: Compression,
     pub mtime: u64,
 }
@@ -126,16 +130,23 @@ pub fn plan(input: PlanInput<'_>) -> Vec<LayerSpec> {
             input.userland,
         ));
     }
-    layers.push(small(
-        LayerRole::Server,
-        "appliance: appliance-server".to_string(),
-        vec![Entry::host_file(
-            SERVER_PATH,
-            input.server.host_path,
-            input.server.size,
+    let mut server = vec![Entry::host_file(
+        SERVER_PATH,
+        input.server.host_path,
+        input.server.size,
+        0o555,
+    )];
+    let mut description = "appliance: appliance-server".to_string();
+    if let Some(launcher) = input.launcher {
+        server.push(Entry::host_file(
+            LAUNCHER_PATH,
+            launcher.host_path,
+            launcher.size,
             0o555,
-        )],
-    ));
+        ));
+        description.push_str(" and appliance-launcher");
+    }
+    layers.push(small(LayerRole::Server, description, server));
     layers
 }
 

@@ -190,3 +190,50 @@ fn file_over_8_gib_gets_a_base256_size() {
     assert_eq!(header.size().unwrap(), size);
     assert_eq!(header.entry_type(), tar::EntryType::Regular);
 }
+
+/// The export writes uncompressed host-file layers from `segments()` (and the digest cache keys
+/// on them): with the files' contents spliced in, they must be exactly `write_to`'s bytes.
+#[test]
+fn segments_with_contents_are_the_layer_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    std::fs::write(&a, vec![7u8; 1000]).unwrap();
+    std::fs::write(&b, b"").unwrap();
+    let long = format!("models/{}/w.safetensors", "x".repeat(150));
+    let layer = spec(
+        vec![
+            Entry::host_file(long, a.clone(), 1000, 0o444),
+            Entry::host_file("models/m/empty", b.clone(), 0, 0o444),
+            Entry::symlink("models/m/link", "empty"),
+            Entry::bytes(
+                "etc/passwd",
+                b"root:x:0:0::/:/sbin/nologin\n".to_vec(),
+                0o644,
+            ),
+        ],
+        Compression::None,
+    );
+    let (expected, _) = write(&layer);
+    let segments = layer.segments().unwrap();
+    assert_eq!(
+        segments
+            .iter()
+            .filter(|s| matches!(s, Segment::File { .. }))
+            .count(),
+        2
+    );
+    let mut spliced = Vec::new();
+    for segment in segments {
+        match segment {
+            Segment::Bytes(bytes) => spliced.extend_from_slice(&bytes),
+            Segment::File { path, size } => {
+                let content = std::fs::read(&path).unwrap();
+                assert_eq!(content.len() as u64, size);
+                spliced.extend_from_slice(&content);
+            }
+        }
+    }
+    assert_eq!(spliced, expected);
+    assert!(layer.has_host_files());
+}

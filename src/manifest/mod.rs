@@ -96,6 +96,7 @@ pub struct RawServer {
     #[serde(default)]
     pub args: Vec<String>,
     pub binary: Option<PathBuf>,
+    pub launcher: Option<PathBuf>,
     #[serde(default)]
     pub healthcheck: RawHealthcheck,
 }
@@ -190,6 +191,8 @@ pub struct ServerSettings {
     pub device: Device,
     pub args: Vec<String>,
     pub binary: Option<PathBuf>,
+    /// `appliance-launcher` for a `cuda` image; default: beside the server binary.
+    pub launcher: Option<PathBuf>,
     pub healthcheck: HealthcheckSettings,
 }
 
@@ -377,6 +380,7 @@ impl Manifest {
                 device: raw.server.device.unwrap_or_default(),
                 args: raw.server.args,
                 binary: raw.server.binary.as_deref().map(resolve),
+                launcher: raw.server.launcher.as_deref().map(resolve),
                 healthcheck,
             },
             runtime: RuntimeSettings {

@@ -1,5 +1,6 @@
 //! Provides the files the server needs to start (loader, libc, ...), per `[runtime] base`.
 
+pub mod base;
 pub mod host;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ pub struct UserlandFile {
 }
 
 /// Layer entries plus what they are, for labels and SBOMs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Userland {
     pub entries: Vec<Entry>,
     pub files: Vec<UserlandFile>,
@@ -25,6 +26,9 @@ pub struct Userland {
     pub skipped: Vec<String>,
     /// Directories the loader must search that only the host's ld.so.conf named.
     pub library_path: Vec<String>,
+    /// With `runtime.base = { image = ... }`: the verified base image, whose layers go below
+    /// ours and whose rootfs already satisfied the executables' ELF closure.
+    pub base: Option<base::BaseImage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,13 +48,12 @@ pub enum UserlandError {
     },
     #[error("`{path}` is not an ELF executable: {message}")]
     NotElf { path: PathBuf, message: String },
-    #[error(
-        "A base image (`runtime.base = {{ image = ... }}`) is not supported by this version of appliance; use `host` or `scratch`"
-    )]
-    BaseImageUnsupported,
+    #[error(transparent)]
+    Base(#[from] base::BaseError),
 }
 
-/// Resolves the userland `executables` need under `base`.
+/// Resolves the userland `executables` need under `base`. With a base image the first
+/// executable is checked at the server's image path, any others beside it in `/usr/local/bin`.
 pub fn resolve(base: &Base, executables: &[PathBuf]) -> Result<Userland, UserlandError> {
     match base {
         Base::Scratch => {
@@ -68,7 +71,26 @@ pub fn resolve(base: &Base, executables: &[PathBuf]) -> Result<Userland, Userlan
             let closure = host::HostResolver::new("/").resolve(executables)?;
             Ok(from_closure(closure))
         }
-        Base::Image { .. } => Err(UserlandError::BaseImageUnsupported),
+        Base::Image { path, digest } => {
+            let image = base::BaseImage::open(path, digest)?;
+            let placed: Vec<(PathBuf, String)> = executables
+                .iter()
+                .enumerate()
+                .map(|(i, exe)| {
+                    let at = match (i, exe.file_name()) {
+                        (0, _) | (_, None) => crate::layers::plan::SERVER_PATH.to_string(),
+                        (_, Some(name)) => format!("usr/local/bin/{}", name.to_string_lossy()),
+                    };
+                    (exe.clone(), at)
+                })
+                .collect();
+            let library_path = image.check_closure(&placed)?;
+            Ok(Userland {
+                library_path,
+                base: Some(image),
+                ..Userland::default()
+            })
+        }
     }
 }
 

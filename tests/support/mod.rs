@@ -9,6 +9,8 @@
 //! - [`http`]: a tiny std-only HTTP/1.1 client for driving `appliance-server` (no client crate).
 //! - [`paths`]: the binaries under test and the shared fixtures (`../shared/fixtures`).
 //! - [`process`]: running a command with a timeout and a panic that shows its output.
+//! - [`elf`]: proves an unpacked rootfs loads its own ELFs (every NEEDED resolves inside it),
+//!   independently of the builder's resolver.
 //!
 //! Nothing here skips: a missing tool, fixture or binary is a test failure with a message that says
 //! what to run (`scripts/install-test-deps`, `cargo build --workspace`).
@@ -16,6 +18,8 @@
 
 pub mod cleanup;
 pub mod dockerd;
+pub mod elf;
+pub mod fake_hub;
 pub mod http;
 pub mod paths;
 pub mod process;

@@ -1,35 +1,31 @@
-//! `POST /v1/completions` and `POST /v1/chat/completions`, non-streaming.
+//! `POST /v1/completions` and `POST /v1/chat/completions`.
 //!
 //! A request is parsed ([`super::openai`]), validated
 //! ([`super::validation`]), tokenized on the blocking pool, checked against
-//! the context length, and then generated on the blocking pool
-//! (`spawn_blocking`) while holding a permit of a semaphore sized by
-//! `--max-concurrent-requests`.
+//! the context length, given the checkpoint's sampling defaults, and
+//! submitted to the scheduler — which may refuse it at once (429). Every
+//! error up to here is a plain HTTP error. Then either the whole answer is
+//! collected into one JSON response, or it is streamed as server-sent
+//! events ([`super::stream`]).
 //!
-//! Not here yet (later tasks): streaming (SSE; `stream: true` is refused
-//! with a 400), a bounded wait queue with 429s (`--max-queued-requests`;
-//! today requests past the concurrency limit wait on the semaphore without
-//! bound), batching across requests (each request runs its own sequence),
-//! and `generation_config.json` sampling defaults (the engine does not
-//! expose them yet, so an absent `temperature` means OpenAI's default 1.0).
-//!
-//! Stop strings are checked by decoding the generated ids after each token;
-//! the returned text is cut before the earliest match, while `token_ids`
-//! keeps every generated id, up to the one that completed the match.
+//! Cancellation is by drop: when the client disconnects, hyper drops the
+//! handler future (non-streaming) or the response body (streaming), the
+//! scheduler [`Handle`] goes with it, and the worker stops at the next
+//! token.
 
 use std::{
     hash::{BuildHasher, RandomState},
-    ops::ControlFlow,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
     Json,
     extract::{State, rejection::JsonRejection},
+    response::{IntoResponse, Response},
 };
 use serde_json::Value;
 
@@ -40,54 +36,96 @@ use super::{
         AssistantMessage, ChatChoice, ChatRequest, ChatResponse, CompletionChoice,
         CompletionRequest, CompletionResponse, Usage,
     },
+    stream::{self, Kind},
     validation::{self, DEFAULT_COMPLETION_MAX_TOKENS, Input, Validated},
 };
-use crate::engine::{
-    Engine, EngineError, FinishReason, GenerateRequest, TemplateError, TokenizerError,
+use crate::{
+    engine::{Engine, EngineError, GenerateRequest, TemplateError, TokenizerError},
+    scheduler::{Event, Finish, Handle, Job},
 };
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<CompletionResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
     let Json(body) = body.map_err(bad_json)?;
     let req: CompletionRequest = validation::parse_body(body, validation::completion_fields())?;
     let request = validation::completion(req, &state.model_name)?;
-    let return_ids = request.return_token_ids;
-    let out = run(&state, request, |_| DEFAULT_COMPLETION_MAX_TOKENS).await?;
+    let id = random_id("cmpl");
+    let (return_ids, streaming) = (request.return_token_ids, request.stream);
+    let include_usage = request.include_usage;
+    let started = start(&state, request, &id, arrived, |_| {
+        DEFAULT_COMPLETION_MAX_TOKENS
+    })
+    .await?;
+    let created = unix_now();
+    if streaming {
+        return Ok(stream::respond(stream::Stream {
+            kind: Kind::Completion,
+            id,
+            created,
+            model: state.model_name.clone(),
+            handle: started.handle,
+            prompt: started.prompt,
+            include_usage,
+            return_token_ids: return_ids,
+            param: "prompt",
+        }));
+    }
+    let out = collect(started, "prompt").await?;
     let prompt_ids = return_ids.then(|| out.prompt.clone());
     Ok(Json(CompletionResponse {
-        id: random_id("cmpl"),
+        id,
         object: "text_completion",
-        created: unix_now(),
+        created,
         model: state.model_name.clone(),
         usage: out.usage(),
         choices: vec![CompletionChoice {
             index: 0,
             text: out.text,
             logprobs: None,
-            finish_reason: out.finish_reason,
+            finish_reason: out.finish.as_str(),
             prompt_token_ids: prompt_ids.clone(),
             token_ids: return_ids.then_some(out.tokens),
         }],
         prompt_token_ids: prompt_ids,
-    }))
+    })
+    .into_response())
 }
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<ChatResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
     let Json(body) = body.map_err(bad_json)?;
     let req: ChatRequest = validation::parse_body(body, validation::chat_fields())?;
     let request = validation::chat(req, &state.model_name)?;
-    let return_ids = request.return_token_ids;
+    let id = random_id("chatcmpl");
+    let (return_ids, streaming) = (request.return_token_ids, request.stream);
+    let include_usage = request.include_usage;
     // As vLLM: by default a chat may use the rest of the context.
-    let out = run(&state, request, |room| room).await?;
+    let started = start(&state, request, &id, arrived, |room| room).await?;
+    let created = unix_now();
+    if streaming {
+        return Ok(stream::respond(stream::Stream {
+            kind: Kind::Chat,
+            id,
+            created,
+            model: state.model_name.clone(),
+            handle: started.handle,
+            prompt: started.prompt,
+            include_usage,
+            return_token_ids: return_ids,
+            param: "messages",
+        }));
+    }
+    let out = collect(started, "messages").await?;
     Ok(Json(ChatResponse {
-        id: random_id("chatcmpl"),
+        id,
         object: "chat.completion",
-        created: unix_now(),
+        created,
         model: state.model_name.clone(),
         usage: out.usage(),
         prompt_token_ids: return_ids.then(|| out.prompt.clone()),
@@ -98,10 +136,59 @@ pub async fn chat_completions(
                 content: out.text,
             },
             logprobs: None,
-            finish_reason: out.finish_reason,
+            finish_reason: out.finish.as_str(),
             token_ids: return_ids.then_some(out.tokens),
         }],
-    }))
+    })
+    .into_response())
+}
+
+/// A request admitted by the scheduler.
+struct Started {
+    handle: Handle,
+    prompt: Vec<u32>,
+}
+
+/// Tokenizes, checks and submits; every failure is an HTTP error.
+async fn start(
+    state: &AppState,
+    request: Validated,
+    id: &str,
+    arrived: Instant,
+    default_max_tokens: impl FnOnce(usize) -> usize,
+) -> Result<Started, ApiError> {
+    let engine = state.engine.get().cloned().ok_or(ApiError::ModelLoading)?;
+    let param = request.input.param();
+    let prompt = {
+        let engine = Arc::clone(&engine);
+        let input = request.input;
+        match tokio::task::spawn_blocking(move || encode(&engine, input)).await {
+            Ok(result) => result.map_err(|e| to_api_error(e, param))?,
+            Err(e) => return Err(ApiError::Internal(format!("tokenization task failed: {e}"))),
+        }
+    };
+    let max_model_len = engine.max_model_len();
+    validation::check_prompt(&prompt, param, max_model_len, engine.spec().vocab_size)?;
+    let room = max_model_len - prompt.len();
+    let max_new_tokens = request
+        .max_tokens
+        .unwrap_or_else(|| default_max_tokens(room))
+        .min(room);
+    let sampling = engine.generation_defaults().resolve(&request.sampling);
+    let job = Job {
+        id: id.to_owned(),
+        request: GenerateRequest {
+            prompt: prompt.clone(),
+            max_new_tokens,
+            sampling,
+            ignore_eos: request.ignore_eos,
+        },
+        engine,
+        stop: request.stop,
+        arrived,
+    };
+    let handle = state.scheduler.submit(job)?;
+    Ok(Started { handle, prompt })
 }
 
 /// One finished generation.
@@ -109,7 +196,7 @@ struct Outcome {
     prompt: Vec<u32>,
     tokens: Vec<u32>,
     text: String,
-    finish_reason: &'static str,
+    finish: Finish,
 }
 
 impl Outcome {
@@ -122,57 +209,35 @@ impl Outcome {
     }
 }
 
-/// Sets the flag when dropped: the handler future is dropped when the
-/// client disconnects, and the generation thread then stops early.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+/// Gathers a whole generation from the worker's events.
+async fn collect(mut started: Started, param: &'static str) -> Result<Outcome, ApiError> {
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    loop {
+        match started.handle.next().await {
+            Some(Event::Text {
+                text: t,
+                tokens: ids,
+            }) => {
+                text.push_str(&t);
+                tokens.extend(ids);
+            }
+            Some(Event::Finished { reason, .. }) => {
+                return Ok(Outcome {
+                    prompt: started.prompt,
+                    tokens,
+                    text,
+                    finish: reason,
+                });
+            }
+            Some(Event::Failed(e)) => return Err(to_api_error(e, param)),
+            None => return Err(worker_vanished()),
+        }
     }
 }
 
-async fn run(
-    state: &AppState,
-    request: Validated,
-    default_max_tokens: impl FnOnce(usize) -> usize,
-) -> Result<Outcome, ApiError> {
-    let engine = state.engine.get().cloned().ok_or(ApiError::ModelLoading)?;
-    let param = request.input.param();
-    let prompt = {
-        let engine = Arc::clone(&engine);
-        let input = request.input;
-        blocking(move || encode(&engine, input), param).await?
-    };
-    let max_model_len = engine.max_model_len();
-    validation::check_prompt(&prompt, param, max_model_len, engine.spec().vocab_size)?;
-    let room = max_model_len - prompt.len();
-    let max_new_tokens = request
-        .max_tokens
-        .unwrap_or_else(|| default_max_tokens(room))
-        .min(room);
-
-    let permit = Arc::clone(&state.generation_slots)
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::Internal("the generation semaphore is closed".into()))?;
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let _guard = CancelOnDrop(Arc::clone(&cancelled));
-    let generate = GenerateRequest {
-        prompt,
-        max_new_tokens,
-        sampling: request.sampling,
-        ignore_eos: request.ignore_eos,
-    };
-    let stop = request.stop;
-    blocking(
-        move || {
-            let _permit = permit;
-            generate_text(&engine, generate, &stop, &cancelled)
-        },
-        param,
-    )
-    .await
+pub(super) fn worker_vanished() -> ApiError {
+    ApiError::Internal("the engine worker stopped before finishing the request".into())
 }
 
 fn encode(engine: &Engine, input: Input) -> Result<Vec<u32>, EngineError> {
@@ -184,69 +249,8 @@ fn encode(engine: &Engine, input: Input) -> Result<Vec<u32>, EngineError> {
     }
 }
 
-fn generate_text(
-    engine: &Engine,
-    request: GenerateRequest,
-    stop: &[String],
-    cancelled: &AtomicBool,
-) -> Result<Outcome, EngineError> {
-    let mut so_far = Vec::new();
-    let mut stopped: Option<String> = None;
-    let mut decode_error = None;
-    let generation = engine.generate(&request, |token| {
-        if cancelled.load(Ordering::Relaxed) {
-            return ControlFlow::Break(());
-        }
-        if stop.is_empty() {
-            return ControlFlow::Continue(());
-        }
-        so_far.push(token);
-        match engine.tokenizer().decode(&so_far, true) {
-            Ok(text) => match stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                Some(at) => {
-                    stopped = Some(text[..at].to_owned());
-                    ControlFlow::Break(())
-                }
-                None => ControlFlow::Continue(()),
-            },
-            Err(e) => {
-                decode_error = Some(e);
-                ControlFlow::Break(())
-            }
-        }
-    })?;
-    if let Some(e) = decode_error {
-        return Err(e.into());
-    }
-    let (text, finish_reason) = match (generation.finish_reason, stopped) {
-        (FinishReason::Cancelled, Some(text)) => (text, "stop"),
-        (FinishReason::Cancelled, None) => (String::new(), "cancelled"),
-        (FinishReason::Stop, _) => (engine.tokenizer().decode(&generation.tokens, true)?, "stop"),
-        (FinishReason::Length, _) => (
-            engine.tokenizer().decode(&generation.tokens, true)?,
-            "length",
-        ),
-    };
-    Ok(Outcome {
-        prompt: request.prompt,
-        tokens: generation.tokens,
-        text,
-        finish_reason,
-    })
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
-    param: &'static str,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(|e| to_api_error(e, param)),
-        Err(e) => Err(ApiError::Internal(format!("generation task failed: {e}"))),
-    }
-}
-
 /// The client's mistakes are 400s; the rest is ours.
-fn to_api_error(e: EngineError, param: &'static str) -> ApiError {
+pub(super) fn to_api_error(e: EngineError, param: &'static str) -> ApiError {
     match e {
         EngineError::Template(TemplateError::Render(m)) => ApiError::invalid(m, Some("messages")),
         EngineError::Template(TemplateError::Missing) => {

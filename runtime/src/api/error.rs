@@ -19,9 +19,7 @@ pub enum ApiError {
     MissingApiKey,
     #[error("Incorrect API key provided.")]
     IncorrectApiKey,
-    #[error(
-        "{method} {path} is not implemented yet: this build of appliance-server has no request scheduler, so it does not generate over HTTP."
-    )]
+    #[error("{method} {path} is not implemented by this build of appliance-server.")]
     NotImplemented { method: Method, path: String },
     #[error("The model `{0}` does not exist.")]
     ModelNotFound(String),
@@ -37,6 +35,9 @@ pub enum ApiError {
     },
     #[error("The model is still loading; retry once /ready answers 200.")]
     ModelLoading,
+    /// The scheduler's queue is full (HTTP 429 with `Retry-After`).
+    #[error(transparent)]
+    Overloaded(#[from] crate::scheduler::Overloaded),
     /// An engine failure that is not the client's fault (HTTP 500).
     #[error("Internal error: {0}")]
     Internal(String),
@@ -69,6 +70,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::ModelLoading => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,6 +85,8 @@ impl ApiError {
             Self::NotFound { .. } => "not_found_error",
             Self::MethodNotAllowed { .. } | Self::InvalidRequest { .. } => "invalid_request_error",
             Self::ModelLoading => "service_unavailable_error",
+            // TGI's name for the same refusal.
+            Self::Overloaded(_) => "overloaded",
             Self::Internal(_) => "internal_server_error",
         }
     }
@@ -93,6 +97,7 @@ impl ApiError {
             Self::MissingApiKey | Self::IncorrectApiKey => Some("invalid_api_key"),
             Self::ModelNotFound(_) => Some("model_not_found"),
             Self::ModelLoading => Some("model_loading"),
+            Self::Overloaded(_) => Some("queue_full"),
             Self::NotImplemented { .. }
             | Self::NotFound { .. }
             | Self::MethodNotAllowed { .. }
@@ -113,21 +118,35 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
+        let body = self.body();
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::MissingApiKey | Self::IncorrectApiKey => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Overloaded(_) => {
+                let secs = crate::scheduler::Overloaded::RETRY_AFTER.as_secs();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl ApiError {
+    /// `{"error": {...}}`, also sent as an SSE event when a stream fails
+    /// after it started.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
             "error": {
                 "message": self.to_string(),
                 "type": self.kind(),
                 "param": self.param(),
                 "code": self.code(),
             }
-        });
-        let mut response = (self.status(), Json(body)).into_response();
-        if self.status() == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        })
     }
 }
 

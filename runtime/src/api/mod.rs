@@ -3,9 +3,10 @@
 //! This is the top layer of the `api → scheduler → engine → model` stack
 //! (after Hugging Face TGI's router). Today: probes, version, the model list,
 //! `/tokenize` + `/detokenize` (which need the engine's tokenizer and
-//! chat template but no generation), and non-streaming `/v1/completions` +
-//! `/v1/chat/completions` (see `completions.rs`; one sequence per request,
-//! no batching or queue limits until the scheduler lands). Every other
+//! chat template but no generation), and `/v1/completions` +
+//! `/v1/chat/completions`, whole or streamed (`completions.rs`,
+//! `stream.rs`), submitted to `crate::scheduler` (bounded queue, 429
+//! beyond it; one sequence per request, no batching yet). Every other
 //! `/v1/*` route answers 501 in OpenAI's error shape; none pretends to
 //! work.
 //!
@@ -16,6 +17,7 @@ mod completions;
 mod middleware;
 pub mod openai;
 mod routes;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod tokenize;
@@ -30,8 +32,6 @@ use axum::{
     middleware::{from_fn, from_fn_with_state},
     routing::{any, get, post},
 };
-
-use tokio::sync::Semaphore;
 
 use crate::{auth::Secret, build_info::BuildInfo, engine::Engine, readiness::ReadinessRx};
 
@@ -50,9 +50,11 @@ pub struct AppState {
     /// Set once by the loader, after the warm-up and before `Ready`.
     /// Handlers that need it answer 503 while it is empty.
     pub engine: OnceLock<Arc<Engine>>,
-    /// One permit per concurrent generation (`--max-concurrent-requests`).
-    /// Requests beyond it wait without bound (no queue limit or 429 yet).
-    pub generation_slots: Arc<Semaphore>,
+    /// Admission (`--max-concurrent-requests` running,
+    /// `--max-queued-requests` waiting, 429 beyond) and the engine workers.
+    pub scheduler: crate::scheduler::Scheduler,
+    /// Prometheus metrics under vLLM's names (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -60,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/version", get(routes::version))
+        .route("/metrics", get(routes::metrics))
         .route("/v1/models", get(routes::list_models))
         .route("/v1/models/{*model}", get(routes::retrieve_model))
         .route("/tokenize", post(tokenize::tokenize))

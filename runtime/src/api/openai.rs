@@ -1,13 +1,16 @@
 //! OpenAI wire types for `POST /v1/completions` and
-//! `POST /v1/chat/completions` (plus vLLM's `return_token_ids` and
-//! `ignore_eos` extensions).
+//! `POST /v1/chat/completions`, whole responses and SSE stream chunks
+//! (plus vLLM's `return_token_ids`, `ignore_eos` and `repetition_penalty`
+//! extensions).
 //!
 //! Requests are deliberately loose: every field is optional and unknown
 //! fields are ignored, as OpenAI clients send many. `validation.rs` turns a
 //! request into a checked [`super::validation::Validated`] before the engine
 //! sees it; fields we parse only to refuse (penalties, logprobs, ...) are
 //! here so that a client asking for them gets a 400 instead of silently
-//! different behaviour.
+//! different behaviour. Sampling fields left unset fall back to the
+//! checkpoint's `generation_config.json` (see
+//! `crate::engine::generation_config`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,14 +27,16 @@ pub struct CommonParams {
     pub stop: Option<Stop>,
     pub n: Option<i64>,
     pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
     /// vLLM: add `prompt_token_ids` / `token_ids` to the response.
     pub return_token_ids: Option<bool>,
     /// vLLM: keep generating past end-of-sequence ids.
     pub ignore_eos: Option<bool>,
-    // Parsed only to be refused until the engine supports them.
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
+    /// Hugging Face's (vLLM accepts it too).
     pub repetition_penalty: Option<f64>,
+    // Parsed only to be refused until the engine supports them.
     pub min_p: Option<f64>,
     pub logit_bias: Option<Value>,
     pub logprobs: Option<Value>,
@@ -41,7 +46,7 @@ pub struct CommonParams {
 }
 
 /// Top-level names of [`CommonParams`], for naming `param` in errors.
-pub const COMMON_FIELDS: [&str; 19] = [
+pub const COMMON_FIELDS: [&str; 20] = [
     "temperature",
     "top_p",
     "top_k",
@@ -49,6 +54,7 @@ pub const COMMON_FIELDS: [&str; 19] = [
     "stop",
     "n",
     "stream",
+    "stream_options",
     "return_token_ids",
     "ignore_eos",
     "presence_penalty",
@@ -62,6 +68,14 @@ pub const COMMON_FIELDS: [&str; 19] = [
     "echo",
     "model",
 ];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` and no choices (and `"usage": null`
+    /// on the others), as OpenAI does.
+    pub include_usage: Option<bool>,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -112,7 +126,7 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -171,4 +185,65 @@ pub struct ChatChoice {
 pub struct AssistantMessage {
     pub role: &'static str,
     pub content: String,
+}
+
+/// One `chat.completion.chunk` of a stream.
+#[derive(Debug, Serialize)]
+pub struct ChatChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// Absent without `include_usage`; `null` on every chunk but the last
+    /// with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+    /// vLLM: on the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: ChatDelta,
+    pub logprobs: Option<Value>,
+    pub finish_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
+}
+
+/// The first delta carries the role; the last one is empty.
+#[derive(Debug, Default, Serialize)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One `text_completion` chunk of a stream.
+#[derive(Debug, Serialize)]
+pub struct CompletionChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompletionChunkChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<Value>,
+    pub finish_reason: Option<&'static str>,
+    /// vLLM: on the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
 }

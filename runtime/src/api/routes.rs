@@ -83,6 +83,19 @@ pub async fn retrieve_model(
     }
 }
 
+/// `GET /metrics`: Prometheus text format with vLLM's metric names. Behind
+/// the API key like every non-probe route: the counters reveal traffic.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
 /// Every other `/v1/*` route: explicit 501, never a fabricated completion.
 pub async fn not_implemented(method: Method, uri: Uri) -> ApiError {
     ApiError::NotImplemented {

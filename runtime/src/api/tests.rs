@@ -20,6 +20,7 @@ use crate::{
 
 fn app(api_key: Option<&str>) -> (axum::Router, ReadinessTx) {
     let (tx, rx) = readiness::channel();
+    let metrics = Arc::new(crate::metrics::Metrics::new("m"));
     let state = AppState {
         model_name: "m".to_owned(),
         created: 0,
@@ -27,7 +28,8 @@ fn app(api_key: Option<&str>) -> (axum::Router, ReadinessTx) {
         api_key: api_key.map(|k| k.parse::<Secret>().expect("key")),
         readiness: rx,
         engine: std::sync::OnceLock::new(),
-        generation_slots: Arc::new(tokio::sync::Semaphore::new(1)),
+        scheduler: crate::scheduler::Scheduler::new(1, 0, Arc::clone(&metrics)),
+        metrics,
     };
     (router(Arc::new(state)), tx)
 }

@@ -14,7 +14,7 @@ use super::{
         CompletionRequest, Prompt, Stop,
     },
 };
-use crate::engine::SamplingParams;
+use crate::engine::RequestedSampling;
 
 /// OpenAI's default for the legacy completions endpoint.
 pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
@@ -44,11 +44,16 @@ pub struct Validated {
     pub input: Input,
     /// `None`: the endpoint's default.
     pub max_tokens: Option<usize>,
-    pub sampling: SamplingParams,
+    /// Unset fields take the checkpoint's `generation_config.json` values.
+    pub sampling: RequestedSampling,
     /// Non-empty stop strings; the text is cut before the first match.
     pub stop: Vec<String>,
     pub ignore_eos: bool,
     pub return_token_ids: bool,
+    /// Answer with server-sent events.
+    pub stream: bool,
+    /// `stream_options.include_usage`: a final chunk with `usage`.
+    pub include_usage: bool,
 }
 
 fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
@@ -168,9 +173,17 @@ fn unsupported(param: &'static str) -> ApiError {
 }
 
 fn common(p: CommonParams, input: Input, max_tokens: Option<usize>) -> Result<Validated, ApiError> {
-    if p.stream == Some(true) {
-        return Err(invalid("streaming is not supported yet", "stream"));
-    }
+    let stream = p.stream == Some(true);
+    let include_usage = match &p.stream_options {
+        Some(_) if !stream => {
+            return Err(invalid(
+                "`stream_options` can only be set when `stream` is true.",
+                "stream_options",
+            ));
+        }
+        Some(options) => options.include_usage == Some(true),
+        None => false,
+    };
     if p.n.is_some_and(|n| n != 1) {
         return Err(invalid("Only `n` = 1 is supported.", "n"));
     }
@@ -180,15 +193,8 @@ fn common(p: CommonParams, input: Input, max_tokens: Option<usize>) -> Result<Va
     if p.echo == Some(true) {
         return Err(unsupported("echo"));
     }
-    for (value, neutral, param) in [
-        (p.presence_penalty, 0.0, "presence_penalty"),
-        (p.frequency_penalty, 0.0, "frequency_penalty"),
-        (p.repetition_penalty, 1.0, "repetition_penalty"),
-        (p.min_p, 0.0, "min_p"),
-    ] {
-        if value.is_some_and(|v| v != neutral) {
-            return Err(unsupported(param));
-        }
+    if p.min_p.is_some_and(|v| v != 0.0) {
+        return Err(unsupported("min_p"));
     }
     let is_off = |v: &Option<Value>| match v {
         None | Some(Value::Null) | Some(Value::Bool(false)) => true,
@@ -207,23 +213,40 @@ fn common(p: CommonParams, input: Input, max_tokens: Option<usize>) -> Result<Va
         return Err(unsupported("top_logprobs"));
     }
 
-    let temperature = p.temperature.unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) {
+    if let Some(t) = p.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
         return Err(invalid(
-            format!("`temperature` must be between 0 and 2, got {temperature}."),
+            format!("`temperature` must be between 0 and 2, got {t}."),
             "temperature",
         ));
     }
-    let top_p = p.top_p.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
+    if let Some(top_p) = p.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
         return Err(invalid(
             format!("`top_p` must be in (0, 1], got {top_p}."),
             "top_p",
         ));
     }
+    // vLLM's ranges.
+    for (value, param) in [
+        (p.presence_penalty, "presence_penalty"),
+        (p.frequency_penalty, "frequency_penalty"),
+    ] {
+        if let Some(v) = value.filter(|v| !(-2.0..=2.0).contains(v)) {
+            return Err(invalid(
+                format!("`{param}` must be between -2 and 2, got {v}."),
+                param,
+            ));
+        }
+    }
+    if let Some(r) = p.repetition_penalty.filter(|r| !(*r > 0.0 && *r <= 2.0)) {
+        return Err(invalid(
+            format!("`repetition_penalty` must be in (0, 2], got {r}."),
+            "repetition_penalty",
+        ));
+    }
     let top_k = match p.top_k {
-        None | Some(-1) | Some(0) => None,
-        Some(k) if k > 0 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
+        None => None,
+        Some(-1) | Some(0) => Some(None),
+        Some(k) if k > 0 => Some(Some(usize::try_from(k).unwrap_or(usize::MAX))),
         Some(k) => {
             return Err(invalid(
                 format!("`top_k` must be -1 (disabled) or at least 1, got {k}."),
@@ -242,16 +265,21 @@ fn common(p: CommonParams, input: Input, max_tokens: Option<usize>) -> Result<Va
     Ok(Validated {
         input,
         max_tokens,
-        sampling: SamplingParams {
-            temperature: temperature as f32,
+        sampling: RequestedSampling {
+            temperature: p.temperature.map(|t| t as f32),
             top_k,
-            top_p: top_p as f32,
+            top_p: p.top_p.map(|p| p as f32),
             // Negative seeds are accepted (as vLLM does) and reinterpreted.
             seed: p.seed.map(|s| s as u64),
+            presence_penalty: p.presence_penalty.unwrap_or(0.0) as f32,
+            frequency_penalty: p.frequency_penalty.unwrap_or(0.0) as f32,
+            repetition_penalty: p.repetition_penalty.map(|r| r as f32),
         },
         stop,
         ignore_eos: p.ignore_eos.unwrap_or(false),
         return_token_ids: p.return_token_ids.unwrap_or(false),
+        stream,
+        include_usage,
     })
 }
 
@@ -308,8 +336,12 @@ mod tests {
         let v = completion_of(json!({"model": "m", "prompt": [1, 2], "extra": true})).unwrap();
         assert_eq!(v.input, Input::Tokens(vec![1, 2]));
         assert_eq!(v.max_tokens, None);
-        assert_eq!(v.sampling.temperature, 1.0);
-        assert!(v.stop.is_empty() && !v.return_token_ids);
+        assert_eq!(
+            v.sampling,
+            RequestedSampling::default(),
+            "unset: checkpoint defaults"
+        );
+        assert!(v.stop.is_empty() && !v.return_token_ids && !v.stream);
     }
 
     #[test]
@@ -322,7 +354,11 @@ mod tests {
             completion_of(body)
         };
         assert_eq!(param_of(base(json!({"n": 2}))), Some("n"));
-        assert_eq!(param_of(base(json!({"stream": true}))), Some("stream"));
+        assert_eq!(
+            param_of(base(json!({"stream_options": {"include_usage": true}}))),
+            Some("stream_options")
+        );
+        assert_eq!(param_of(base(json!({"stream": "yes"}))), Some("stream"));
         assert_eq!(
             param_of(base(json!({"temperature": "hot"}))),
             Some("temperature")
@@ -337,10 +373,15 @@ mod tests {
         assert_eq!(param_of(base(json!({"stop": [""]}))), Some("stop"));
         assert_eq!(param_of(base(json!({"logprobs": 2}))), Some("logprobs"));
         assert_eq!(param_of(base(json!({"prompt": [[1]]}))), Some("prompt"));
-        assert_eq!(
-            param_of(base(json!({"presence_penalty": 0.5}))),
-            Some("presence_penalty")
-        );
+        for (param, bad) in [
+            ("presence_penalty", 2.5),
+            ("frequency_penalty", -2.1),
+            ("repetition_penalty", 0.0),
+            ("repetition_penalty", 2.5),
+            ("min_p", 0.1),
+        ] {
+            assert_eq!(param_of(base(json!({param: bad}))), Some(param), "{param}");
+        }
         assert!(matches!(
             completion_of(json!({"model": "x", "prompt": "hi"})),
             Err(ApiError::ModelNotFound(_))
@@ -355,7 +396,24 @@ mod tests {
         let v = chat(req, "m").unwrap();
         assert_eq!(v.max_tokens, Some(7));
         assert_eq!(v.stop, vec!["x".to_owned()]);
-        assert_eq!(v.sampling.top_k, None);
+        assert_eq!(v.sampling.top_k, Some(None), "-1 disables top-k explicitly");
+    }
+
+    #[test]
+    fn streaming_and_penalties_are_accepted() {
+        let v = completion_of(json!({"model": "m", "prompt": "hi", "stream": true,
+            "stream_options": {"include_usage": true}, "presence_penalty": -2,
+            "frequency_penalty": 2, "repetition_penalty": 1.3, "temperature": 0}))
+        .unwrap();
+        assert!(v.stream && v.include_usage);
+        let s = &v.sampling;
+        assert_eq!((s.presence_penalty, s.frequency_penalty), (-2.0, 2.0));
+        assert_eq!(
+            (s.repetition_penalty, s.temperature),
+            (Some(1.3), Some(0.0))
+        );
+        let v = completion_of(json!({"model": "m", "prompt": "hi", "stream": true})).unwrap();
+        assert!(v.stream && !v.include_usage);
     }
 
     #[test]

@@ -1,26 +1,125 @@
 //! `--device` / `--dtype` → a candle device and dtype.
 //!
 //! Kept apart from loading because the choice has operator-visible policy:
-//! `auto` silently falls back to CPU (a GPU image on a CPU host still
-//! serves), while an explicit `cuda` that cannot be honoured is an error.
+//! `auto` falls back to CPU (a GPU image on a CPU host still serves) but says
+//! why in a warning, while an explicit `cuda` that cannot be honoured is an
+//! error naming the cause: no GPU visible, the toolkit's link stub instead of
+//! the driver, or a driver older than the CUDA this binary was built with
+//! (the PTX it embeds would not load: candle #1846).
 
 use candle_core::{DType, Device};
 
+use crate::build_info::CudaBuild;
 use crate::cli;
+
+const GPU_HINT: &str = "start the container with `--gpus all` (NVIDIA Container Toolkit) \
+     and check `NVIDIA_VISIBLE_DEVICES`";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("--device cuda: cannot open CUDA device 0: {0}")]
-    Cuda(String),
+    #[error("--device cuda: this build has no CUDA support (built without the `cuda` feature)")]
+    NotBuilt,
+    #[error("--device cuda: {0}")]
+    Cuda(#[from] CudaUnusable),
+}
+
+/// Why CUDA device 0 cannot be used. No `--device` prefix: `auto` logs it
+/// as the reason for serving on the CPU.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaUnusable {
+    #[error(
+        "the NVIDIA driver is too old: it supports CUDA {driver}, but this server was built with \
+         CUDA {built} and needs driver >= {min_driver}"
+    )]
+    DriverTooOld {
+        driver: String,
+        built: String,
+        min_driver: String,
+    },
+    #[error("no GPU is visible ({cause}); {GPU_HINT}")]
+    NoGpu { cause: String },
+    #[error(
+        "libcuda.so.1 is the CUDA toolkit's link stub, not the NVIDIA driver ({cause}); {GPU_HINT}"
+    )]
+    StubDriver { cause: String },
+    #[error("cannot open CUDA device 0: {0}")]
+    Other(String),
 }
 
 /// The compute device for `want`. `Auto` picks CUDA device 0 when this
-/// build has CUDA support and a GPU answers, else the CPU.
+/// build has CUDA support and a GPU is usable, else the CPU with a warning.
 pub fn select_device(want: cli::Device) -> Result<Device, DeviceError> {
     match want {
         cli::Device::Cpu => Ok(Device::Cpu),
-        cli::Device::Cuda => Device::new_cuda(0).map_err(|e| DeviceError::Cuda(e.to_string())),
-        cli::Device::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        cli::Device::Cuda if !cfg!(feature = "cuda") => Err(DeviceError::NotBuilt),
+        cli::Device::Cuda => Ok(open_cuda()?),
+        cli::Device::Auto if !cfg!(feature = "cuda") => Ok(Device::Cpu),
+        cli::Device::Auto => match open_cuda() {
+            Ok(device) => Ok(device),
+            Err(e) => {
+                tracing::warn!("--device auto: CUDA is not usable, serving on the CPU: {e}");
+                Ok(Device::Cpu)
+            }
+        },
+    }
+}
+
+/// Never called: both callers check the feature first.
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Device, CudaUnusable> {
+    Err(CudaUnusable::Other("this build has no CUDA support".into()))
+}
+
+/// Asks the driver for its CUDA version before candle creates a context:
+/// on an old driver, context creation may succeed and the failure would
+/// come later, from the first kernel load, as `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`.
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Device, CudaUnusable> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+
+    let mut version = 0;
+    // SAFETY: cuDriverGetVersion writes one int and needs no cuInit.
+    let rc = unsafe { sys::cuDriverGetVersion(&mut version) };
+    if rc != sys::CUresult::CUDA_SUCCESS {
+        return Err(classify(format!("cuDriverGetVersion: {rc:?}")));
+    }
+    if let Some(built) = crate::build_info::current().ok().and_then(|i| i.cuda) {
+        check_driver(version, &built)?;
+    }
+    Device::new_cuda(0).map_err(|e| classify(e.to_string()))
+}
+
+/// Fails when the driver's CUDA version (`cuDriverGetVersion`'s encoding,
+/// `1000 * major + 10 * minor`) is older than the one the kernels were built with.
+pub fn check_driver(driver: i32, built: &CudaBuild) -> Result<(), CudaUnusable> {
+    match cuda_version_code(&built.version) {
+        Some(needed) if driver < needed => Err(CudaUnusable::DriverTooOld {
+            driver: format!("{}.{}", driver / 1000, (driver % 1000) / 10),
+            built: built.version.clone(),
+            min_driver: built.min_driver.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `"13.0"` → `13000`.
+fn cuda_version_code(version: &str) -> Option<i32> {
+    let (major, minor) = version.split_once('.')?;
+    Some(major.parse::<i32>().ok()? * 1000 + minor.parse::<i32>().ok()? * 10)
+}
+
+/// Names the cause from the driver's error code, which candle and cudarc
+/// carry only inside their message text (on one line: cudarc's can hold
+/// newlines, and this ends up in a one-line log).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn classify(cause: String) -> CudaUnusable {
+    let cause = cause.split_whitespace().collect::<Vec<_>>().join(" ");
+    if cause.contains("CUDA_ERROR_NO_DEVICE") {
+        CudaUnusable::NoGpu { cause }
+    } else if cause.contains("CUDA_ERROR_STUB_LIBRARY") {
+        CudaUnusable::StubDriver { cause }
+    } else {
+        CudaUnusable::Other(cause)
     }
 }
 
@@ -61,6 +160,40 @@ mod tests {
         assert!(select_device(cli::Device::Cpu).is_ok_and(|d| d.is_cpu()));
         if !cfg!(feature = "cuda") {
             assert!(select_device(cli::Device::Auto).is_ok_and(|d| d.is_cpu()));
+            assert!(matches!(
+                select_device(cli::Device::Cuda),
+                Err(DeviceError::NotBuilt)
+            ));
         }
+    }
+
+    #[test]
+    fn a_driver_older_than_the_build_is_refused_with_both_versions() {
+        let built = CudaBuild {
+            version: "13.0".into(),
+            compute_cap: "80".into(),
+            min_driver: "580.65.06".into(),
+        };
+        let err = check_driver(12040, &built).unwrap_err().to_string();
+        assert!(err.contains("CUDA 12.4"), "{err}");
+        assert!(err.contains("CUDA 13.0"), "{err}");
+        assert!(err.contains(">= 580.65.06"), "{err}");
+        assert!(check_driver(13000, &built).is_ok());
+        assert!(check_driver(13020, &built).is_ok());
+    }
+
+    #[test]
+    fn driver_error_codes_name_the_cause() {
+        let no_gpu =
+            classify("DriverError(CUDA_ERROR_NO_DEVICE, \"no CUDA-capable device\")".into());
+        assert!(matches!(no_gpu, CudaUnusable::NoGpu { .. }));
+        assert!(no_gpu.to_string().contains("--gpus all"));
+        let stub = classify("cuDriverGetVersion: CUDA_ERROR_STUB_LIBRARY".into());
+        assert!(stub.to_string().contains("link stub"), "{stub}");
+        assert!(matches!(classify("other".into()), CudaUnusable::Other(_)));
+        // What `--device cuda` prints: the flag, then the cause.
+        let err = DeviceError::from(classify("CUDA_ERROR_NO_DEVICE\n)".into())).to_string();
+        assert!(err.starts_with("--device cuda: no GPU is visible"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 }

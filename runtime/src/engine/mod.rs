@@ -2,9 +2,10 @@
 //! template, and single-sequence generation on top of it.
 //!
 //! This is the `engine` layer of `api → scheduler → engine → model`. It owns
-//! everything that turns requests into token ids and logits into token ids;
-//! it does not queue, batch, or stream — that is the scheduler's job (not
-//! written yet), which will drive [`Engine::step`] over many [`Sequence`]s.
+//! everything that turns requests into token ids, logits into token ids,
+//! and token ids back into text ([`text::TextStream`]); it does not queue
+//! or batch — that is the scheduler's job (`crate::scheduler`), whose
+//! workers call [`Engine::generate`].
 //! All methods take `&self`: the weights are immutable, so an
 //! `Arc<Engine>` is shared by the HTTP handlers (tokenizer, template) and
 //! the generation thread.
@@ -14,7 +15,9 @@
 
 pub mod chat_template;
 pub mod device;
+pub mod generation_config;
 pub mod sampling;
+pub mod text;
 pub mod tokenizer;
 
 use std::{ops::ControlFlow, path::Path};
@@ -23,6 +26,7 @@ use candle_core::{DType, Device};
 use serde_json::Value as Json;
 
 pub use chat_template::{ChatTemplate, TemplateError};
+pub use generation_config::{GenerationConfigError, GenerationDefaults, RequestedSampling};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{Tokenizer, TokenizerConfig, TokenizerError};
 
@@ -41,6 +45,8 @@ pub enum LoadError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     Device(#[from] device::DeviceError),
+    #[error(transparent)]
+    GenerationConfig(#[from] GenerationConfigError),
     #[error(
         "--max-model-len {requested} exceeds the model's max_position_embeddings ({supported}) in {}/config.json",
         dir.display()
@@ -108,7 +114,8 @@ pub enum FinishReason {
     Stop,
     /// `max_new_tokens` or the context length was reached.
     Length,
-    /// The caller's callback asked to stop (client went away).
+    /// The caller's callback broke the loop (the client went away, or a
+    /// stop string matched).
     Cancelled,
 }
 
@@ -140,6 +147,7 @@ pub struct Engine {
     model: CausalLm,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
+    generation_defaults: GenerationDefaults,
     device: Device,
     max_model_len: usize,
 }
@@ -150,6 +158,17 @@ impl Engine {
     /// [`Engine::warm_up`].
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self, LoadError> {
         let (spec, config_tokens) = ModelSpec::from_dir(dir).map_err(models::LoadError::from)?;
+        Self::load_resolved(dir, spec, &config_tokens, options)
+    }
+
+    /// [`Engine::load`] with `config.json` already resolved (the server
+    /// reads it once, at its startup check: `crate::model::ModelDir`).
+    pub fn load_resolved(
+        dir: &Path,
+        spec: ModelSpec,
+        config_tokens: &models::ConfigTokens,
+        options: LoadOptions,
+    ) -> Result<Self, LoadError> {
         let max_model_len = match options.max_model_len {
             Some(n) if n > spec.max_position_embeddings => {
                 return Err(LoadError::MaxModelLen {
@@ -164,6 +183,7 @@ impl Engine {
         let tok_config = TokenizerConfig::load(dir)?;
         let tokenizer = Tokenizer::load(dir, &tok_config, &config_tokens.eos)?;
         let chat_template = ChatTemplate::load(dir, &tok_config)?;
+        let generation_defaults = GenerationDefaults::load(dir)?;
         let device = device::select_device(options.device)?;
         let dtype = device::select_dtype(options.dtype, spec.checkpoint_dtype, &device);
         let model = CausalLm::load(dir, spec, &device, dtype, max_model_len)?;
@@ -171,6 +191,7 @@ impl Engine {
             model,
             tokenizer,
             chat_template,
+            generation_defaults,
             device,
             max_model_len,
         })
@@ -211,6 +232,12 @@ impl Engine {
     /// Context length: prompt plus generated tokens never exceed it.
     pub fn max_model_len(&self) -> usize {
         self.max_model_len
+    }
+
+    /// Sampling defaults from `generation_config.json`, for requests that
+    /// leave a field unset.
+    pub fn generation_defaults(&self) -> &GenerationDefaults {
+        &self.generation_defaults
     }
 
     pub fn has_chat_template(&self) -> bool {
@@ -285,7 +312,7 @@ impl Engine {
         let budget = request
             .max_new_tokens
             .min(self.max_model_len - prompt.len());
-        let mut sampler = Sampler::new(request.sampling.clone());
+        let mut sampler = Sampler::new(request.sampling.clone(), prompt);
         let mut seq = self.new_sequence();
         let mut tokens = Vec::with_capacity(budget);
         let finish = |tokens, finish_reason| {
@@ -304,6 +331,7 @@ impl Engine {
                 return finish(tokens, FinishReason::Stop);
             }
             tokens.push(next);
+            sampler.accept(next);
             if on_token(next).is_break() {
                 return finish(tokens, FinishReason::Cancelled);
             }

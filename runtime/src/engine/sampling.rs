@@ -1,29 +1,33 @@
-//! Next-token selection from logits: greedy, or temperature / top-k / top-p
-//! sampling with a seeded RNG so that a request with a `seed` is repeatable.
+//! Next-token selection from logits: penalties (presence, frequency,
+//! repetition), then greedy or temperature / top-k / top-p sampling with a
+//! seeded RNG so that a request with a `seed` is repeatable.
 //!
 //! Greedy (`temperature == 0`) breaks ties towards the lowest id, like
 //! `torch.argmax`, which is what the reference fixtures were produced with.
+//! Penalties apply before the greedy pick too, as in vLLM.
 //!
-//! TODO (not implemented yet; the API must reject or ignore these
-//! explicitly until they land):
-//! - `presence_penalty` / `frequency_penalty` (OpenAI) and
-//!   `repetition_penalty` (HF; divides positive logits);
-//! - `min_p`;
-//! - `logit_bias` (per-id additive bias);
-//! - `logprobs` / `top_logprobs` (needs log-softmax of the processed logits);
-//! - applying `generation_config.json` defaults (temperature, top_p, top_k)
-//!   when a request leaves them unset, as vLLM does;
-//! - `stop` strings are handled by the API layer (`api/completions.rs`,
-//!   which re-decodes the output after each token), not here.
+//! Penalty semantics follow the APIs users know: `presence_penalty` and
+//! `frequency_penalty` are OpenAI's (subtracted, over the *generated* tokens
+//! only); `repetition_penalty` is Hugging Face's (over prompt *and*
+//! generated tokens: positive logits are divided by it, negative ones
+//! multiplied), applied first, as vLLM orders them.
+//!
+//! Not implemented (the API refuses them explicitly): `min_p`,
+//! `logit_bias`, `logprobs` / `top_logprobs`. `stop` strings are text, not
+//! ids: see `engine/text.rs`.
 
-use std::hash::{BuildHasher, RandomState};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+};
 
 use rand_chacha::{
     ChaCha8Rng,
     rand_core::{RngCore, SeedableRng},
 };
 
-/// Per-request sampling settings, already validated by the API layer.
+/// Per-request sampling settings, already validated by the API layer and
+/// completed with the checkpoint's `generation_config.json` defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// 0 means greedy.
@@ -34,6 +38,12 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// RNG seed; `None` draws a fresh one per request.
     pub seed: Option<u64>,
+    /// OpenAI: subtracted once from every id already generated (0: off).
+    pub presence_penalty: f32,
+    /// OpenAI: subtracted once per occurrence in the generated ids (0: off).
+    pub frequency_penalty: f32,
+    /// Hugging Face: applied to every id in prompt or output (1: off).
+    pub repetition_penalty: f32,
 }
 
 impl SamplingParams {
@@ -43,11 +53,20 @@ impl SamplingParams {
             top_k: None,
             top_p: 1.0,
             seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
         }
     }
 
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 || self.top_k == Some(1)
+    }
+
+    fn has_penalties(&self) -> bool {
+        self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0
     }
 }
 
@@ -57,26 +76,59 @@ impl Default for SamplingParams {
     }
 }
 
-/// Sampling state of one sequence (the RNG advances per token).
+/// Sampling state of one sequence: the RNG, which advances per token, and
+/// the token history the penalties look at.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
+    /// Occurrences of each generated id (presence/frequency penalties).
+    generated: HashMap<u32, u32>,
+    /// Ids seen in the prompt (repetition penalty); empty when it is off.
+    prompt: Vec<u32>,
 }
 
 impl Sampler {
-    pub fn new(params: SamplingParams) -> Self {
+    /// A sampler for a sequence starting with `prompt`.
+    pub fn new(params: SamplingParams, prompt: &[u32]) -> Self {
         let seed = params
             .seed
             .unwrap_or_else(|| RandomState::new().hash_one(std::time::Instant::now()));
+        let prompt = if params.repetition_penalty != 1.0 {
+            let mut ids = prompt.to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        } else {
+            Vec::new()
+        };
         Self {
             rng: ChaCha8Rng::seed_from_u64(seed),
             params,
+            generated: HashMap::new(),
+            prompt,
+        }
+    }
+
+    /// Records a generated id, for the penalties of later steps.
+    pub fn accept(&mut self, token: u32) {
+        if self.params.has_penalties() {
+            *self.generated.entry(token).or_default() += 1;
         }
     }
 
     /// Picks the next token id from `logits` (one f32 per vocabulary id).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.params.has_penalties() {
+            let mut logits = logits.to_vec();
+            apply_penalties(&mut logits, &self.params, &self.prompt, &self.generated);
+            self.pick(&logits)
+        } else {
+            self.pick(logits)
+        }
+    }
+
+    fn pick(&mut self, logits: &[f32]) -> u32 {
         if self.params.is_greedy() {
             return argmax(logits);
         }
@@ -128,6 +180,35 @@ impl Sampler {
     }
 }
 
+/// vLLM's order: the repetition penalty over prompt and output ids, then
+/// frequency and presence penalties over output ids. `prompt` is sorted
+/// and deduplicated.
+fn apply_penalties(
+    logits: &mut [f32],
+    params: &SamplingParams,
+    prompt: &[u32],
+    generated: &HashMap<u32, u32>,
+) {
+    let rep = params.repetition_penalty;
+    if rep != 1.0 {
+        let seen = prompt.iter().chain(
+            generated
+                .keys()
+                .filter(|id| prompt.binary_search(id).is_err()),
+        );
+        for &id in seen {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = if *l > 0.0 { *l / rep } else { *l * rep };
+            }
+        }
+    }
+    for (&id, &count) in generated {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l -= params.frequency_penalty * count as f32 + params.presence_penalty;
+        }
+    }
+}
+
 /// Index of the largest logit; the first one on ties.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -143,23 +224,28 @@ pub fn argmax(logits: &[f32]) -> u32 {
 mod tests {
     use super::*;
 
+    fn params(temperature: f32, top_k: Option<usize>, top_p: f32, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed: Some(seed),
+            ..SamplingParams::greedy()
+        }
+    }
+
     #[test]
     fn greedy_takes_the_first_maximum() {
-        let mut s = Sampler::new(SamplingParams::greedy());
+        let mut s = Sampler::new(SamplingParams::greedy(), &[]);
         assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0]), 1);
     }
 
     #[test]
     fn seeded_sampling_is_repeatable_and_respects_top_k() {
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_k: Some(2),
-            top_p: 1.0,
-            seed: Some(7),
-        };
+        let params = params(1.0, Some(2), 1.0, 7);
         let logits = [1.0, 1.1, 0.9, 5.0, 4.9];
         let draw = |p: &SamplingParams| {
-            let mut s = Sampler::new(p.clone());
+            let mut s = Sampler::new(p.clone(), &[]);
             (0..64).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         let a = draw(&params);
@@ -170,15 +256,73 @@ mod tests {
 
     #[test]
     fn tiny_top_p_is_greedy() {
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_k: None,
-            top_p: 0.01,
-            seed: Some(1),
-        };
-        let mut s = Sampler::new(params);
+        let mut s = Sampler::new(params(1.0, None, 0.01, 1), &[]);
         for _ in 0..16 {
             assert_eq!(s.sample(&[0.0, 2.0, 1.0]), 1);
         }
+    }
+
+    fn penalized(
+        p: &SamplingParams,
+        prompt: &[u32],
+        generated: &[u32],
+        logits: &[f32],
+    ) -> Vec<f32> {
+        let mut s = Sampler::new(p.clone(), prompt);
+        generated.iter().for_each(|&t| s.accept(t));
+        let mut out = logits.to_vec();
+        apply_penalties(&mut out, &s.params, &s.prompt, &s.generated);
+        out
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_follow_openai() {
+        // OpenAI: mu[j] - c[j] * alpha_frequency - (c[j] > 0) * alpha_presence,
+        // over generated ids only (the prompt id 0 is not penalized).
+        let p = SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..SamplingParams::greedy()
+        };
+        let out = penalized(&p, &[0], &[1, 2, 2, 2], &[1.0, 1.0, 1.0, 1.0]);
+        // id 1: 1 - 0.25 - 0.5 = 0.25; id 2: 1 - 0.75 - 0.5 = -0.25.
+        assert_eq!(out, [1.0, 0.25, -0.25, 1.0]);
+    }
+
+    #[test]
+    fn repetition_penalty_follows_hugging_face() {
+        // Prompt and output ids alike: positive logits / 2, negative * 2.
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        };
+        let out = penalized(&p, &[0, 1, 0], &[2, 2], &[3.0, -1.5, 0.5, 4.0]);
+        assert_eq!(out, [1.5, -3.0, 0.25, 4.0]);
+    }
+
+    #[test]
+    fn repetition_then_frequency_as_vllm_orders_them() {
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            frequency_penalty: 1.0,
+            ..SamplingParams::greedy()
+        };
+        // id 1: 3.0 / 2 - 1 * 1.0 = 0.5.
+        let out = penalized(&p, &[], &[1], &[0.0, 3.0]);
+        assert_eq!(out, [0.0, 0.5]);
+    }
+
+    #[test]
+    fn greedy_picks_after_penalties() {
+        let p = SamplingParams {
+            presence_penalty: 2.0,
+            ..SamplingParams::greedy()
+        };
+        let mut s = Sampler::new(p, &[]);
+        let logits = [1.0, 2.0];
+        assert_eq!(s.sample(&logits), 1);
+        s.accept(1);
+        // 2.0 - 2.0 = 0.0 < 1.0: the repeated id loses.
+        assert_eq!(s.sample(&logits), 0);
     }
 }

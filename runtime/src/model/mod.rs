@@ -1,5 +1,6 @@
 //! The model directory: the startup check that `--model` is a usable
-//! Hugging Face-style directory, and the facts read from its `config.json`.
+//! Hugging Face-style directory, and its `config.json`, read once and
+//! resolved into a [`ModelSpec`] (which the engine then loads from).
 //!
 //! This runs before the server binds its port, so a wrong path or a broken
 //! config fails the container immediately with a message naming the path,
@@ -14,6 +15,8 @@ use std::{
 };
 
 use serde::Deserialize;
+
+use crate::models::{ConfigError, ConfigTokens, ModelSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -42,6 +45,10 @@ pub enum ModelError {
         path.display()
     )]
     NoName { path: PathBuf },
+    /// Readable, but not a checkpoint this server can run (architecture,
+    /// activation, head layout): refused before the port is bound.
+    #[error(transparent)]
+    Spec(#[from] ConfigError),
 }
 
 /// The subset of `config.json` this server relies on. Unknown fields are
@@ -60,6 +67,9 @@ pub struct ModelDir {
     /// The name clients use in `"model": ...` and see in `/v1/models`.
     pub served_name: String,
     pub config: ModelConfig,
+    pub spec: ModelSpec,
+    /// `config.json`'s token ids (the tokenizer's fallback stop ids).
+    pub config_tokens: ConfigTokens,
 }
 
 impl ModelDir {
@@ -101,6 +111,7 @@ impl ModelDir {
         if config.model_type.is_none() && config.architectures.is_empty() {
             return Err(ModelError::UnknownArchitecture { path: config_path });
         }
+        let (spec, config_tokens) = ModelSpec::parse(&raw, &config_path)?;
 
         let served_name = match served_name {
             Some(name) => name.to_owned(),
@@ -110,6 +121,8 @@ impl ModelDir {
             path: path.to_owned(),
             served_name,
             config,
+            spec,
+            config_tokens,
         })
     }
 }
@@ -138,6 +151,8 @@ fn default_name(path: &Path) -> Result<String, ModelError> {
 mod tests {
     use super::*;
 
+    const LLAMA: &str = r#"{"model_type":"llama","architectures":["LlamaForCausalLM"],"vocab_size":16,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2}"#;
+
     fn dir_with_config(config: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("config.json"), config).expect("write config");
@@ -146,11 +161,10 @@ mod tests {
 
     #[test]
     fn reads_config_and_defaults_the_name() {
-        let dir = dir_with_config(
-            r#"{"model_type":"llama","architectures":["LlamaForCausalLM"],"hidden_size":8}"#,
-        );
+        let dir = dir_with_config(LLAMA);
         let model = ModelDir::open(dir.path(), None).expect("valid model dir");
         assert_eq!(model.config.model_type.as_deref(), Some("llama"));
+        assert_eq!((model.spec.hidden_size, model.spec.num_layers), (8, 1));
         assert_eq!(model.config.architectures, ["LlamaForCausalLM"]);
         let expected = dir.path().file_name().and_then(|n| n.to_str());
         assert_eq!(Some(model.served_name.as_str()), expected);
@@ -161,7 +175,7 @@ mod tests {
 
     #[test]
     fn trailing_slash_keeps_the_directory_name() {
-        let dir = dir_with_config(r#"{"model_type":"llama"}"#);
+        let dir = dir_with_config(LLAMA);
         let with_slash = PathBuf::from(format!("{}/", dir.path().display()));
         let model = ModelDir::open(&with_slash, None).expect("valid model dir");
         assert_eq!(
@@ -194,5 +208,13 @@ mod tests {
         let vague = dir_with_config(r#"{"hidden_size":8}"#);
         let err = ModelDir::open(vague.path(), None).expect_err("no architecture");
         assert!(matches!(err, ModelError::UnknownArchitecture { .. }));
+
+        let gpt2 = LLAMA
+            .replace("LlamaForCausalLM", "GPT2LMHeadModel")
+            .replace("\"llama\"", "\"gpt2\"");
+        let other = dir_with_config(&gpt2);
+        let err = ModelDir::open(other.path(), None).expect_err("unsupported");
+        assert!(matches!(err, ModelError::Spec(_)), "{err:?}");
+        assert!(err.to_string().contains("config.json"), "{err}");
     }
 }

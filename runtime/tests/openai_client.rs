@@ -1,0 +1,169 @@
+//! The official OpenAI Python client (`openai`, installed by
+//! `scripts/install-test-deps`) against the real server on a reference
+//! checkpoint: chat and completions, plain and streamed (with
+//! `include_usage`), the model list, and errors surfacing as the client's
+//! typed exceptions. `openai_client.py` does the calls and prints what it
+//! saw; this test asserts on it, including that greedy text equals the
+//! fixture's reference decode.
+
+mod common;
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Deserialize)]
+struct Reference {
+    max_new_tokens: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    kind: String,
+    prompt: Value,
+    input_ids: Vec<u32>,
+    output_ids: Vec<u32>,
+    output_text: String,
+    finish_reason: String,
+}
+
+/// The reference decodes with special tokens; OpenAI servers leave them
+/// out (vLLM's `skip_special_tokens` default).
+fn without_special_tokens(dir: &std::path::Path, text: &str) -> String {
+    let raw = std::fs::read(dir.join("tokenizer.json")).expect("read tokenizer.json");
+    let tokenizer: Value = serde_json::from_slice(&raw).expect("tokenizer JSON");
+    let mut text = text.to_owned();
+    for t in tokenizer["added_tokens"].as_array().expect("added_tokens") {
+        if t["special"] == true {
+            text = text.replace(t["content"].as_str().expect("content"), "");
+        }
+    }
+    text
+}
+
+#[test]
+fn the_official_openai_python_client_works() {
+    let name = "qwen2-tied";
+    let dir = common::fixtures_dir().join(name);
+    let reference: Reference = common::fixture_reference(&dir);
+    let case = |kind: &str| {
+        reference
+            .cases
+            .iter()
+            .find(|c| c.kind == kind)
+            .unwrap_or_else(|| panic!("a {kind} case"))
+    };
+    let (chat, completion) = (case("chat"), case("completion"));
+    let key = "sk-openai-client-test";
+    let server = common::Server::start(
+        &[
+            "--model",
+            dir.to_str().expect("utf-8"),
+            "--device",
+            "cpu",
+            "--api-key",
+            key,
+        ],
+        &[],
+    );
+    server.wait_ready();
+    let spec = json!({
+        "base_url": format!("http://127.0.0.1:{}/v1", server.port),
+        "api_key": key,
+        "model": name,
+        "chat": {"messages": chat.prompt, "max_tokens": reference.max_new_tokens},
+        "completion": {"prompt": completion.prompt, "max_tokens": reference.max_new_tokens},
+    });
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        // Only 127.0.0.1: no proxy may intercept the client's requests.
+        .env("NO_PROXY", "*")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("all_proxy")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3 (scripts/install-test-deps installs it with the openai client)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(spec.to_string().as_bytes())
+        .expect("write spec");
+    let deadline = Duration::from_secs(120);
+    let status = common::wait_with_deadline(&mut child, deadline).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("openai_client.py did not finish within {deadline:?}")
+    });
+    let output = child.wait_with_output().expect("script output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        status.success(),
+        "openai_client.py failed ({status}):\n{stderr}\n{stdout}\nserver log:\n{}",
+        server.output()
+    );
+    let out: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("script output is not JSON ({e}): {stdout}\n{stderr}"));
+    assert_eq!(out["client_version"], "3.54.0", "the pinned client");
+    assert_eq!(out["models"], json!([name]));
+
+    let usage = |c: &Case| {
+        json!({"prompt_tokens": c.input_ids.len(), "completion_tokens": c.output_ids.len(),
+            "total_tokens": c.input_ids.len() + c.output_ids.len()})
+    };
+    let chat_text = without_special_tokens(&dir, &chat.output_text);
+    let r = &out["chat"];
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["role"], "assistant");
+    assert_eq!(r["text"], chat_text);
+    assert_eq!(r["finish_reason"], chat.finish_reason);
+    assert_eq!(r["usage"], usage(chat));
+    let r = &out["chat_stream"];
+    assert_eq!(r["roles"], json!(["assistant"]), "{r}");
+    assert_eq!(r["text"], chat_text);
+    assert_eq!(r["finish_reasons"], json!([chat.finish_reason]));
+    assert_eq!(r["usage"], usage(chat));
+    assert!(r["chunks"].as_u64().is_some_and(|n| n > 3), "{r}");
+
+    let completion_text = without_special_tokens(&dir, &completion.output_text);
+    let r = &out["completion"];
+    assert_eq!(r["object"], "text_completion");
+    assert_eq!(r["text"], completion_text);
+    assert_eq!(r["finish_reason"], completion.finish_reason);
+    assert_eq!(r["usage"], usage(completion));
+    let r = &out["completion_stream"];
+    assert_eq!(r["text"], completion_text);
+    assert_eq!(r["finish_reasons"], json!([completion.finish_reason]));
+    assert_eq!(r["usage"], usage(completion));
+
+    let e = &out["not_found"];
+    assert_eq!(e["class"], "NotFoundError", "{e}");
+    assert_eq!(
+        (e["status"].clone(), e["code"].clone()),
+        (json!(404), json!("model_not_found"))
+    );
+    let e = &out["bad_request"];
+    assert_eq!(e["class"], "BadRequestError", "{e}");
+    assert_eq!(e["param"], "top_p");
+    let e = &out["unauthorized"];
+    assert_eq!(e["class"], "AuthenticationError", "{e}");
+    assert_eq!(e["status"], 401);
+    assert!(
+        !server.output().contains(key),
+        "the key leaked into the log"
+    );
+}

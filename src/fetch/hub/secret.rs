@@ -1,0 +1,52 @@
+//! Defines `Secret`, the Hub token's wrapper: it prints as `****` wherever it ends up.
+
+use std::fmt;
+
+/// A credential. `Debug` and `Display` never show it; only [`Secret::expose`] does, and the
+/// only caller is the code that sets the `Authorization` header.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Replaces every occurrence of the secret in `text` (belt and braces for messages that
+    /// quote a server's reply).
+    pub fn redact(&self, text: &str) -> String {
+        if self.0.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(&self.0, "****")
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Secret;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hf_abcdef");
+        assert_eq!(format!("{s} {s:?}"), "**** Secret(****)");
+        assert_eq!(s.redact("x hf_abcdef y"), "x **** y");
+    }
+}

@@ -1,0 +1,285 @@
+//! Defines the lock file (`<manifest>.lock`): the exact model bytes a manifest resolved to.
+//!
+//! The lock is what auditors and the signing stage read: which Hub repository, which commit a
+//! branch or tag resolved to, and the size and sha256 of every packaged file. It is TOML in a
+//! stable order (files sorted by path), so a re-lock that changes nothing changes no byte and a
+//! diff in review shows exactly what moved. It never holds a token, a host path or a time stamp.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Sha256Digest;
+
+/// Format version written in every lock; a newer one is refused rather than misread.
+pub const LOCK_VERSION: u32 = 1;
+
+/// The whole lock file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockFile {
+    pub version: u32,
+    /// `appliance <version>` that wrote it (informative; not compared by `--locked`).
+    pub tool: String,
+    pub model: LockedModel,
+}
+
+/// A Hub model pinned to a commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedModel {
+    /// `org/name` on the Hub.
+    pub repo: String,
+    /// The revision the manifest asked for (branch, tag or commit), kept to notice a manifest edit.
+    pub revision: String,
+    /// The 40-hex commit `revision` resolved to: what was downloaded and packaged.
+    pub commit: String,
+    /// The manifest's `model.files` globs at lock time, kept to notice a manifest edit.
+    pub globs: Vec<String>,
+    /// Every packaged file, sorted by path.
+    pub files: Vec<LockedFile>,
+}
+
+/// One packaged model file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedFile {
+    /// Relative to the model directory, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    /// Bare lowercase hex, as `sha256sum` prints it.
+    #[serde(with = "hex_digest")]
+    pub sha256: Sha256Digest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("Failed to read lock file `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Lock file `{path}` is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("Failed to write lock file `{path}`")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LockFile {
+    pub fn new(model: LockedModel) -> Self {
+        Self {
+            version: LOCK_VERSION,
+            tool: format!("appliance {}", env!("CARGO_PKG_VERSION")),
+            model,
+        }
+    }
+
+    /// Reads `path`; `Ok(None)` when there is no lock yet.
+    pub fn read_optional(path: &Path) -> Result<Option<Self>, LockError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(LockError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let parse_err = |message: String| LockError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let lock: LockFile = toml::from_str(&text).map_err(|e| parse_err(e.message().into()))?;
+        if lock.version != LOCK_VERSION {
+            return Err(parse_err(format!(
+                "version {} is not supported (this appliance writes version {LOCK_VERSION})",
+                lock.version
+            )));
+        }
+        if let Some(bad) = lock.model.files.iter().find(|f| {
+            f.path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        }) {
+            return Err(parse_err(format!(
+                "`{}` is not a relative path inside the model directory",
+                bad.path
+            )));
+        }
+        let mut sorted = lock.model.files.clone();
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        if sorted != lock.model.files {
+            return Err(parse_err("`model.files` is not sorted by path".into()));
+        }
+        Ok(Some(lock))
+    }
+
+    /// Writes atomically: a temp file beside the target, renamed when complete.
+    pub fn write(&self, path: &Path) -> Result<(), LockError> {
+        let write_err = |source| LockError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let tmp = path.with_extension("lock.tmp");
+        std::fs::write(&tmp, self.render()).map_err(write_err)?;
+        std::fs::rename(&tmp, path).map_err(write_err)
+    }
+
+    /// The file's bytes: a header comment, then the TOML.
+    pub fn render(&self) -> String {
+        let body = toml::to_string(self).unwrap_or_default();
+        format!(
+            "# Written by `appliance lock`. Commit it: `appliance build --locked` refuses any drift\n\
+             # from it, and it records exactly which model bytes were packaged.\n{body}"
+        )
+    }
+
+    /// What differs between `self` (on disk) and `other` (what the build resolved), one line
+    /// per difference; empty when they agree. The `tool` line is not compared.
+    pub fn differences(&self, other: &LockFile) -> Vec<String> {
+        let (a, b) = (&self.model, &other.model);
+        let mut out = Vec::new();
+        let mut field = |name: &str, x: String, y: String| {
+            if x != y {
+                out.push(format!("{name}: locked `{x}`, now `{y}`"));
+            }
+        };
+        field("repo", a.repo.clone(), b.repo.clone());
+        field("revision", a.revision.clone(), b.revision.clone());
+        field("commit", a.commit.clone(), b.commit.clone());
+        field("files globs", a.globs.join(", "), b.globs.join(", "));
+        for f in &a.files {
+            match b.files.iter().find(|g| g.path == f.path) {
+                None => out.push(format!("`{}`: locked, no longer selected", f.path)),
+                Some(g) if g != f => out.push(format!(
+                    "`{}`: locked {} ({} bytes), now {} ({} bytes)",
+                    f.path,
+                    f.sha256.hex(),
+                    f.size,
+                    g.sha256.hex(),
+                    g.size
+                )),
+                Some(_) => {}
+            }
+        }
+        for g in &b.files {
+            if !a.files.iter().any(|f| f.path == g.path) {
+                out.push(format!("`{}`: new, not in the lock", g.path));
+            }
+        }
+        out
+    }
+}
+
+impl LockedModel {
+    /// Whether this lock still answers the manifest's question (same repo, revision, globs).
+    pub fn matches(&self, repo: &str, revision: &str, globs: &[String]) -> bool {
+        self.repo == repo && self.revision == revision && self.globs == globs
+    }
+}
+
+/// `manifest.toml` → `manifest.lock`, beside it (as `Cargo.toml` → `Cargo.lock`).
+pub fn lock_path(manifest: &Path) -> PathBuf {
+    manifest.with_extension("lock")
+}
+
+/// A multi-line rendering of differences for error messages.
+pub fn render_differences(diffs: &[String]) -> String {
+    let mut out = String::new();
+    for d in diffs {
+        let _ = write!(out, "\n  - {d}");
+    }
+    out
+}
+
+mod hex_digest {
+    use super::Sha256Digest;
+
+    pub fn serialize<S: serde::Serializer>(d: &Sha256Digest, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.hex())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Sha256Digest, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        Sha256Digest::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LockFile {
+        LockFile::new(LockedModel {
+            repo: "org/m".into(),
+            revision: "main".into(),
+            commit: "a".repeat(40),
+            globs: vec!["*.json".into()],
+            files: vec![
+                LockedFile {
+                    path: "a.json".into(),
+                    size: 3,
+                    sha256: Sha256Digest::of(b"abc"),
+                },
+                LockedFile {
+                    path: "b.json".into(),
+                    size: 0,
+                    sha256: Sha256Digest::of(b""),
+                },
+            ],
+        })
+    }
+
+    #[test]
+    fn lock_round_trips_and_renders_stably() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.lock");
+        let lock = sample();
+        lock.write(&path).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        let back = LockFile::read_optional(&path).unwrap().unwrap();
+        assert_eq!(back, lock);
+        back.write(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        let text = String::from_utf8(first).unwrap();
+        assert!(text.contains(&format!("sha256 = \"{}\"", Sha256Digest::of(b"abc").hex())));
+    }
+
+    #[test]
+    fn lock_differences_name_each_changed_file() {
+        let a = sample();
+        let mut b = sample();
+        b.model.commit = "b".repeat(40);
+        b.model.files[0].sha256 = Sha256Digest::of(b"xyz");
+        b.model.files.pop();
+        let diffs = a.differences(&b);
+        assert_eq!(diffs.len(), 3, "{diffs:?}");
+        assert!(diffs[0].starts_with("commit"));
+        assert!(diffs[1].contains("`a.json`"));
+        assert!(diffs[2].contains("`b.json`: locked, no longer selected"));
+        assert!(a.differences(&sample()).is_empty());
+    }
+
+    #[test]
+    fn missing_lock_is_none_and_unsorted_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            LockFile::read_optional(&dir.path().join("x.lock"))
+                .unwrap()
+                .is_none()
+        );
+        let mut lock = sample();
+        lock.model.files.reverse();
+        let path = dir.path().join("y.lock");
+        std::fs::write(&path, lock.render()).unwrap();
+        let err = LockFile::read_optional(&path).unwrap_err().to_string();
+        assert!(err.contains("not sorted"), "{err}");
+    }
+}

@@ -1,0 +1,679 @@
+//! `appliance verify`: proves offline that a tarball is exactly what was signed, and reports
+//! what is inside. One streaming pass over the archive ([`scan`]), then checks on what it
+//! learned; the first failure names the blob, file or field at fault.
+
+pub mod scan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use base64::Engine as _;
+use p256::ecdsa::VerifyingKey;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::attest;
+use crate::digest::Sha256Digest;
+use crate::sign::{self, cosign, dsse, keys};
+use scan::{BlobInfo, Scan, ScanError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error("`{culprit}`: {message}")]
+    Check { culprit: String, message: String },
+}
+
+fn fail<T>(culprit: impl Into<String>, message: impl Into<String>) -> Result<T, VerifyError> {
+    Err(VerifyError::Check {
+        culprit: culprit.into(),
+        message: message.into(),
+    })
+}
+
+/// The audit report: what was proven and what the image contains.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub image: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub signer_fingerprint: String,
+    pub signed_reference: String,
+    pub model: Option<ReportModel>,
+    pub server_version: Option<String>,
+    pub server_sha256: Option<String>,
+    pub user: String,
+    pub exposed_ports: Vec<String>,
+    pub layers: usize,
+    pub blobs: usize,
+    pub bytes_hashed: u64,
+    pub sbom_components: usize,
+    pub checks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportModel {
+    pub name: String,
+    pub source: String,
+    pub revision: String,
+    pub purl: Option<String>,
+    pub files: Vec<ReportFile>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportFile {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Verifies `tarball` against `key` (a PKIX PEM public key's text; `key_name` names it).
+pub fn verify(tarball: &Path, key: &VerifyingKey) -> Result<Report, VerifyError> {
+    let scan = scan::scan(tarball)?;
+    Checker {
+        scan: &scan,
+        key,
+        referenced: BTreeSet::new(),
+        checks: Vec::new(),
+    }
+    .run()
+}
+
+struct Checker<'a> {
+    scan: &'a Scan,
+    key: &'a VerifyingKey,
+    referenced: BTreeSet<Sha256Digest>,
+    checks: Vec<String>,
+}
+
+fn blob_name(d: &Sha256Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+impl<'a> Checker<'a> {
+    fn document(&self, name: &str) -> Result<Value, VerifyError> {
+        let Some(bytes) = self.scan.documents.get(name) else {
+            return fail(name, "missing from the tarball");
+        };
+        serde_json::from_slice(bytes).or_else(|e| fail(name, format!("is not valid JSON: {e}")))
+    }
+
+    /// A descriptor's blob: present, size as declared; marks it referenced.
+    fn blob(
+        &mut self,
+        desc: &Value,
+        from: &str,
+    ) -> Result<(Sha256Digest, &'a BlobInfo), VerifyError> {
+        let text = desc["digest"].as_str().unwrap_or_default();
+        let digest = Sha256Digest::parse_prefixed(text)
+            .or_else(|e| fail(from, format!("bad digest: {e}")))?;
+        let Some(info) = self.scan.blobs.get(&digest) else {
+            return fail(
+                from,
+                format!("references {digest}, which is missing from the tarball"),
+            );
+        };
+        if let Some(size) = desc["size"].as_u64() {
+            if size != info.size {
+                return fail(
+                    blob_name(&digest),
+                    format!("is {} bytes but {from} says {size}", info.size),
+                );
+            }
+        } else {
+            return fail(from, format!("the descriptor of {digest} has no size"));
+        }
+        self.referenced.insert(digest);
+        Ok((digest, info))
+    }
+
+    fn json_blob(
+        &mut self,
+        desc: &Value,
+        from: &str,
+        what: &str,
+    ) -> Result<(Sha256Digest, Value), VerifyError> {
+        let (digest, info) = self.blob(desc, from)?;
+        let Some(bytes) = &info.json else {
+            return fail(
+                blob_name(&digest),
+                format!("is referenced by {from} as {what} but is not a JSON document"),
+            );
+        };
+        let value = serde_json::from_slice(bytes).or_else(|e| {
+            fail(
+                blob_name(&digest),
+                format!("is not valid JSON ({what}): {e}"),
+            )
+        })?;
+        Ok((digest, value))
+    }
+
+    fn run(mut self) -> Result<Report, VerifyError> {
+        // 1. Every blob's content matches its name.
+        for (name, info) in &self.scan.blobs {
+            if info.actual != Some(*name) {
+                let actual = info.actual.map(|d| d.prefixed()).unwrap_or_default();
+                return fail(
+                    blob_name(name),
+                    format!("content has sha256 {actual}: the blob was modified or swapped"),
+                );
+            }
+        }
+        self.checks.push(format!(
+            "{} blobs: sha256 of content equals name ({} bytes hashed)",
+            self.scan.blobs.len(),
+            self.scan.bytes
+        ));
+
+        // 2. The OCI layout and its one image.
+        let layout = self.document("oci-layout")?;
+        if layout["imageLayoutVersion"] != "1.0.0" {
+            return fail("oci-layout", "imageLayoutVersion is not 1.0.0");
+        }
+        let index = self.document("index.json")?;
+        let entries = index["manifests"].as_array().cloned().unwrap_or_default();
+        if entries.len() != 1 {
+            return fail(
+                "index.json",
+                format!(
+                    "lists {} manifests; an appliance image has exactly one",
+                    entries.len()
+                ),
+            );
+        }
+        let entry = &entries[0];
+        let ref_name = entry["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let (manifest_digest, manifest) =
+            self.json_blob(entry, "index.json", "the image manifest")?;
+        if manifest["config"].is_null() || !manifest["layers"].is_array() {
+            return fail(
+                "index.json",
+                format!("points to {manifest_digest}, which is not an image manifest"),
+            );
+        }
+        let m_name = format!("manifest {manifest_digest}");
+        let (config_digest, config) =
+            self.json_blob(&manifest["config"], &m_name, "the image config")?;
+        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        let diff_ids = config["rootfs"]["diff_ids"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if diff_ids.len() != layers.len() {
+            return fail(
+                blob_name(&config_digest),
+                format!(
+                    "lists {} diff_ids for {} layers",
+                    diff_ids.len(),
+                    layers.len()
+                ),
+            );
+        }
+        let mut files: BTreeMap<String, scan::LayerFile> = BTreeMap::new();
+        let mut layer_digests = Vec::new();
+        for (i, (layer, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
+            let (digest, info) = self.blob(layer, &format!("{m_name} layer {}", i + 1))?;
+            if let Some(err) = &info.layer_error {
+                return fail(
+                    blob_name(&digest),
+                    format!("is not a readable layer: {err}"),
+                );
+            }
+            let Some(actual) = info.diff_id else {
+                return fail(
+                    blob_name(&digest),
+                    "is referenced as a layer but is not a tar archive",
+                );
+            };
+            if diff_id.as_str() != Some(actual.prefixed().as_str()) {
+                return fail(
+                    blob_name(&config_digest),
+                    format!(
+                        "diff_id {} of layer {} is {diff_id}, but the layer's uncompressed sha256 is {actual}",
+                        i + 1,
+                        i + 1
+                    ),
+                );
+            }
+            files.extend(info.files.iter().map(|(k, v)| (k.clone(), v.clone())));
+            layer_digests.push(digest);
+        }
+        self.checks.push(format!("index.json → manifest {manifest_digest} → config and {} layers: digests, sizes and diff_ids agree", layers.len()));
+
+        // 3. docker-archive view agrees with the OCI view.
+        let docker = self.document("manifest.json")?;
+        let docker_entries = docker.as_array().cloned().unwrap_or_default();
+        if docker_entries.len() != 1 {
+            return fail(
+                "manifest.json",
+                format!(
+                    "lists {} images; expected exactly one",
+                    docker_entries.len()
+                ),
+            );
+        }
+        let d = &docker_entries[0];
+        if d["Config"].as_str() != Some(blob_name(&config_digest).as_str()) {
+            return fail(
+                "manifest.json",
+                format!(
+                    "Config is {}, but the signed manifest's config is {}",
+                    d["Config"],
+                    blob_name(&config_digest)
+                ),
+            );
+        }
+        let want: Vec<String> = layer_digests.iter().map(blob_name).collect();
+        let got: Vec<String> = d["Layers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect();
+        if got != want {
+            return fail(
+                "manifest.json",
+                format!(
+                    "Layers ({} entries) differ from the signed manifest's layers ({} entries)",
+                    got.len(),
+                    want.len()
+                ),
+            );
+        }
+        let repo_tags: Vec<String> = d["RepoTags"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let Some(repo_tag) = repo_tags.first().filter(|_| repo_tags.len() == 1) else {
+            return fail("manifest.json", "RepoTags must hold exactly one name");
+        };
+        if ref_name != *repo_tag
+            && ref_name != format!("docker.io/library/{repo_tag}")
+            && ref_name != format!("docker.io/{repo_tag}")
+        {
+            return fail(
+                "index.json",
+                format!("reference `{ref_name}` differs from manifest.json's `{repo_tag}`"),
+            );
+        }
+        let repository = match repo_tag.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => name.to_string(),
+            _ => repo_tag.clone(),
+        };
+        self.checks
+            .push("manifest.json agrees with index.json (config, layers, name)".into());
+
+        // 4. The cosign signature over the manifest digest.
+        let fingerprint = keys::fingerprint(self.key);
+        let sigs = self
+            .document(cosign::SIGNATURES_INDEX)
+            .map_err(|_| VerifyError::Check {
+                culprit: cosign::SIGNATURES_INDEX.into(),
+                message: "missing: the image is not signed".into(),
+            })?;
+        let sig_entries = sigs["manifests"].as_array().cloned().unwrap_or_default();
+        let kind = |k: &str| {
+            sig_entries
+                .iter()
+                .find(|e| e["annotations"][cosign::KIND_ANNOTATION] == k)
+                .cloned()
+        };
+        let image_entry = kind(cosign::KIND_IMAGE)
+            .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no image entry"))?;
+        if image_entry["digest"].as_str() != Some(manifest_digest.prefixed().as_str()) {
+            return fail(
+                cosign::SIGNATURES_INDEX,
+                format!(
+                    "is about {}, not the image in index.json ({manifest_digest})",
+                    image_entry["digest"]
+                ),
+            );
+        }
+        let sig_entry = kind(cosign::KIND_SIGS)
+            .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no signature manifest"))?;
+        let (sig_digest, sig_manifest) = self.json_blob(
+            &sig_entry,
+            cosign::SIGNATURES_INDEX,
+            "the signature manifest",
+        )?;
+        let sig_name = format!("signature manifest {sig_digest}");
+        self.json_blob(&sig_manifest["config"], &sig_name, "a config")?;
+        let sig_layer = sig_manifest["layers"][0].clone();
+        if sig_layer["mediaType"] != cosign::SIMPLE_SIGNING_MEDIA_TYPE {
+            return fail(&sig_name, "its layer is not a simple-signing payload");
+        }
+        let (payload_digest, payload_info) = self.blob(&sig_layer, &sig_name)?;
+        let payload_bytes = payload_info.json.clone().unwrap_or_default();
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(
+                sig_layer["annotations"][cosign::SIGNATURE_ANNOTATION]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+            .or_else(|_| {
+                fail(
+                    &sig_name,
+                    format!(
+                        "annotation `{}` is not base64",
+                        cosign::SIGNATURE_ANNOTATION
+                    ),
+                )
+            })?;
+        if !sign::verify(self.key, &payload_bytes, &signature) {
+            return fail(
+                &sig_name,
+                format!(
+                    "the signature over payload {payload_digest} does not verify with key sha256:{} (wrong key, or the signature was altered)",
+                    fingerprint.hex()
+                ),
+            );
+        }
+        let payload: Value = serde_json::from_slice(&payload_bytes)
+            .or_else(|e| fail(blob_name(&payload_digest), e.to_string()))?;
+        let signed = payload["critical"]["image"]["docker-manifest-digest"]
+            .as_str()
+            .unwrap_or_default();
+        if signed != manifest_digest.prefixed() {
+            return fail(
+                blob_name(&payload_digest),
+                format!(
+                    "the signed payload names manifest {signed}, but index.json points to {manifest_digest}"
+                ),
+            );
+        }
+        if payload["critical"]["type"] != "cosign container image signature" {
+            return fail(
+                blob_name(&payload_digest),
+                "critical.type is not `cosign container image signature`",
+            );
+        }
+        let signed_reference = payload["critical"]["identity"]["docker-reference"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if signed_reference != repository {
+            return fail(
+                blob_name(&payload_digest),
+                format!(
+                    "docker-reference `{signed_reference}` is not the image name `{repository}`"
+                ),
+            );
+        }
+        self.checks.push(format!(
+            "cosign signature over {manifest_digest} verifies with key sha256:{}",
+            fingerprint.hex()
+        ));
+
+        // 5. Attestations: SBOM and provenance, DSSE-signed by the same key, about this image.
+        let att_entry = kind(cosign::KIND_ATTS)
+            .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no attestation manifest"))?;
+        let (att_digest, att_manifest) = self.json_blob(
+            &att_entry,
+            cosign::SIGNATURES_INDEX,
+            "the attestation manifest",
+        )?;
+        let att_name = format!("attestation manifest {att_digest}");
+        self.json_blob(&att_manifest["config"], &att_name, "a config")?;
+        let mut statements: BTreeMap<String, Value> = BTreeMap::new();
+        for layer in att_manifest["layers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let predicate_type = layer["annotations"]["predicateType"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let (digest, envelope) = self.json_blob(&layer, &att_name, "a DSSE envelope")?;
+            let culprit = format!("{} ({predicate_type} attestation)", blob_name(&digest));
+            let envelope: dsse::Envelope = serde_json::from_value(envelope)
+                .or_else(|e| fail(&culprit, format!("is not a DSSE envelope: {e}")))?;
+            if !envelope.verify(self.key) {
+                return fail(
+                    &culprit,
+                    format!(
+                        "the DSSE signature does not verify with key sha256:{}",
+                        fingerprint.hex()
+                    ),
+                );
+            }
+            let statement: Value =
+                serde_json::from_slice(&envelope.statement().unwrap_or_default())
+                    .or_else(|e| fail(&culprit, format!("statement is not JSON: {e}")))?;
+            if statement["_type"] != attest::STATEMENT_TYPE
+                || statement["predicateType"] != predicate_type.as_str()
+            {
+                return fail(
+                    &culprit,
+                    "statement type or predicateType does not match its annotation",
+                );
+            }
+            let subjects = statement["subject"].as_array().cloned().unwrap_or_default();
+            if !subjects
+                .iter()
+                .any(|s| s["digest"]["sha256"].as_str() == Some(manifest_digest.hex().as_str()))
+            {
+                return fail(
+                    &culprit,
+                    format!("the statement's subject is not {manifest_digest}"),
+                );
+            }
+            statements.insert(predicate_type, statement);
+        }
+        let sbom = statements
+            .get(attest::sbom::PREDICATE_TYPE)
+            .ok_or_else(|| check(&att_name, "has no CycloneDX SBOM attestation"))?;
+        let provenance = statements
+            .get(attest::provenance::PREDICATE_TYPE)
+            .ok_or_else(|| check(&att_name, "has no SLSA provenance attestation"))?;
+        self.checks.push("SBOM (CycloneDX 1.6) and provenance (SLSA v1) attestations verify and name this manifest".into());
+
+        // 6. Model files and server in the layers equal the attested digests.
+        let bom = &sbom["predicate"];
+        let components = bom["components"].as_array().cloned().unwrap_or_default();
+        let model = components
+            .iter()
+            .find(|c| c["type"] == "machine-learning-model")
+            .cloned();
+        let report_model;
+        if let Some(model) = &model {
+            let dir = model["properties"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["name"] == "appliance:path"))
+                .and_then(|p| p["value"].as_str())
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
+            let mut listed = BTreeSet::new();
+            let mut report_files = Vec::new();
+            for f in model["components"].as_array().cloned().unwrap_or_default() {
+                let path = f["name"].as_str().unwrap_or_default().to_string();
+                let want = f["hashes"][0]["content"].as_str().unwrap_or_default();
+                let Some(found) = files.get(&path) else {
+                    return fail(&path, "is listed in the SBOM but is not in any layer");
+                };
+                if found.sha256.hex() != want {
+                    return fail(
+                        &path,
+                        format!(
+                            "sha256 in the layers is {}, the SBOM says {want}",
+                            found.sha256.hex()
+                        ),
+                    );
+                }
+                listed.insert(path.clone());
+                report_files.push(ReportFile {
+                    path: path
+                        .strip_prefix(&format!("{dir}/"))
+                        .unwrap_or(&path)
+                        .to_string(),
+                    sha256: want.to_string(),
+                    size: found.size,
+                });
+            }
+            if let Some(extra) = files
+                .keys()
+                .find(|p| p.starts_with(&format!("{dir}/")) && !listed.contains(*p))
+            {
+                return fail(extra, "is in the model directory but not in the SBOM");
+            }
+            for dep in provenance["predicate"]["buildDefinition"]["resolvedDependencies"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                let name = dep["name"].as_str().unwrap_or_default();
+                if name.starts_with(&format!("{dir}/")) {
+                    let want = dep["digest"]["sha256"].as_str().unwrap_or_default();
+                    if files.get(name).map(|f| f.sha256.hex()).as_deref() != Some(want) {
+                        return fail(
+                            name,
+                            format!("provenance says sha256 {want}, the layers disagree"),
+                        );
+                    }
+                }
+            }
+            self.checks.push(format!(
+                "{} model files in the layers match the SBOM and provenance digests",
+                listed.len()
+            ));
+            report_model = Some(ReportModel {
+                name: model["name"].as_str().unwrap_or_default().into(),
+                source: model["properties"]
+                    .as_array()
+                    .and_then(|p| p.iter().find(|p| p["name"] == "appliance:source"))
+                    .and_then(|p| p["value"].as_str())
+                    .unwrap_or_default()
+                    .into(),
+                revision: model["version"].as_str().unwrap_or_default().into(),
+                purl: model["purl"].as_str().map(str::to_string),
+                files: report_files,
+            });
+        } else {
+            return fail(
+                &att_name,
+                "the SBOM has no machine-learning-model component",
+            );
+        }
+        let server = components.iter().find(|c| c["bom-ref"] == "server");
+        let mut server_version = None;
+        let mut server_sha256 = None;
+        if let Some(server) = server {
+            let path = server["properties"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["name"] == "appliance:path"))
+                .and_then(|p| p["value"].as_str())
+                .unwrap_or_default()
+                .trim_start_matches('/');
+            let want = server["hashes"][0]["content"].as_str().unwrap_or_default();
+            if files.get(path).map(|f| f.sha256.hex()).as_deref() != Some(want) {
+                return fail(
+                    path,
+                    format!(
+                        "the server binary in the layers does not have the SBOM's sha256 {want}"
+                    ),
+                );
+            }
+            server_version = server["version"].as_str().map(str::to_string);
+            server_sha256 = Some(want.to_string());
+            self.checks
+                .push(format!("server binary /{path} matches the SBOM"));
+        }
+
+        // 7. Nothing unaccounted for.
+        if let Some(stray) = self
+            .scan
+            .blobs
+            .keys()
+            .find(|d| !self.referenced.contains(*d))
+        {
+            return fail(
+                blob_name(stray),
+                "is not referenced by the image or its signatures",
+            );
+        }
+        self.checks
+            .push("every blob is referenced by the image or its signatures".into());
+
+        let run = &config["config"];
+        Ok(Report {
+            image: repo_tag.clone(),
+            manifest_digest: manifest_digest.prefixed(),
+            config_digest: config_digest.prefixed(),
+            signer_fingerprint: format!("sha256:{}", fingerprint.hex()),
+            signed_reference,
+            model: report_model,
+            server_version,
+            server_sha256,
+            user: run["User"].as_str().unwrap_or_default().to_string(),
+            exposed_ports: run["ExposedPorts"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
+            layers: layers.len(),
+            blobs: self.scan.blobs.len(),
+            bytes_hashed: self.scan.bytes,
+            sbom_components: components.len(),
+            checks: self.checks,
+        })
+    }
+}
+
+fn check(culprit: &str, message: &str) -> VerifyError {
+    VerifyError::Check {
+        culprit: culprit.into(),
+        message: message.into(),
+    }
+}
+
+/// The human audit report.
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "Verified:     {}", r.image);
+    let _ = writeln!(out, "Digest:       {}", r.manifest_digest);
+    let _ = writeln!(out, "Config:       {}", r.config_digest);
+    let _ = writeln!(out, "Signed by:    key {}", r.signer_fingerprint);
+    let _ = writeln!(out, "Signed name:  {}", r.signed_reference);
+    if let Some(s) = &r.server_version {
+        let _ = writeln!(
+            out,
+            "Server:       appliance-server {s} (sha256 {})",
+            r.server_sha256.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(out, "User:         {}", r.user);
+    let _ = writeln!(out, "Ports:        {}", r.exposed_ports.join(", "));
+    if let Some(m) = &r.model {
+        let _ = writeln!(
+            out,
+            "Model:        {} ({}) revision {}",
+            m.name, m.source, m.revision
+        );
+        if let Some(purl) = &m.purl {
+            let _ = writeln!(out, "Model purl:   {purl}");
+        }
+        for f in &m.files {
+            let _ = writeln!(out, "  {}  {:>12}  {}", f.sha256, f.size, f.path);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "SBOM:         {} top-level components",
+        r.sbom_components
+    );
+    let _ = writeln!(out, "Checked:");
+    for c in &r.checks {
+        let _ = writeln!(out, "  ok  {c}");
+    }
+    out
+}

@@ -1,0 +1,318 @@
+//! Reads an image tarball once, front to back, never extracting it: every blob is hashed as it
+//! streams past, layer blobs are additionally unpacked on the fly (decompressed if needed) to
+//! hash the uncompressed tar (the diff_id) and every regular file inside. Only JSON documents
+//! (bounded in size) are kept in memory; memory does not grow with layer size.
+//!
+//! Hostile archives are refused here: absolute or `..` paths, links, devices, FIFOs, duplicate
+//! entries, unknown names, oversized documents and truncation each fail naming the entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Cursor, Read};
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::{HashingReader, Sha256Digest};
+
+/// JSON documents and blobs that parse as JSON are kept only up to this size (containerd's limit
+/// is 20 MiB; ours are a few KiB).
+pub const MAX_DOCUMENT: u64 = 16 << 20;
+
+/// Whole-file names a tarball may hold besides blobs.
+const DOCUMENTS: &[&str] = &[
+    "oci-layout",
+    "index.json",
+    "manifest.json",
+    "signatures/index.json",
+];
+const DIRECTORIES: &[&str] = &["blobs", "blobs/sha256", "signatures"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("Failed to read `{path}`")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{entry}`: {message}")]
+    Entry { entry: String, message: String },
+}
+
+fn bad(entry: impl Into<String>, message: impl Into<String>) -> ScanError {
+    ScanError::Entry {
+        entry: entry.into(),
+        message: message.into(),
+    }
+}
+
+/// One regular file inside a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerFile {
+    pub sha256: Sha256Digest,
+    pub size: u64,
+}
+
+/// What the scan learned about one blob.
+#[derive(Debug, Default)]
+pub struct BlobInfo {
+    pub size: u64,
+    /// sha256 of the stored bytes (compared to the blob's name by the checks).
+    pub actual: Option<Sha256Digest>,
+    /// For tar layers: sha256 of the uncompressed tar.
+    pub diff_id: Option<Sha256Digest>,
+    /// For tar layers: regular files by path (no leading `/` or `./`).
+    pub files: BTreeMap<String, LayerFile>,
+    /// Why the blob could not be read as a layer, if it looked like one.
+    pub layer_error: Option<String>,
+    /// The bytes, for blobs that look like JSON and are small.
+    pub json: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Keyed by the digest in the blob's name.
+    pub blobs: BTreeMap<Sha256Digest, BlobInfo>,
+    pub documents: BTreeMap<String, Vec<u8>>,
+    pub bytes: u64,
+}
+
+/// Counts bytes read, so truncation and the end-of-archive marker can be checked.
+struct Counting<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+pub fn scan(path: &Path) -> Result<Scan, ScanError> {
+    let shown = path.display().to_string();
+    let io_err = |source| ScanError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let reader = Counting {
+        inner: io::BufReader::with_capacity(1 << 20, file),
+        count: 0,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut scan = Scan::default();
+    let mut seen = BTreeSet::new();
+    let mut end_of_last = 0u64;
+    for entry in archive.entries().map_err(io_err)? {
+        let mut entry = entry.map_err(|e| bad(&shown, format!("unreadable tar header: {e}")))?;
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8(raw).map_err(|_| bad(&shown, "an entry name is not UTF-8"))?;
+        let name = safe_name(&name)?;
+        if !seen.insert(name.clone()) {
+            return Err(bad(
+                &name,
+                "duplicate entry (a second copy could shadow the first)",
+            ));
+        }
+        let header = entry.header();
+        let kind = header.entry_type();
+        let size = entry.size();
+        end_of_last = entry.raw_file_position() + size.div_ceil(512) * 512;
+        match kind {
+            tar::EntryType::Directory if DIRECTORIES.contains(&name.as_str()) => continue,
+            tar::EntryType::Regular => {}
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                return Err(bad(
+                    &name,
+                    "is a link; image tarballs hold regular files only",
+                ));
+            }
+            other => {
+                return Err(bad(
+                    &name,
+                    format!("is not a regular file (tar entry type {:?})", other),
+                ));
+            }
+        }
+        if DOCUMENTS.contains(&name.as_str()) {
+            if size > MAX_DOCUMENT {
+                return Err(bad(
+                    &name,
+                    format!("is {size} bytes; documents are limited to {MAX_DOCUMENT}"),
+                ));
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| bad(&name, e.to_string()))?;
+            if bytes.len() as u64 != size {
+                return Err(truncated(&name, bytes.len() as u64, size));
+            }
+            scan.documents.insert(name, bytes);
+            continue;
+        }
+        let Some(hex) = name.strip_prefix("blobs/sha256/") else {
+            return Err(bad(&name, "unexpected entry in an image tarball"));
+        };
+        let digest =
+            Sha256Digest::parse(hex).map_err(|_| bad(&name, "blob name is not a sha256 digest"))?;
+        let info = read_blob(&mut entry, size, &name)?;
+        scan.bytes += size;
+        scan.blobs.insert(digest, info);
+    }
+    let mut reader = archive.into_inner();
+    let mut rest = Vec::new();
+    (&mut reader)
+        .take(1 << 20)
+        .read_to_end(&mut rest)
+        .map_err(io_err)?;
+    let total = reader.count;
+    if rest.iter().any(|&b| b != 0) {
+        return Err(bad(&shown, "data after the end-of-archive marker"));
+    }
+    if total < end_of_last + 1024 {
+        return Err(bad(
+            &shown,
+            "truncated archive: the end-of-archive marker is missing",
+        ));
+    }
+    Ok(scan)
+}
+
+fn truncated(name: &str, got: u64, want: u64) -> ScanError {
+    bad(
+        name,
+        format!("truncated archive: {got} of {want} bytes present"),
+    )
+}
+
+/// Normalises an entry name and refuses absolute paths and `..`.
+fn safe_name(name: &str) -> Result<String, ScanError> {
+    if name.starts_with('/') {
+        return Err(bad(name, "absolute path in the archive"));
+    }
+    let trimmed = name.trim_start_matches("./").trim_end_matches('/');
+    if trimmed.split('/').any(|c| c == "..") || trimmed.is_empty() || trimmed.contains('\\') {
+        return Err(bad(name, "path escapes the archive (`..`) or is empty"));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Hashes one blob; unpacks it on the fly if it is a (possibly compressed) tar.
+fn read_blob(entry: &mut impl Read, size: u64, name: &str) -> Result<BlobInfo, ScanError> {
+    let read_err = |e: io::Error| bad(name, e.to_string());
+    let mut outer = HashingReader::new(entry);
+    let mut head = Vec::with_capacity(512);
+    (&mut outer)
+        .take(512)
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    let mut info = BlobInfo {
+        size,
+        ..BlobInfo::default()
+    };
+    let looks_json = matches!(
+        head.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    );
+    let is_tar = head.len() >= 262 && &head[257..262] == b"ustar";
+    if looks_json && size <= MAX_DOCUMENT {
+        let mut bytes = head;
+        outer.read_to_end(&mut bytes).map_err(read_err)?;
+        info.json = Some(bytes);
+    } else if is_tar
+        || head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+    {
+        let (diff_id, files, error) = {
+            let stream = Cursor::new(head).chain(&mut outer);
+            read_layer(stream)
+        };
+        info.diff_id = diff_id;
+        info.files = files;
+        info.layer_error = error;
+    }
+    io::copy(&mut outer, &mut io::sink()).map_err(read_err)?;
+    let (_, digest, count) = outer.finish();
+    if count != size {
+        return Err(truncated(name, count, size));
+    }
+    info.actual = Some(digest);
+    Ok(info)
+}
+
+type LayerScan = (
+    Option<Sha256Digest>,
+    BTreeMap<String, LayerFile>,
+    Option<String>,
+);
+
+/// diff_id and per-file digests of a layer stream; errors are recorded, not raised, so the
+/// blob's own digest (the more precise culprit) is still computed.
+fn read_layer<R: Read>(mut stream: R) -> LayerScan {
+    let mut magic = [0u8; 4];
+    let mut head = Vec::new();
+    if let Err(e) = (&mut stream).take(4).read_to_end(&mut head) {
+        return (None, BTreeMap::new(), Some(e.to_string()));
+    }
+    magic[..head.len()].copy_from_slice(&head);
+    let stream = Cursor::new(head).chain(stream);
+    let decoded: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(stream))
+    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        match zstd::stream::read::Decoder::new(stream) {
+            Ok(d) => Box::new(d),
+            Err(e) => return (None, BTreeMap::new(), Some(e.to_string())),
+        }
+    } else {
+        Box::new(stream)
+    };
+    let mut hashed = HashingReader::new(decoded);
+    let mut files = BTreeMap::new();
+    let mut error = None;
+    {
+        let mut inner = tar::Archive::new(&mut hashed);
+        let walk = (|| -> io::Result<()> {
+            for entry in inner.entries()? {
+                let mut entry = entry?;
+                if entry.header().entry_type() != tar::EntryType::Regular {
+                    continue;
+                }
+                let path = String::from_utf8_lossy(&entry.path_bytes())
+                    .trim_start_matches("./")
+                    .trim_start_matches('/')
+                    .to_string();
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 1 << 16];
+                let mut size = 0u64;
+                loop {
+                    let n = entry.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    size += n as u64;
+                }
+                files.insert(
+                    path,
+                    LayerFile {
+                        sha256: Sha256Digest::from_hasher(hasher),
+                        size,
+                    },
+                );
+            }
+            Ok(())
+        })();
+        if let Err(e) = walk {
+            error = Some(e.to_string());
+        }
+    }
+    if let Err(e) = io::copy(&mut hashed, &mut io::sink()) {
+        error.get_or_insert(e.to_string());
+    }
+    let (_, diff_id, _) = hashed.finish();
+    (Some(diff_id), files, error)
+}

@@ -1,0 +1,817 @@
+//! Hub models end to end: `appliance lock`, `fetch` and `build` against a fake Hugging Face Hub
+//! on 127.0.0.1 serving the `qwen2-tied` reference checkpoint, with injected faults. Every fault
+//! test asserts the outcome and that nothing corrupt reached the cache (as a verified file) or
+//! the output tarball.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::fake_hub::{FakeHub, Fault};
+use support::paths::{appliance_bin, shared_fixtures};
+
+const REPO: &str = "org/tiny";
+const WEIGHTS: &str = "model.safetensors";
+/// The files the default `model.files` globs select from the fixture (not `reference.json`).
+const PACKAGED: [&str; 6] = [
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+/// A temp dir holding a manifest for `org/tiny`, an empty Hugging Face cache and appliance cache.
+struct Site {
+    dir: tempfile::TempDir,
+    hub_url: String,
+    hf_home: PathBuf,
+}
+
+impl Site {
+    fn new(hub: &FakeHub) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = format!(
+            "[image]\nname = \"registry.local/llm/tiny\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
+             [model]\nhf = \"{REPO}\"\nrevision = \"main\"\n[server]\nserved_model_name = \"tiny\"\n"
+        );
+        std::fs::write(dir.path().join("manifest.toml"), manifest).unwrap();
+        let hf_home = dir.path().join("hf");
+        Self {
+            hub_url: hub.url.clone(),
+            hf_home,
+            dir,
+        }
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.dir.path().join("manifest.toml")
+    }
+
+    fn lock(&self) -> PathBuf {
+        self.dir.path().join("manifest.lock")
+    }
+
+    fn output(&self) -> PathBuf {
+        self.dir.path().join("out.tar")
+    }
+
+    fn cache_repo(&self) -> PathBuf {
+        self.hf_home.join("hub/models--org--tiny")
+    }
+
+    fn quarantine(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("appliance/hub/quarantine/models--org--tiny")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(appliance_bin());
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_TOKEN_PATH")
+            .env_remove("XDG_CACHE_HOME")
+            .env("HF_ENDPOINT", &self.hub_url)
+            .env("HF_HOME", &self.hf_home)
+            .env("APPLIANCE_CACHE", self.dir.path().join("appliance"))
+            .env("HOME", self.dir.path().join("home"))
+            // Backoff of a millisecond: fault tests stay fast; only `Retry-After` can cause a
+            // wait of a second.
+            .env("APPLIANCE_HUB_RETRY_BASE_MS", "1");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &[])
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        support::run_with_timeout(&mut cmd, Duration::from_secs(300))
+    }
+
+    fn build(&self, extra: &[&str]) -> Output {
+        let m = self.manifest();
+        let o = self.output();
+        let mut args = vec![
+            "build",
+            m.to_str().unwrap(),
+            "--output",
+            o.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+}
+
+fn fixture() -> PathBuf {
+    shared_fixtures().join("models/qwen2-tied")
+}
+
+fn hub_with_fixture() -> (FakeHub, String) {
+    let hub = FakeHub::start();
+    let commit = hub.commit_dir(REPO, "main", &fixture());
+    (hub, commit)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+}
+
+#[track_caller]
+fn assert_fails_with(out: &Output, needles: &[&str]) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        stderr(out)
+    );
+    let err = stderr(out);
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks `{n}`:\n{err}");
+    }
+    err
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// path → bytes of every regular file in every layer of the tarball.
+fn layer_files(tarball: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut outer = tar::Archive::new(std::fs::File::open(tarball).unwrap());
+    for e in outer.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        e.read_to_end(&mut bytes).unwrap();
+        blobs.insert(name, bytes);
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&blobs["manifest.json"]).unwrap();
+    let mut out = BTreeMap::new();
+    for layer in manifest[0]["Layers"].as_array().unwrap() {
+        let mut archive = tar::Archive::new(&blobs[layer.as_str().unwrap()][..]);
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.header().entry_type().is_file() {
+                let path = e.path().unwrap().to_string_lossy().into_owned();
+                let mut bytes = Vec::new();
+                e.read_to_end(&mut bytes).unwrap();
+                out.insert(path, bytes);
+            }
+        }
+    }
+    out
+}
+
+/// The tarball's model files are exactly the fixture's bytes.
+#[track_caller]
+fn assert_image_has_fixture_bytes(tarball: &Path) {
+    let files = layer_files(tarball);
+    for name in PACKAGED {
+        let expected = std::fs::read(fixture().join(name)).unwrap();
+        let got = files
+            .get(&format!("models/tiny/{name}"))
+            .unwrap_or_else(|| panic!("`models/tiny/{name}` not in the image"));
+        assert!(
+            *got == expected,
+            "`{name}` in the image differs from the fixture"
+        );
+    }
+    assert!(!files.contains_key("models/tiny/reference.json"));
+}
+
+/// Nothing for `file` is in the cache as a verified file: no snapshot entry, no blob of it.
+#[track_caller]
+fn assert_not_cached(site: &Site, commit: &str, file: &str) {
+    let link = site.cache_repo().join("snapshots").join(commit).join(file);
+    assert!(!link.exists(), "`{}` is in the cache", link.display());
+    let good = sha256_hex(&std::fs::read(fixture().join(file)).unwrap());
+    let blobs = site.cache_repo().join("blobs");
+    for e in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(name != good, "blob `{name}` is in the cache");
+    }
+}
+
+fn requests_for(hub: &FakeHub, file: &str) -> Vec<support::fake_hub::LoggedRequest> {
+    hub.requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(&format!("/{file}")))
+        .collect()
+}
+
+#[test]
+fn lock_then_locked_build_packages_the_exact_hub_bytes() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    let out = site.run(&["lock", site.manifest().to_str().unwrap()]);
+    assert_ok(&out);
+
+    let lock: toml::Value = toml::from_str(&std::fs::read_to_string(site.lock()).unwrap()).unwrap();
+    assert_eq!(lock["model"]["repo"].as_str(), Some(REPO));
+    assert_eq!(lock["model"]["revision"].as_str(), Some("main"));
+    assert_eq!(lock["model"]["commit"].as_str(), Some(commit.as_str()));
+    let files = lock["model"]["files"].as_array().unwrap();
+    let locked: Vec<(&str, i64, &str)> = files
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap(),
+                f["size"].as_integer().unwrap(),
+                f["sha256"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(locked.iter().map(|f| f.0).collect::<Vec<_>>(), PACKAGED);
+    for (path, size, sha) in &locked {
+        let bytes = std::fs::read(fixture().join(path)).unwrap();
+        assert_eq!(*size as usize, bytes.len(), "{path}");
+        assert_eq!(*sha, sha256_hex(&bytes), "{path}");
+    }
+
+    // The standard Hugging Face layout: refs, snapshot symlinks into blobs named by ETag.
+    let repo = site.cache_repo();
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+        commit
+    );
+    let weights = repo.join("snapshots").join(&commit).join(WEIGHTS);
+    let weights_sha = sha256_hex(&std::fs::read(fixture().join(WEIGHTS)).unwrap());
+    assert_eq!(
+        std::fs::read_link(&weights).unwrap(),
+        PathBuf::from(format!("../../blobs/{weights_sha}"))
+    );
+
+    let before = std::fs::read(site.lock()).unwrap();
+    let out = site.build(&["--locked"]);
+    assert_ok(&out);
+    assert_image_has_fixture_bytes(&site.output());
+    assert_eq!(
+        std::fs::read(site.lock()).unwrap(),
+        before,
+        "--locked rewrote the lock"
+    );
+
+    // The image records the resolved commit, not the branch name.
+    let out = site.run(&["inspect", "--json", site.output().to_str().unwrap()]);
+    assert_ok(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["model"]["revision"].as_str(), Some(commit.as_str()));
+}
+
+#[test]
+fn build_without_lock_writes_one() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    assert!(!site.lock().exists());
+    assert_ok(&site.build(&[]));
+    let text = std::fs::read_to_string(site.lock()).unwrap();
+    assert!(text.contains(&commit), "{text}");
+    assert_image_has_fixture_bytes(&site.output());
+    // `--locked` without a lock is refused.
+    std::fs::remove_file(site.lock()).unwrap();
+    assert_fails_with(
+        &site.build(&["--locked"]),
+        &["--locked", "no lock file", "appliance lock"],
+    );
+}
+
+#[test]
+fn flipped_byte_is_rejected_quarantined_and_not_packaged() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    hub.fault(WEIGHTS, Fault::FlipByte, 1);
+    let good = sha256_hex(&std::fs::read(fixture().join(WEIGHTS)).unwrap());
+    let err = assert_fails_with(
+        &site.build(&[]),
+        &[
+            "sha256 mismatch for `model.safetensors`",
+            &good,
+            "Hub metadata",
+            "quarantined",
+        ],
+    );
+    assert!(!site.output().exists(), "a tarball was written: {err}");
+    assert_not_cached(&site, &commit, WEIGHTS);
+    let quarantined = site.quarantine().join(&commit).join(WEIGHTS);
+    let bad = std::fs::read(&quarantined).unwrap();
+    assert_eq!(
+        bad.len(),
+        std::fs::metadata(fixture().join(WEIGHTS)).unwrap().len() as usize
+    );
+    assert_ne!(sha256_hex(&bad), good);
+    assert!(
+        !site.lock().exists(),
+        "a lock was written for corrupt bytes"
+    );
+
+    // The fault is spent: the next build downloads good bytes.
+    assert_ok(&site.build(&[]));
+    assert_image_has_fixture_bytes(&site.output());
+}
+
+#[test]
+fn truncated_body_is_never_cached_and_later_resumes() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    let size = std::fs::metadata(fixture().join(WEIGHTS)).unwrap().len();
+    hub.fault(WEIGHTS, Fault::Truncate, 1000);
+    assert_fails_with(
+        &site.build(&[]),
+        &[
+            "Download of `model.safetensors` failed after 6 attempts",
+            &format!("of {size} bytes"),
+        ],
+    );
+    assert!(!site.output().exists());
+    assert_not_cached(&site, &commit, WEIGHTS);
+    let partials: Vec<_> = std::fs::read_dir(site.cache_repo().join("blobs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".incomplete"))
+        .collect();
+    assert_eq!(partials.len(), 1, "the partial download is kept to resume");
+    let partial_len = partials[0].metadata().unwrap().len();
+    assert!(partial_len > 0 && partial_len < size);
+
+    hub.clear_faults();
+    assert_ok(&site.build(&[]));
+    assert_image_has_fixture_bytes(&site.output());
+    let ranged = requests_for(&hub, WEIGHTS)
+        .into_iter()
+        .filter(|r| r.range.as_deref() == Some(&format!("bytes={partial_len}-")))
+        .count();
+    assert!(
+        ranged >= 1,
+        "the second build did not resume from the partial file"
+    );
+}
+
+#[test]
+fn dropped_connection_resumes_from_bytes_on_disk() {
+    let (hub, _) = hub_with_fixture();
+    let site = Site::new(&hub);
+    hub.fault(WEIGHTS, Fault::DropAfter(200_000), 1);
+    assert_ok(&site.build(&[]));
+    assert_image_has_fixture_bytes(&site.output());
+    let reqs = requests_for(&hub, WEIGHTS);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[0].range, None);
+    assert_eq!(reqs[1].range.as_deref(), Some("bytes=200000-"));
+    assert_eq!(reqs[1].status, 206);
+}
+
+#[test]
+fn rate_limit_429_then_success_honours_retry_after() {
+    let (hub, _) = hub_with_fixture();
+    let site = Site::new(&hub);
+    hub.fault(
+        WEIGHTS,
+        Fault::Status {
+            code: 429,
+            retry_after: Some(1),
+        },
+        1,
+    );
+    assert_ok(&site.build(&[]));
+    assert_image_has_fixture_bytes(&site.output());
+    let reqs = requests_for(&hub, WEIGHTS);
+    assert_eq!(
+        reqs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [429, 200]
+    );
+    // With a 1 ms backoff base, only `Retry-After: 1` explains a wait of a second.
+    let waited = reqs[1].at.duration_since(reqs[0].at);
+    assert!(
+        waited >= Duration::from_millis(950),
+        "retried after {waited:?}"
+    );
+}
+
+#[test]
+fn server_error_500_twice_then_success() {
+    let (hub, _) = hub_with_fixture();
+    let site = Site::new(&hub);
+    hub.fault(
+        "config.json",
+        Fault::Status {
+            code: 500,
+            retry_after: None,
+        },
+        2,
+    );
+    hub.fault(
+        "@api",
+        Fault::Status {
+            code: 503,
+            retry_after: None,
+        },
+        1,
+    );
+    assert_ok(&site.build(&[]));
+    assert_image_has_fixture_bytes(&site.output());
+    let statuses: Vec<u16> = requests_for(&hub, "config.json")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [500, 500, 200]);
+}
+
+#[test]
+fn unauthorized_401_says_to_set_hf_token_without_printing_it() {
+    let (hub, _) = hub_with_fixture();
+    let site = Site::new(&hub);
+    hub.require_token("hf_right_token_123");
+    let out = site.run_with(
+        &["build", site.manifest().to_str().unwrap()],
+        &[("HF_TOKEN", "hf_wrong_token_456")],
+    );
+    let err = assert_fails_with(
+        &out,
+        &[
+            "refused access to `org/tiny` (HTTP 401)",
+            "HF_TOKEN",
+            "license",
+        ],
+    );
+    assert!(!err.contains("hf_wrong_token_456"), "{err}");
+    assert!(!site.lock().exists());
+}
+
+#[test]
+fn token_never_reaches_the_tarball_the_lock_or_the_output() {
+    let (hub, _) = hub_with_fixture();
+    let site = Site::new(&hub);
+    let token = "hf_SeCrEt_tOkEn_0123456789abcdef";
+    hub.require_token(token);
+    let m = site.manifest();
+    let o = site.output();
+    let out = site.run_with(
+        &[
+            "build",
+            m.to_str().unwrap(),
+            "--output",
+            o.to_str().unwrap(),
+        ],
+        &[("HF_TOKEN", token)],
+    );
+    assert_ok(&out);
+    assert_image_has_fixture_bytes(&site.output());
+    assert!(
+        hub.requests()
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {token}"))),
+        "a request went without the token"
+    );
+    let needle = token.as_bytes();
+    let contains = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !contains(&std::fs::read(site.output()).unwrap()),
+        "token in the tarball"
+    );
+    assert!(
+        !contains(&std::fs::read(site.lock()).unwrap()),
+        "token in the lock"
+    );
+    assert!(
+        !contains(&out.stdout) && !contains(&out.stderr),
+        "token in the output"
+    );
+    // Layers are stored uncompressed or gzip/zstd; the default manifest has none compressed,
+    // so the byte scan above covers every file in the image.
+
+    // The token file (`$HF_HOME/token`) works the same way.
+    std::fs::create_dir_all(&site.hf_home).unwrap();
+    std::fs::write(site.hf_home.join("token"), format!("{token}\n")).unwrap();
+    std::fs::remove_dir_all(site.cache_repo()).unwrap();
+    let out = site.run(&["lock", m.to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(!contains(&std::fs::read(site.lock()).unwrap()));
+    assert!(!contains(&out.stdout) && !contains(&out.stderr));
+}
+
+#[test]
+fn not_found_404_names_the_file_and_commit() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    hub.fault(
+        "tokenizer.json",
+        Fault::Status {
+            code: 404,
+            retry_after: None,
+        },
+        1,
+    );
+    assert_fails_with(
+        &site.build(&[]),
+        &[
+            "`tokenizer.json` was not found in `org/tiny` at commit",
+            &commit,
+            "404",
+        ],
+    );
+    assert!(!site.output().exists());
+    assert_not_cached(&site, &commit, "tokenizer.json");
+
+    let text = std::fs::read_to_string(site.manifest())
+        .unwrap()
+        .replace("revision = \"main\"", "revision = \"no-such-branch\"");
+    std::fs::write(site.manifest(), text).unwrap();
+    assert_fails_with(
+        &site.build(&[]),
+        &["Revision `no-such-branch` of `org/tiny` was not found"],
+    );
+}
+
+#[test]
+fn wrong_repo_commit_header_is_refused() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    hub.fault("config.json", Fault::WrongCommit, 1);
+    assert_fails_with(
+        &site.build(&[]),
+        &["X-Repo-Commit", &"f".repeat(40), &commit, "`config.json`"],
+    );
+    assert!(!site.output().exists());
+    assert_not_cached(&site, &commit, "config.json");
+}
+
+#[test]
+fn branch_moved_between_lock_and_build() {
+    let (hub, old) = hub_with_fixture();
+    let site = Site::new(&hub);
+    assert_ok(&site.run(&["lock", site.manifest().to_str().unwrap()]));
+    let locked = std::fs::read(site.lock()).unwrap();
+
+    // `main` moves to a commit with another config.json.
+    let mut files: Vec<(String, Vec<u8>)> = PACKAGED
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(fixture().join(n)).unwrap()))
+        .collect();
+    files[1].1.extend_from_slice(b"\n");
+    let new = hub.commit(REPO, "main", &files);
+
+    assert_fails_with(
+        &site.build(&["--locked"]),
+        &["now resolves to commit", &new, &old, "appliance lock"],
+    );
+    assert!(!site.output().exists());
+
+    // Without `--locked` the lock still decides: the locked commit's bytes are packaged.
+    assert_ok(&site.build(&[]));
+    assert_image_has_fixture_bytes(&site.output());
+    assert_eq!(std::fs::read(site.lock()).unwrap(), locked);
+
+    // `appliance lock` moves to the new commit.
+    assert_ok(&site.run(&["lock", site.manifest().to_str().unwrap()]));
+    let text = std::fs::read_to_string(site.lock()).unwrap();
+    assert!(text.contains(&new) && !text.contains(&old), "{text}");
+}
+
+#[test]
+fn corrupted_cache_file_is_caught_and_quarantined() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    assert_ok(&site.run(&["fetch", site.manifest().to_str().unwrap()]));
+    let blob_of = |file: &str| {
+        std::fs::canonicalize(site.cache_repo().join("snapshots").join(&commit).join(file)).unwrap()
+    };
+    let flip = |path: &Path, keep_mtime: bool| {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[10] ^= 0x01;
+        std::fs::write(path, &bytes).unwrap();
+        if keep_mtime {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        }
+    };
+
+    // Changed size or mtime: the stamp no longer matches, the file is rehashed and refused.
+    let blob = blob_of("config.json");
+    flip(&blob, false);
+    assert_fails_with(
+        &site.build(&["--offline"]),
+        &[
+            "sha256 mismatch for `config.json`",
+            "manifest.lock",
+            "quarantined",
+        ],
+    );
+    assert!(!site.output().exists());
+    assert!(!blob.exists(), "the corrupt blob is still in the cache");
+    assert!(
+        site.quarantine()
+            .join(&commit)
+            .join("config.json")
+            .is_file()
+    );
+
+    // Online, the quarantined file is downloaded again.
+    assert_ok(&site.build(&[]));
+    assert_image_has_fixture_bytes(&site.output());
+    std::fs::remove_file(site.output()).unwrap();
+
+    // Same size and mtime: the stamp still matches, yet the packaged bytes are checked against
+    // the verified digest, so the corruption never reaches an image...
+    let blob = blob_of("tokenizer.json");
+    flip(&blob, true);
+    assert_fails_with(
+        &site.build(&["--offline"]),
+        &["`tokenizer.json` changed in the cache"],
+    );
+    assert!(!site.output().exists());
+    // ...and `--verify-cache` finds it before packaging, and quarantines it.
+    assert_fails_with(
+        &site.build(&["--offline", "--verify-cache"]),
+        &["sha256 mismatch for `tokenizer.json`", "quarantined"],
+    );
+    assert!(!blob.exists());
+}
+
+#[test]
+fn offline_with_a_cold_cache_lists_every_missing_file_and_makes_no_request() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    assert_ok(&site.run(&["lock", site.manifest().to_str().unwrap()]));
+    std::fs::remove_dir_all(&site.hf_home).unwrap();
+    let before = hub.requests().len();
+
+    let err = assert_fails_with(
+        &site.build(&["--offline"]),
+        &[
+            "Offline",
+            "lacks 6 file(s) of `org/tiny` at commit",
+            &commit,
+            "appliance fetch",
+        ],
+    );
+    for name in PACKAGED {
+        assert!(
+            err.contains(&format!("  - {name}")),
+            "`{name}` not listed:\n{err}"
+        );
+    }
+    // `HF_HUB_OFFLINE=1` without a lock: the revision cannot even be resolved.
+    std::fs::remove_file(site.lock()).unwrap();
+    let m = site.manifest();
+    let out = site.run_with(&["build", m.to_str().unwrap()], &[("HF_HUB_OFFLINE", "1")]);
+    assert_fails_with(
+        &out,
+        &[
+            "Offline",
+            "revision `main` (not resolved in the cache)",
+            "appliance fetch",
+        ],
+    );
+    assert_eq!(
+        hub.requests().len(),
+        before,
+        "an offline build touched the network"
+    );
+}
+
+#[test]
+fn offline_build_after_fetch_makes_no_request() {
+    let (hub, _) = hub_with_fixture();
+    let site = Site::new(&hub);
+    assert_ok(&site.run(&["fetch", site.manifest().to_str().unwrap(), "--jobs", "2"]));
+    let before = hub.requests().len();
+    assert_ok(&site.build(&["--offline", "--locked"]));
+    assert_image_has_fixture_bytes(&site.output());
+    // Without the lock, the cache's `refs/main` resolves the branch.
+    std::fs::remove_file(site.lock()).unwrap();
+    let m = site.manifest();
+    let o = site.output();
+    let out = site.run_with(
+        &[
+            "build",
+            m.to_str().unwrap(),
+            "--output",
+            o.to_str().unwrap(),
+        ],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    assert_ok(&out);
+    assert_eq!(
+        hub.requests().len(),
+        before,
+        "an offline build touched the network"
+    );
+}
+
+/// Runs huggingface_hub (installed by `scripts/install-test-deps`) against the fake Hub.
+fn python_hf(site: &Site, script: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .env("HF_ENDPOINT", &site.hub_url)
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env_remove("HF_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    support::run_with_timeout(&mut cmd, Duration::from_secs(120))
+}
+
+#[test]
+fn huggingface_hub_and_appliance_share_one_cache_both_ways() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    let cache = site.hf_home.join("hub");
+
+    // huggingface_hub fills the cache; appliance builds from it offline, with no lock.
+    let script = format!(
+        "from huggingface_hub import snapshot_download\n\
+         print(snapshot_download('{REPO}', cache_dir='{}', allow_patterns=['*.json', '*.safetensors', '*.jinja']))",
+        cache.display()
+    );
+    assert_ok(&python_hf(&site, &script, &[]));
+    let before = hub.requests().len();
+    assert_ok(&site.build(&["--offline"]));
+    assert_image_has_fixture_bytes(&site.output());
+    assert_eq!(
+        hub.requests().len(),
+        before,
+        "an offline build touched the network"
+    );
+
+    // appliance fills a fresh cache; huggingface_hub reads it with the network off.
+    std::fs::remove_dir_all(&site.hf_home).unwrap();
+    std::fs::remove_file(site.lock()).unwrap();
+    assert_ok(&site.run(&["fetch", site.manifest().to_str().unwrap()]));
+    let script = format!(
+        "from huggingface_hub import hf_hub_download\n\
+         for f in {PACKAGED:?}: print(hf_hub_download('{REPO}', f, cache_dir='{}', local_files_only=True))",
+        cache.display()
+    );
+    let out = python_hf(&site, &script, &[("HF_HUB_OFFLINE", "1")]);
+    assert_ok(&out);
+    let paths: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(paths.len(), PACKAGED.len());
+    for (name, path) in PACKAGED.iter().zip(&paths) {
+        assert!(path.contains(&commit), "{path}");
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            std::fs::read(fixture().join(name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn disk_full_is_refused_before_downloading_anything() {
+    let (hub, commit) = hub_with_fixture();
+    let site = Site::new(&hub);
+    let huge: u64 = 1 << 60;
+    hub.declare_size(REPO, &commit, WEIGHTS, huge);
+    assert_fails_with(
+        &site.build(&[]),
+        &[
+            "Not enough disk space in `",
+            "blobs`: the download needs",
+            "bytes are available",
+        ],
+    );
+    assert!(
+        hub.requests().iter().all(|r| !r.path.contains("/resolve/")),
+        "a download started"
+    );
+    assert!(!site.output().exists());
+}
