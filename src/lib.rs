@@ -19,6 +19,7 @@ pub mod layers;
 pub mod lock;
 pub mod manifest;
 pub mod progress;
+pub mod secret;
 pub mod server_binary;
 pub mod sign;
 pub mod summary;

@@ -78,7 +78,7 @@ pub struct ModelFileSummary {
 }
 
 /// The digest auditors can recompute with `sha256sum`: in the model directory,
-/// `sha256sum $(find . -type f | sort) | sed 's| \./| |' | sha256sum` hashes the lines
+/// `find . -type f | sed 's|^\./||' | LC_ALL=C sort | xargs sha256sum | sha256sum` hashes the lines
 /// `<hex>  <path>\n` in path order, which is what this hashes.
 pub fn files_digest(files: &[ModelFileSummary]) -> crate::digest::Sha256Digest {
     let mut sorted: Vec<&ModelFileSummary> = files.iter().collect();

@@ -10,12 +10,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use support::builder::{LLAMA_GQA as NAME, build_llama_gqa};
 use support::elf::assert_rootfs_loads;
-use support::{
-    Dockerd, appliance_bin, require_tool, run_ok, server_bin, shared_fixtures, umoci_unpack,
-};
+use support::{Dockerd, hardened_run, require_tool, run_ok, server_bin, umoci_unpack};
 
-const NAME: &str = "registry.local/llm/llama-gqa";
 const BASE: &str = "appliance-test/base:1";
 
 /// The libraries the server binary needs on this host, as the host's own `ldd` reports them
@@ -154,30 +152,16 @@ fn docker_base(docker: &Dockerd, dir: &Path, tag: &str, omit: Option<&str>) -> (
 }
 
 fn build(dir: &Path, base: &Path, digest: &str, out_name: &str) -> (PathBuf, Output) {
-    let model = shared_fixtures().join("models/llama-gqa");
-    let manifest = dir.join(format!("{out_name}.toml"));
-    std::fs::write(
-        &manifest,
-        format!(
-            "[image]\nname = \"{NAME}\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
-             [model]\npath = \"{}\"\n[server]\nserved_model_name = \"llama-gqa\"\n\
-             [runtime]\nbase = {{ image = \"{}\", digest = \"{digest}\" }}\n",
-            model.display(),
+    let tarball = dir.join(format!("{out_name}.tar"));
+    let out = build_llama_gqa(
+        &dir.join(format!("{out_name}.toml")),
+        "",
+        &format!(
+            "[runtime]\nbase = {{ image = \"{}\", digest = \"{digest}\" }}",
             base.display()
         ),
-    )
-    .unwrap();
-    let tarball = dir.join(format!("{out_name}.tar"));
-    let out = Command::new(appliance_bin())
-        .args([
-            "build",
-            manifest.to_str().unwrap(),
-            "-o",
-            tarball.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+        &tarball,
+    );
     (tarball, out)
 }
 
@@ -307,23 +291,14 @@ fn builds_on_docker_save_oci_archive_and_oci_layout_bases() {
             "{form}: the base's files are there"
         );
 
-        let loaded = docker.docker_ok(&["load", "-i", tarball.to_str().unwrap()]);
-        assert!(loaded.contains(NAME), "{loaded}");
-        let version = docker.docker_ok(&[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--read-only",
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            &format!("{NAME}:0.1.0"),
-            "--version",
-        ]);
+        let reference = format!("{NAME}:0.1.0");
+        docker.load(&tarball, &reference);
+        let version = docker.docker_ok(&hardened_run(
+            &["--rm", "--network", "none"],
+            &[&reference, "--version"],
+        ));
         assert!(version.contains("appliance-server"), "{form}: {version}");
-        docker.docker_ok(&["rmi", &format!("{NAME}:0.1.0")]);
+        docker.docker_ok(&["rmi", &reference]);
 
         // Same base, same inputs: the same image, byte for byte.
         let (again, rebuilt) = build_ok(dir.path(), &base, &digest, &format!("{form}-again"));

@@ -4,11 +4,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use support::layers::layer_entries;
 use support::paths::{appliance_bin, shared_fixtures};
 
 /// A manifest for the `llama-gqa` fixture, written into `dir` with `extra` TOML appended.
@@ -41,36 +41,6 @@ fn sha256_file(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
-/// Reads every entry of an image layer blob inside the tarball: path → (mode, uid, gid, bytes).
-fn layer_entries(tarball: &Path) -> BTreeMap<String, (u32, u64, u64, Vec<u8>)> {
-    let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut outer = tar::Archive::new(std::fs::File::open(tarball).unwrap());
-    for e in outer.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().into_owned();
-        let mut bytes = Vec::new();
-        e.read_to_end(&mut bytes).unwrap();
-        blobs.insert(name, bytes);
-    }
-    let manifest: serde_json::Value = serde_json::from_slice(&blobs["manifest.json"]).unwrap();
-    let mut out = BTreeMap::new();
-    for layer in manifest[0]["Layers"].as_array().unwrap() {
-        let mut archive = tar::Archive::new(&blobs[layer.as_str().unwrap()][..]);
-        for e in archive.entries().unwrap() {
-            let mut e = e.unwrap();
-            let h = e.header().clone();
-            let path = e.path().unwrap().to_string_lossy().into_owned();
-            let mut bytes = Vec::new();
-            e.read_to_end(&mut bytes).unwrap();
-            out.insert(
-                path,
-                (h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap(), bytes),
-            );
-        }
-    }
-    out
-}
-
 #[test]
 fn build_writes_a_tarball_with_server_weights_and_user() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,8 +53,8 @@ fn build_writes_a_tarball_with_server_weights_and_user() {
     assert!(!dir.path().join("dist/llama-gqa-0.1.0.tar.tmp").exists());
 
     let entries = layer_entries(&tarball);
-    let (mode, uid, _, _) = &entries["usr/local/bin/appliance-server"];
-    assert_eq!((*mode, *uid), (0o555, 0));
+    let server = &entries["usr/local/bin/appliance-server"];
+    assert_eq!((server.mode, server.uid), (0o555, 0));
     let fixture = shared_fixtures().join("models/llama-gqa");
     for file in [
         "model.safetensors",
@@ -92,19 +62,23 @@ fn build_writes_a_tarball_with_server_weights_and_user() {
         "tokenizer.json",
         "tokenizer_config.json",
     ] {
-        let (mode, uid, gid, bytes) = &entries[&format!("models/llama-gqa/{file}")];
-        assert_eq!((*mode, *uid, *gid), (0o444, 0, 0), "{file}");
-        assert_eq!(bytes, &std::fs::read(fixture.join(file)).unwrap(), "{file}");
+        let e = &entries[&format!("models/llama-gqa/{file}")];
+        assert_eq!((e.mode, e.uid, e.gid), (0o444, 0, 0), "{file}");
+        assert_eq!(
+            e.bytes,
+            std::fs::read(fixture.join(file)).unwrap(),
+            "{file}"
+        );
     }
     assert!(
         !entries.contains_key("models/llama-gqa/reference.json"),
         "not a model file"
     );
-    let passwd = String::from_utf8(entries["etc/passwd"].3.clone()).unwrap();
+    let passwd = String::from_utf8(entries["etc/passwd"].bytes.clone()).unwrap();
     assert!(passwd.contains("appliance:x:65532:65532:"), "{passwd}");
-    assert_eq!(entries["tmp"].0, 0o1777);
+    assert_eq!(entries["tmp"].mode, 0o1777);
     assert_eq!(
-        &entries["home/appliance"].1..=&entries["home/appliance"].2,
+        &entries["home/appliance"].uid..=&entries["home/appliance"].gid,
         &65532..=&65532
     );
     assert!(entries.contains_key("etc/ld.so.conf.d"));
@@ -288,7 +262,7 @@ fn layer_digest_cache_is_reused_and_invalidated() {
     assert_ne!(sha256_file(&first), sha256_file(&third));
     assert_blobs_match_names(&third);
     let packed = layer_entries(&third);
-    assert_eq!(packed["models/llama-gqa/model.safetensors"].3, bytes);
+    assert_eq!(packed["models/llama-gqa/model.safetensors"].bytes, bytes);
 
     let verified = build("4.tar", &["--verify-cache"]);
     assert_eq!(sha256_file(&third), sha256_file(&verified));

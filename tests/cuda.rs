@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use appliance::userland::host::HostResolver;
 use support::{
-    Dockerd, appliance_bin, require_tool, run_with_timeout, shared_fixtures, skopeo_inspect_config,
-    umoci_unpack,
+    Dockerd, appliance_bin, hardened_run, require_tool, run_with_timeout, shared_fixtures,
+    skopeo_inspect_config, umoci_unpack,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -33,8 +33,9 @@ fn cuda_target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/appliance-ci/target-cuda"))
 }
 
-fn cuda_server() -> PathBuf {
-    let path = cuda_target_dir().join("release/appliance-server");
+/// A binary of the CUDA build (`release/NAME`); a missing one fails the test with what to run.
+fn cuda_built(name: &str) -> PathBuf {
+    let path = cuda_target_dir().join("release").join(name);
     assert!(
         path.is_file(),
         "{} not found: run scripts/build-cuda-server (scripts/test does)",
@@ -43,14 +44,12 @@ fn cuda_server() -> PathBuf {
     path
 }
 
+fn cuda_server() -> PathBuf {
+    cuda_built("appliance-server")
+}
+
 fn cuda_launcher() -> PathBuf {
-    let path = cuda_target_dir().join("release/appliance-launcher");
-    assert!(
-        path.is_file(),
-        "{} not found: run scripts/build-cuda-server (scripts/test does)",
-        path.display()
-    );
-    path
+    cuda_built("appliance-launcher")
 }
 
 /// The link stub `libcuda.so` and its generated C source.
@@ -475,21 +474,9 @@ fn cuda_image_has_a_complete_userland_and_a_launcher_that_explains_the_driver() 
 
     // The user's mistake for real: `docker run` without `--gpus`, hardened as the runbook says.
     let docker = Dockerd::start();
-    let loaded = docker.docker_ok(&["load", "-i", tarball.to_str().unwrap()]);
     let reference = "registry.local/appliance/appliance-demo-cuda:0.1.0";
-    assert!(loaded.contains(reference), "{loaded}");
-    let out = docker.docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--read-only",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-        reference,
-    ]);
+    docker.load(&tarball, reference);
+    let out = docker.docker(&hardened_run(&["--rm", "--network", "none"], &[reference]));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

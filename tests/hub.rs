@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use support::fake_hub::{FakeHub, Fault};
+use support::layers::layer_entries;
 use support::paths::{appliance_bin, shared_fixtures};
 
 const REPO: &str = "org/tiny";
@@ -103,6 +102,11 @@ impl Site {
     }
 
     fn build(&self, extra: &[&str]) -> Output {
+        self.build_with(extra, &[])
+    }
+
+    /// `appliance build` of the manifest into [`Site::output`], with `extra` arguments and `env`.
+    fn build_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let m = self.manifest();
         let o = self.output();
         let mut args = vec![
@@ -112,7 +116,7 @@ impl Site {
             o.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        self.run(&args)
+        self.run_with(&args, env)
     }
 }
 
@@ -163,45 +167,18 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// path → bytes of every regular file in every layer of the tarball.
-fn layer_files(tarball: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut outer = tar::Archive::new(std::fs::File::open(tarball).unwrap());
-    for e in outer.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().into_owned();
-        let mut bytes = Vec::new();
-        e.read_to_end(&mut bytes).unwrap();
-        blobs.insert(name, bytes);
-    }
-    let manifest: serde_json::Value = serde_json::from_slice(&blobs["manifest.json"]).unwrap();
-    let mut out = BTreeMap::new();
-    for layer in manifest[0]["Layers"].as_array().unwrap() {
-        let mut archive = tar::Archive::new(&blobs[layer.as_str().unwrap()][..]);
-        for e in archive.entries().unwrap() {
-            let mut e = e.unwrap();
-            if e.header().entry_type().is_file() {
-                let path = e.path().unwrap().to_string_lossy().into_owned();
-                let mut bytes = Vec::new();
-                e.read_to_end(&mut bytes).unwrap();
-                out.insert(path, bytes);
-            }
-        }
-    }
-    out
-}
-
 /// The tarball's model files are exactly the fixture's bytes.
 #[track_caller]
 fn assert_image_has_fixture_bytes(tarball: &Path) {
-    let files = layer_files(tarball);
+    let files = layer_entries(tarball);
     for name in PACKAGED {
         let expected = std::fs::read(fixture().join(name)).unwrap();
         let got = files
             .get(&format!("models/tiny/{name}"))
+            .filter(|e| e.is_file())
             .unwrap_or_else(|| panic!("`models/tiny/{name}` not in the image"));
         assert!(
-            *got == expected,
+            got.bytes == expected,
             "`{name}` in the image differs from the fixture"
         );
     }
@@ -420,22 +397,8 @@ fn rate_limit_429_then_success_honours_retry_after() {
 fn server_error_500_twice_then_success() {
     let (hub, _) = hub_with_fixture();
     let site = Site::new(&hub);
-    hub.fault(
-        "config.json",
-        Fault::Status {
-            code: 500,
-            retry_after: None,
-        },
-        2,
-    );
-    hub.fault(
-        "@api",
-        Fault::Status {
-            code: 503,
-            retry_after: None,
-        },
-        1,
-    );
+    hub.fault("config.json", Fault::status(500), 2);
+    hub.fault("@api", Fault::status(503), 1);
     assert_ok(&site.build(&[]));
     assert_image_has_fixture_bytes(&site.output());
     let statuses: Vec<u16> = requests_for(&hub, "config.json")
@@ -472,17 +435,7 @@ fn token_never_reaches_the_tarball_the_lock_or_the_output() {
     let site = Site::new(&hub);
     let token = "hf_SeCrEt_tOkEn_0123456789abcdef";
     hub.require_token(token);
-    let m = site.manifest();
-    let o = site.output();
-    let out = site.run_with(
-        &[
-            "build",
-            m.to_str().unwrap(),
-            "--output",
-            o.to_str().unwrap(),
-        ],
-        &[("HF_TOKEN", token)],
-    );
+    let out = site.build_with(&[], &[("HF_TOKEN", token)]);
     assert_ok(&out);
     assert_image_has_fixture_bytes(&site.output());
     assert!(
@@ -512,7 +465,7 @@ fn token_never_reaches_the_tarball_the_lock_or_the_output() {
     std::fs::create_dir_all(&site.hf_home).unwrap();
     std::fs::write(site.hf_home.join("token"), format!("{token}\n")).unwrap();
     std::fs::remove_dir_all(site.cache_repo()).unwrap();
-    let out = site.run(&["lock", m.to_str().unwrap()]);
+    let out = site.run(&["lock", site.manifest().to_str().unwrap()]);
     assert_ok(&out);
     assert!(!contains(&std::fs::read(site.lock()).unwrap()));
     assert!(!contains(&out.stdout) && !contains(&out.stderr));
@@ -522,14 +475,7 @@ fn token_never_reaches_the_tarball_the_lock_or_the_output() {
 fn not_found_404_names_the_file_and_commit() {
     let (hub, commit) = hub_with_fixture();
     let site = Site::new(&hub);
-    hub.fault(
-        "tokenizer.json",
-        Fault::Status {
-            code: 404,
-            retry_after: None,
-        },
-        1,
-    );
+    hub.fault("tokenizer.json", Fault::status(404), 1);
     assert_fails_with(
         &site.build(&[]),
         &[
@@ -713,17 +659,7 @@ fn offline_build_after_fetch_makes_no_request() {
     assert_image_has_fixture_bytes(&site.output());
     // Without the lock, the cache's `refs/main` resolves the branch.
     std::fs::remove_file(site.lock()).unwrap();
-    let m = site.manifest();
-    let o = site.output();
-    let out = site.run_with(
-        &[
-            "build",
-            m.to_str().unwrap(),
-            "--output",
-            o.to_str().unwrap(),
-        ],
-        &[("HF_HUB_OFFLINE", "1")],
-    );
+    let out = site.build_with(&[], &[("HF_HUB_OFFLINE", "1")]);
     assert_ok(&out);
     assert_eq!(
         hub.requests().len(),

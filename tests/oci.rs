@@ -8,12 +8,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use support::builder::{LLAMA_GQA as NAME, build_llama_gqa};
 use support::{
-    Dockerd, appliance_bin, podman_load, shared_fixtures, skopeo_inspect, skopeo_inspect_config,
+    Dockerd, hardened_run, podman_load, shared_fixtures, skopeo_inspect, skopeo_inspect_config,
     umoci_unpack,
 };
-
-const NAME: &str = "registry.local/llm/llama-gqa";
 
 /// Builds the `llama-gqa` fixture into `dir/image.tar` and returns it with the build summary.
 /// `extra` goes into `[image]`, `server` into `[server]`.
@@ -22,28 +21,8 @@ fn build(dir: &Path, extra: &str) -> (PathBuf, serde_json::Value) {
 }
 
 fn build_with(dir: &Path, extra: &str, server: &str) -> (PathBuf, serde_json::Value) {
-    let model = shared_fixtures().join("models/llama-gqa");
-    let manifest = dir.join("manifest.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[image]\nname = \"{NAME}\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n{extra}\n\
-             [model]\npath = \"{}\"\n[server]\nserved_model_name = \"llama-gqa\"\n{server}\n",
-            model.display()
-        ),
-    )
-    .unwrap();
     let tarball = dir.join("image.tar");
-    let out = Command::new(appliance_bin())
-        .args([
-            "build",
-            manifest.to_str().unwrap(),
-            "-o",
-            tarball.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out = build_llama_gqa(&dir.join("manifest.toml"), extra, server, &tarball);
     assert!(
         out.status.success(),
         "{}",
@@ -182,9 +161,8 @@ fn docker_loads_inspects_and_runs_the_image() {
     let dir = tempfile::tempdir().unwrap();
     let (tar, built) = build(dir.path(), "compression = \"gzip\"");
     let docker = Dockerd::start();
-    let loaded = docker.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
     let reference = format!("{NAME}:0.1.0");
-    assert!(loaded.contains(&reference), "{loaded}");
+    docker.load(&tar, &reference);
     let inspect = docker.image_inspect(&reference);
     let config = &inspect["Config"];
     assert_eq!(config["User"], "65532:65532");
@@ -206,19 +184,10 @@ fn docker_loads_inspects_and_runs_the_image() {
     assert_eq!(inspect["Id"], built["image"]["config_digest"]);
 
     // The server starts inside Docker as the image's non-root user, on a read-only rootfs.
-    let version = docker.docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--read-only",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-        &reference,
-        "--version",
-    ]);
+    let version = docker.docker_ok(&hardened_run(
+        &["--rm", "--network", "none"],
+        &[&reference, "--version"],
+    ));
     assert!(version.contains("appliance-server"), "{version}");
     let id = docker.docker_ok(&[
         "run",
@@ -261,26 +230,20 @@ fn podman_loads_and_runs_the_same_tarball() {
 
     let key = "sk-podman-51c0";
     let key_file = write_key_file(dir.path(), key);
-    let id = podman.podman_ok(&[
-        "run",
-        "-d",
-        "--network",
-        "host",
-        "--read-only",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-        "--ulimit",
-        "nofile=4096:4096",
-        "--ulimit",
-        "nproc=4096:4096",
-        "-v",
-        &format!("{}:/run/secrets/key:ro", key_file.display()),
-        "-e",
-        "APPLIANCE_API_KEY_FILE=/run/secrets/key",
-        "registry.local/llm/llama-gqa:0.1.0",
-    ]);
+    let id = podman.podman_ok(&hardened_run(
+        &["-d", "--network", "host"],
+        &[
+            "--ulimit",
+            "nofile=4096:4096",
+            "--ulimit",
+            "nproc=4096:4096",
+            "-v",
+            &format!("{}:/run/secrets/key:ro", key_file.display()),
+            "-e",
+            "APPLIANCE_API_KEY_FILE=/run/secrets/key",
+            "registry.local/llm/llama-gqa:0.1.0",
+        ],
+    ));
     let id = id.trim().to_string();
     let base = format!("http://127.0.0.1:{port}");
     let ready = support::wait_for_http(&format!("{base}/ready"), Duration::from_secs(90));
@@ -353,26 +316,20 @@ fn docker_runs_the_image_hardened_until_healthy_and_stops_cleanly() {
     let key = "sk-site-7f3a9c2e5b1d";
     let key_file = write_key_file(dir.path(), key);
     let docker = Dockerd::start();
-    docker.docker_ok(&["load", "-i", tar.to_str().unwrap()]);
     let reference = format!("{NAME}:0.1.0");
-    let id = docker.docker_ok(&[
-        "run",
-        "-d",
-        "--network",
-        "host",
-        "--read-only",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-        "--health-interval",
-        "1s",
-        "-v",
-        &format!("{}:/run/secrets/key:ro", key_file.display()),
-        "-e",
-        "APPLIANCE_API_KEY_FILE=/run/secrets/key",
-        &reference,
-    ]);
+    docker.load(&tar, &reference);
+    let id = docker.docker_ok(&hardened_run(
+        &["-d", "--network", "host"],
+        &[
+            "--health-interval",
+            "1s",
+            "-v",
+            &format!("{}:/run/secrets/key:ro", key_file.display()),
+            "-e",
+            "APPLIANCE_API_KEY_FILE=/run/secrets/key",
+            &reference,
+        ],
+    ));
     let id = id.trim().to_string();
     let state = |field: &str| {
         docker

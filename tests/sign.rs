@@ -797,8 +797,7 @@ fn skopeo_and_podman_accept_a_signed_tarball() {
         "podman loaded the signature manifests as images: {loaded:?}"
     );
     let docker = support::Dockerd::start();
-    let out = docker.docker_ok(&["load", "-i", s.tar.to_str().unwrap()]);
-    assert!(out.contains("registry.local/llm/llama-gqa:0.1.0"), "{out}");
+    docker.load(&s.tar, "registry.local/llm/llama-gqa:0.1.0");
     let inspect = docker.docker_ok(&[
         "image",
         "inspect",

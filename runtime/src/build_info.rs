@@ -52,6 +52,9 @@ pub struct BuildInfo {
     pub target: String,
     /// `"release"` or `"debug"`.
     pub profile: String,
+    /// The git commit the server was built from, when built from a git checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_revision: Option<String>,
     /// Present in a `cuda` build only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda: Option<CudaBuild>,

@@ -19,3 +19,4 @@ pub mod readiness;
 pub mod scheduler;
 pub mod serve;
 pub mod shutdown;
+pub mod weights_digest;

@@ -152,6 +152,7 @@ async fn serve(
         api_key,
         readiness: ready_rx,
         engine: OnceLock::new(),
+        weights_digest: Arc::default(),
         scheduler: crate::scheduler::Scheduler::new(
             args.max_concurrent_requests as usize,
             args.max_queued_requests as usize,
@@ -240,6 +241,7 @@ async fn load(
     ready: ReadinessTx,
     shutdown: Shutdown,
 ) {
+    let dir = model.path.clone();
     let loaded = tokio::task::spawn_blocking(move || load_blocking(&model, options)).await;
     let failure = match loaded {
         Ok(Ok(engine)) => {
@@ -247,6 +249,8 @@ async fn load(
             let _ = state.engine.set(Arc::new(engine));
             ready.set(Readiness::Ready);
             info!("ready");
+            // After `Ready`: the files are in the page cache and the digest delays nothing.
+            crate::weights_digest::spawn(dir, Arc::clone(&state.weights_digest));
             return;
         }
         Ok(Err(e)) => e,

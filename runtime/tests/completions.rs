@@ -9,54 +9,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{Response, Server, assert_openai_error, request};
-use serde::Deserialize;
+use common::{
+    Response, Server, assert_openai_error, fixture_checkpoints, fixture_reference, request,
+};
 use serde_json::{Value, json};
-
-#[derive(Debug, Deserialize)]
-struct Reference {
-    max_new_tokens: usize,
-    cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Case {
-    kind: String,
-    prompt: Value,
-    input_ids: Vec<u32>,
-    output_ids: Vec<u32>,
-    finish_reason: String,
-}
-
-fn checkpoints() -> Vec<PathBuf> {
-    common::fixture_checkpoints()
-}
-
-fn reference(dir: &Path) -> Reference {
-    common::fixture_reference(dir)
-}
 
 fn name_of(dir: &Path) -> String {
     dir.file_name()
         .and_then(|n| n.to_str())
         .expect("fixture name")
         .to_owned()
-}
-
-fn start(dir: &Path) -> Server {
-    let server = Server::start(
-        &[
-            "--model",
-            dir.to_str().expect("utf-8 path"),
-            "--device",
-            "cpu",
-        ],
-        &[],
-    );
-    server.wait_ready();
-    server
 }
 
 fn post(server: &Server, path: &str, body: &Value) -> Response {
@@ -75,10 +39,10 @@ fn assert_usage(v: &Value, prompt: usize, completion: usize) {
 
 #[test]
 fn every_fixture_case_matches_the_reference_over_http() {
-    for dir in checkpoints() {
+    for dir in fixture_checkpoints() {
         let name = name_of(&dir);
-        let reference = reference(&dir);
-        let server = start(&dir);
+        let reference = fixture_reference(&dir);
+        let server = Server::start_fixture(&dir, &[]);
         for (i, case) in reference.cases.iter().enumerate() {
             let label = format!("{name} case {i} ({})", case.kind);
             let (path, body) = match case.kind.as_str() {
@@ -126,16 +90,10 @@ fn every_fixture_case_matches_the_reference_over_http() {
 #[test]
 fn invalid_requests_get_openai_errors() {
     let dir = common::fixtures_dir().join("qwen2-tied");
-    let server = start(&dir);
-    let prompt = reference(&dir).cases[0].input_ids.clone();
+    let server = Server::start_fixture(&dir, &[]);
+    let prompt = fixture_reference(&dir).cases[0].input_ids.clone();
     let ok = json!({"model": "qwen2-tied", "prompt": prompt, "max_tokens": 2});
-    let with = |extra: Value| {
-        let mut body = ok.clone();
-        body.as_object_mut()
-            .expect("object")
-            .extend(extra.as_object().expect("object").clone());
-        body
-    };
+    let with = |extra: Value| common::merged(ok.clone(), &extra);
     let param = |r: &Response| r.json()["error"]["param"].clone();
 
     let r = post(&server, "/v1/completions", &with(json!({"model": "nope"})));
@@ -208,8 +166,8 @@ fn assert_400(r: Response) -> Response {
 #[test]
 fn stop_strings_cut_the_text_before_the_match() {
     let dir = common::fixtures_dir().join("llama-gqa");
-    let server = start(&dir);
-    let reference = reference(&dir);
+    let server = Server::start_fixture(&dir, &[]);
+    let reference = fixture_reference(&dir);
     let case = reference
         .cases
         .iter()
@@ -259,7 +217,7 @@ fn stop_strings_cut_the_text_before_the_match() {
 #[test]
 fn the_same_seed_samples_the_same_text() {
     let dir = common::fixtures_dir().join("mistral");
-    let server = start(&dir);
+    let server = Server::start_fixture(&dir, &[]);
     let messages = json!([{"role": "user", "content": "Tell me something."}]);
     let body = |seed: u64| {
         json!({"model": "mistral", "messages": messages, "max_tokens": 16,

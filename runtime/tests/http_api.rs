@@ -61,6 +61,33 @@ fn serves_probes_models_and_refuses_to_fake_inference() {
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(version["model"], "tiny-llama");
     assert!(version["features"].is_array());
+    let commit = &version["commit"];
+    assert!(
+        commit.is_null() || commit.as_str().is_some_and(|c| c.len() == 40),
+        "{commit}"
+    );
+    // The weights digest is computed in the background after `ready`; it must equal the
+    // README's sha256sum recipe (and the image label `appliance.model.files.sha256`).
+    let recipe = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("find . -type f | sed 's|^\\./||' | LC_ALL=C sort | xargs sha256sum | sha256sum")
+        .current_dir(&model.path)
+        .output()
+        .expect("sh");
+    let expected = format!("sha256:{}", &String::from_utf8_lossy(&recipe.stdout)[..64]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let digest = loop {
+        let v = get(server.port, "/version", &[]).json();
+        if let Some(d) = v["weights_digest"].as_str() {
+            break d.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no weights_digest: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(digest, expected);
 
     let unknown = get(server.port, "/nope", &[]);
     assert_openai_error(&unknown, 404);

@@ -5,12 +5,7 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
 use common::{Response, Server, get, request};
 use serde_json::{Value, json};
@@ -39,22 +34,10 @@ fn checkpoint() -> PathBuf {
 }
 
 fn start() -> Server {
-    let dir = checkpoint();
-    let server = Server::start(
-        &[
-            "--model",
-            dir.to_str().expect("utf-8 path"),
-            "--served-model-name",
-            "metrics-model",
-            "--device",
-            "cpu",
-            "--api-key",
-            KEY,
-        ],
-        &[],
-    );
-    server.wait_ready();
-    server
+    Server::start_fixture(
+        &checkpoint(),
+        &["--served-model-name", "metrics-model", "--api-key", KEY],
+    )
 }
 
 fn scrape(server: &Server) -> String {
@@ -99,19 +82,11 @@ fn post(server: &Server, path: &str, body: &Value) -> Response {
 /// else — a parse error (exit 1), a missing `_total`, missing help text, a
 /// malformed histogram — fails the test.
 fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool (install it with scripts/install-test-deps)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write scrape to promtool");
+    let child = common::spawn_with_input(
+        Command::new("promtool").args(["check", "metrics"]),
+        text.as_bytes(),
+        "run promtool (install it with scripts/install-test-deps)",
+    );
     let out = child.wait_with_output().expect("promtool output");
     let report = format!(
         "{}{}",

@@ -8,50 +8,16 @@
 
 mod common;
 
-use std::{
-    fs,
-    ops::ControlFlow,
-    path::{Path, PathBuf},
-};
+use std::{fs, ops::ControlFlow, path::Path};
 
 use appliance_server::{
     cli,
     engine::{Engine, FinishReason, GenerateRequest, LoadOptions, SamplingParams},
 };
-use serde::Deserialize;
+use common::{Case, Server, fixture_checkpoints, fixture_reference};
 use serde_json::Value;
 
 const LOGIT_TOLERANCE: f32 = 1e-3;
-
-#[derive(Debug, Deserialize)]
-struct Reference {
-    max_new_tokens: usize,
-    cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Case {
-    kind: String,
-    prompt: Value,
-    input_ids: Vec<u32>,
-    output_ids: Vec<u32>,
-    finish_reason: String,
-    first_logits_top5: Top5,
-}
-
-#[derive(Debug, Deserialize)]
-struct Top5 {
-    ids: Vec<u32>,
-    values: Vec<f32>,
-}
-
-fn checkpoints() -> Vec<PathBuf> {
-    common::fixture_checkpoints()
-}
-
-fn reference(dir: &Path) -> Reference {
-    common::fixture_reference(dir)
-}
 
 fn load(dir: &Path) -> Engine {
     let options = LoadOptions {
@@ -76,7 +42,7 @@ fn prompt_ids(engine: &Engine, case: &Case) -> Vec<u32> {
 /// Checks one checkpoint; returns the largest top-5 logit difference.
 fn check_checkpoint(dir: &Path) -> f32 {
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("?");
-    let reference = reference(dir);
+    let reference = fixture_reference(dir);
     let engine = load(dir);
     assert!(!reference.cases.is_empty(), "{name}: no cases");
     let mut max_diff = 0f32;
@@ -140,14 +106,14 @@ fn check_checkpoint(dir: &Path) -> f32 {
 
 #[test]
 fn every_fixture_matches_the_reference() {
-    for dir in checkpoints() {
+    for dir in fixture_checkpoints() {
         check_checkpoint(&dir);
     }
 }
 
 #[test]
 fn the_fixtures_cover_the_supported_architectures() {
-    let names: Vec<String> = checkpoints()
+    let names: Vec<String> = fixture_checkpoints()
         .iter()
         .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
         .collect();
@@ -164,7 +130,7 @@ fn cancelling_stops_generation_after_the_current_token() {
     let dir = common::fixtures_dir().join("llama-gqa");
     let engine = load(&dir);
     let request = GenerateRequest {
-        prompt: reference(&dir).cases[0].input_ids.clone(),
+        prompt: fixture_reference(&dir).cases[0].input_ids.clone(),
         max_new_tokens: 10,
         sampling: SamplingParams::greedy(),
         ignore_eos: false,
@@ -189,22 +155,9 @@ fn cancelling_stops_generation_after_the_current_token() {
 #[test]
 fn binary_tokenize_endpoint_matches_a_chat_case() {
     let dir = common::fixtures_dir().join("qwen2-tied");
-    let reference = reference(&dir);
-    let chat = reference
-        .cases
-        .iter()
-        .find(|c| c.kind == "chat")
-        .expect("a chat case");
-    let server = common::Server::start(
-        &[
-            "--model",
-            dir.to_str().expect("utf-8 path"),
-            "--device",
-            "cpu",
-        ],
-        &[],
-    );
-    server.wait_ready();
+    let reference = fixture_reference(&dir);
+    let chat = reference.case("chat");
+    let server = Server::start_fixture(&dir, &[]);
     let body = serde_json::json!({"messages": chat.prompt, "add_generation_prompt": true});
     let r = common::request(server.port, "POST", "/tokenize", &[], &body.to_string());
     assert_eq!(r.status, 200, "{r:?}");
@@ -214,11 +167,7 @@ fn binary_tokenize_endpoint_matches_a_chat_case() {
     assert_eq!(v["count"], chat.input_ids.len());
     assert_eq!(v["max_model_len"], 512);
 
-    let completion = reference
-        .cases
-        .iter()
-        .find(|c| c.kind == "completion")
-        .expect("a completion case");
+    let completion = reference.case("completion");
     let body = serde_json::json!({"tokens": completion.input_ids});
     let r = common::request(server.port, "POST", "/detokenize", &[], &body.to_string());
     assert_eq!(r.status, 200, "{r:?}");
@@ -277,7 +226,7 @@ fn sharded_checkpoints_load_to_the_same_logits() {
     let src = common::fixtures_dir().join("llama-gqa");
     let tmp = tempfile::tempdir().expect("tempdir");
     shard_checkpoint(&src, tmp.path());
-    let prompt = reference(&src).cases[0].input_ids.clone();
+    let prompt = fixture_reference(&src).cases[0].input_ids.clone();
     let logits = |engine: &Engine| {
         let mut seq = engine.new_sequence();
         engine.step(&mut seq, &prompt).expect("prefill")

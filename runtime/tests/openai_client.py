@@ -23,16 +23,19 @@ def usage_of(usage):
     }
 
 
+def greedy(spec, kind, stream=False):
+    """Arguments for a greedy `kind` ("chat" or "completion") request:
+    the spec's prompt or messages and max_tokens, streamed with usage if
+    `stream`."""
+    args = {"model": spec["model"], "temperature": 0, **spec[kind]}
+    if stream:
+        args.update(stream=True, stream_options={"include_usage": True})
+    return args
+
+
 def chat_stream(client, spec):
     roles, pieces, finish, usage, chunks = [], [], [], None, 0
-    stream = client.chat.completions.create(
-        model=spec["model"],
-        messages=spec["chat"]["messages"],
-        max_tokens=spec["chat"]["max_tokens"],
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+    stream = client.chat.completions.create(**greedy(spec, "chat", stream=True))
     for chunk in stream:
         chunks += 1
         assert chunk.object == "chat.completion.chunk", chunk
@@ -56,14 +59,7 @@ def chat_stream(client, spec):
 
 def completion_stream(client, spec):
     pieces, finish, usage = [], [], None
-    stream = client.completions.create(
-        model=spec["model"],
-        prompt=spec["completion"]["prompt"],
-        max_tokens=spec["completion"]["max_tokens"],
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+    stream = client.completions.create(**greedy(spec, "completion", stream=True))
     for chunk in stream:
         if chunk.usage is not None:
             usage = usage_of(chunk.usage)
@@ -96,12 +92,7 @@ def main():
     out = {"client_version": openai.__version__}
     out["models"] = [m.id for m in client.models.list().data]
 
-    chat = client.chat.completions.create(
-        model=spec["model"],
-        messages=spec["chat"]["messages"],
-        max_tokens=spec["chat"]["max_tokens"],
-        temperature=0,
-    )
+    chat = client.chat.completions.create(**greedy(spec, "chat"))
     out["chat"] = {
         "role": chat.choices[0].message.role,
         "text": chat.choices[0].message.content,
@@ -111,12 +102,7 @@ def main():
     }
     out["chat_stream"] = chat_stream(client, spec)
 
-    completion = client.completions.create(
-        model=spec["model"],
-        prompt=spec["completion"]["prompt"],
-        max_tokens=spec["completion"]["max_tokens"],
-        temperature=0,
-    )
+    completion = client.completions.create(**greedy(spec, "completion"))
     out["completion"] = {
         "text": completion.choices[0].text,
         "finish_reason": completion.choices[0].finish_reason,

@@ -8,71 +8,19 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use serde::Deserialize;
+use common::{Case, Server, without_special_tokens};
 use serde_json::{Value, json};
-
-#[derive(Debug, Deserialize)]
-struct Reference {
-    max_new_tokens: usize,
-    cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Case {
-    kind: String,
-    prompt: Value,
-    input_ids: Vec<u32>,
-    output_ids: Vec<u32>,
-    output_text: String,
-    finish_reason: String,
-}
-
-/// The reference decodes with special tokens; OpenAI servers leave them
-/// out (vLLM's `skip_special_tokens` default).
-fn without_special_tokens(dir: &std::path::Path, text: &str) -> String {
-    let raw = std::fs::read(dir.join("tokenizer.json")).expect("read tokenizer.json");
-    let tokenizer: Value = serde_json::from_slice(&raw).expect("tokenizer JSON");
-    let mut text = text.to_owned();
-    for t in tokenizer["added_tokens"].as_array().expect("added_tokens") {
-        if t["special"] == true {
-            text = text.replace(t["content"].as_str().expect("content"), "");
-        }
-    }
-    text
-}
 
 #[test]
 fn the_official_openai_python_client_works() {
     let name = "qwen2-tied";
     let dir = common::fixtures_dir().join(name);
-    let reference: Reference = common::fixture_reference(&dir);
-    let case = |kind: &str| {
-        reference
-            .cases
-            .iter()
-            .find(|c| c.kind == kind)
-            .unwrap_or_else(|| panic!("a {kind} case"))
-    };
-    let (chat, completion) = (case("chat"), case("completion"));
+    let reference = common::fixture_reference(&dir);
+    let (chat, completion) = (reference.case("chat"), reference.case("completion"));
     let key = "sk-openai-client-test";
-    let server = common::Server::start(
-        &[
-            "--model",
-            dir.to_str().expect("utf-8"),
-            "--device",
-            "cpu",
-            "--api-key",
-            key,
-        ],
-        &[],
-    );
-    server.wait_ready();
+    let server = Server::start_fixture(&dir, &["--api-key", key]);
     let spec = json!({
         "base_url": format!("http://127.0.0.1:{}/v1", server.port),
         "api_key": key,
@@ -82,7 +30,8 @@ fn the_official_openai_python_client_works() {
     });
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let mut child = Command::new("python3")
+    let mut python = Command::new("python3");
+    python
         .arg(script)
         // Only 127.0.0.1: no proxy may intercept the client's requests.
         .env("NO_PROXY", "*")
@@ -91,18 +40,12 @@ fn the_official_openai_python_client_works() {
         .env_remove("ALL_PROXY")
         .env_remove("http_proxy")
         .env_remove("https_proxy")
-        .env_remove("all_proxy")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python3 (scripts/install-test-deps installs it with the openai client)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(spec.to_string().as_bytes())
-        .expect("write spec");
+        .env_remove("all_proxy");
+    let mut child = common::spawn_with_input(
+        &mut python,
+        spec.to_string().as_bytes(),
+        "run python3 (scripts/install-test-deps installs it with the openai client)",
+    );
     let deadline = Duration::from_secs(120);
     let status = common::wait_with_deadline(&mut child, deadline).unwrap_or_else(|| {
         let _ = child.kill();

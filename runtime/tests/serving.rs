@@ -19,35 +19,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Response, Server, assert_openai_error, connect, get, request};
-use serde::Deserialize;
+use common::{
+    Response, Server, assert_openai_error, connect, get, request, without_special_tokens,
+};
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Deserialize)]
-struct Reference {
-    max_new_tokens: usize,
-    cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Case {
-    kind: String,
-    prompt: Value,
-    input_ids: Vec<u32>,
-    output_ids: Vec<u32>,
-    output_text: String,
-    finish_reason: String,
-}
-
 fn start_fixture(name: &str, extra: &[&str]) -> Server {
-    let dir = common::fixtures_dir().join(name);
-    let mut args = vec!["--model", dir.to_str().expect("utf-8"), "--device", "cpu"];
-    args.extend_from_slice(extra);
-    let server = Server::start(&args, &[]);
-    server.wait_ready();
-    server
+    Server::start_fixture(&common::fixtures_dir().join(name), extra)
 }
 
 /// The tiny model with a context so long that generating to its end never
@@ -63,16 +43,30 @@ fn long_context_model() -> common::ModelDir {
 }
 
 fn start_tiny(model: &common::ModelDir, extra: &[&str]) -> Server {
-    let mut args = vec!["--model", model.path.to_str().expect("utf-8")];
-    args.extend_from_slice(extra);
-    let server = Server::start(&args, &[]);
-    server.wait_ready();
-    server
+    Server::start_ready(&model.path, extra)
+}
+
+/// The tiny model on one generation slot with `max_queued` waiting places.
+fn start_one_slot(model: &common::ModelDir, max_queued: &str) -> Server {
+    start_tiny(
+        model,
+        &[
+            "--max-concurrent-requests",
+            "1",
+            "--max-queued-requests",
+            max_queued,
+        ],
+    )
 }
 
 fn endless(stream: bool) -> Value {
     json!({"model": "tiny", "prompt": "hello world", "max_tokens": 1 << 19,
         "ignore_eos": true, "temperature": 0, "stream": stream})
+}
+
+/// A request that fits any free slot at once.
+fn short() -> Value {
+    json!({"model": "tiny", "prompt": "hi", "max_tokens": 2, "ignore_eos": true})
 }
 
 fn post(port: u16, path: &str, body: &Value) -> Response {
@@ -109,14 +103,9 @@ impl Sse {
             }
             head.push_str(&line);
         }
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line: {head:?}"));
         Self {
             reader,
-            status,
+            status: common::status_code(&head),
             head,
             pending: Vec::new(),
             body_done: false,
@@ -192,20 +181,6 @@ impl Sse {
     }
 }
 
-/// The reference decodes with special tokens; OpenAI servers (vLLM's
-/// `skip_special_tokens` default) leave them out.
-fn without_special_tokens(dir: &std::path::Path, text: &str) -> String {
-    let raw = fs::read(dir.join("tokenizer.json")).expect("read tokenizer.json");
-    let tokenizer: Value = serde_json::from_slice(&raw).expect("tokenizer JSON");
-    let mut text = text.to_owned();
-    for t in tokenizer["added_tokens"].as_array().expect("added_tokens") {
-        if t["special"] == true {
-            text = text.replace(t["content"].as_str().expect("content"), "");
-        }
-    }
-    text
-}
-
 fn ids(v: &Value) -> Vec<u32> {
     serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("token ids ({e}): {v}"))
 }
@@ -214,7 +189,7 @@ fn ids(v: &Value) -> Vec<u32> {
 fn streams_reproduce_the_reference_with_openai_chunk_shapes() {
     for name in ["llama-gqa", "qwen2-tied"] {
         let dir = common::fixtures_dir().join(name);
-        let reference: Reference = common::fixture_reference(&dir);
+        let reference = common::fixture_reference(&dir);
         let server = start_fixture(name, &[]);
         for (i, case) in reference.cases.iter().enumerate() {
             let label = format!("{name} case {i} ({})", case.kind);
@@ -321,7 +296,7 @@ fn streams_reproduce_the_reference_with_openai_chunk_shapes() {
 fn streams_never_emit_stop_strings() {
     let name = "llama-gqa";
     let dir = common::fixtures_dir().join(name);
-    let reference: Reference = common::fixture_reference(&dir);
+    let reference = common::fixture_reference(&dir);
     let case = &reference.cases[0];
     let server = start_fixture(name, &[]);
     // A stop string made of the ends of two tokens' texts, so that its
@@ -346,7 +321,7 @@ fn streams_never_emit_stop_strings() {
 fn parallel_greedy_requests_match_sequential_ones() {
     let name = "mistral";
     let dir = common::fixtures_dir().join(name);
-    let reference: Reference = common::fixture_reference(&dir);
+    let reference = common::fixture_reference(&dir);
     let server = start_fixture(name, &["--max-concurrent-requests", "4"]);
     let port = server.port;
     let bodies: Vec<(&str, Value)> = reference
@@ -436,20 +411,12 @@ fn served_eventually(port: u16, body: &Value) -> Value {
 #[test]
 fn a_full_queue_answers_429_with_retry_after() {
     let model = long_context_model();
-    let server = start_tiny(
-        &model,
-        &[
-            "--max-concurrent-requests",
-            "1",
-            "--max-queued-requests",
-            "0",
-        ],
-    );
+    let server = start_one_slot(&model, "0");
     let port = server.port;
     let mut long = Sse::open(port, "/v1/completions", &endless(true));
     assert_eq!(long.status, 200);
     assert!(long.next_json().is_some(), "the long stream started");
-    let short = json!({"model": "tiny", "prompt": "hi", "max_tokens": 2, "ignore_eos": true});
+    let short = short();
     let r = post(port, "/v1/completions", &short);
     assert_eq!(assert_openai_error(&r, 429), "overloaded");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
@@ -476,15 +443,7 @@ fn a_full_queue_answers_429_with_retry_after() {
 #[test]
 fn one_queued_request_waits_and_the_next_gets_429() {
     let model = long_context_model();
-    let server = start_tiny(
-        &model,
-        &[
-            "--max-concurrent-requests",
-            "1",
-            "--max-queued-requests",
-            "1",
-        ],
-    );
+    let server = start_one_slot(&model, "1");
     let port = server.port;
     let mut running = Sse::open(port, "/v1/completions", &endless(true));
     assert!(running.next_json().is_some(), "the long stream started");
@@ -495,7 +454,7 @@ fn one_queued_request_waits_and_the_next_gets_429() {
     assert_eq!(waiting.status, 200);
     wait_for_metric(port, "vllm:num_requests_waiting{", "1");
     wait_for_metric(port, "vllm:num_requests_running{", "1");
-    let short = json!({"model": "tiny", "prompt": "hi", "max_tokens": 2, "ignore_eos": true});
+    let short = short();
     let r = post(port, "/v1/completions", &short);
     assert_openai_error(&r, 429);
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
@@ -520,17 +479,9 @@ fn one_queued_request_waits_and_the_next_gets_429() {
 #[test]
 fn a_disconnected_client_frees_the_only_slot() {
     let model = long_context_model();
-    let server = start_tiny(
-        &model,
-        &[
-            "--max-concurrent-requests",
-            "1",
-            "--max-queued-requests",
-            "0",
-        ],
-    );
+    let server = start_one_slot(&model, "0");
     let port = server.port;
-    let short = json!({"model": "tiny", "prompt": "hi", "max_tokens": 2, "ignore_eos": true});
+    let short = short();
 
     // Streaming: the client reads a chunk, then goes away.
     let mut sse = Sse::open(port, "/v1/completions", &endless(true));
@@ -600,16 +551,7 @@ fn sigterm_drains_a_streaming_request() {
 fn each_request_logs_one_line_without_the_key() {
     let model = common::model_dir("tiny");
     let key = "sk-serving-test-key-7f3a";
-    let server = Server::start(
-        &[
-            "--model",
-            model.path.to_str().expect("utf-8"),
-            "--api-key",
-            key,
-        ],
-        &[],
-    );
-    server.wait_ready();
+    let server = start_tiny(&model, &["--api-key", key]);
     let auth = format!("Bearer {key}");
     let body = json!({"model": "tiny", "prompt": "hello", "max_tokens": 5, "ignore_eos": true});
     let r = request(
@@ -652,11 +594,11 @@ fn each_request_logs_one_line_without_the_key() {
 fn generation_config_defaults_apply_when_the_request_leaves_them_unset() {
     let model = common::model_dir("tiny");
     let greedy = |server: &Server, extra: Value| {
-        let mut body = json!({"model": "tiny", "prompt": "hello", "max_tokens": 12, "ignore_eos": true,
-            "return_token_ids": true});
-        body.as_object_mut()
-            .expect("object")
-            .extend(extra.as_object().expect("object").clone());
+        let body = common::merged(
+            json!({"model": "tiny", "prompt": "hello", "max_tokens": 12, "ignore_eos": true,
+                "return_token_ids": true}),
+            &extra,
+        );
         let r = post(server.port, "/v1/completions", &body);
         assert_eq!(r.status, 200, "{r:?}");
         ids(&r.json()["choices"][0]["token_ids"])
@@ -709,7 +651,7 @@ fn generation_config_defaults_apply_when_the_request_leaves_them_unset() {
 fn penalties_change_greedy_output_over_http() {
     let name = "llama-gqa";
     let dir = common::fixtures_dir().join(name);
-    let reference: Reference = common::fixture_reference(&dir);
+    let reference = common::fixture_reference(&dir);
     let case = reference
         .cases
         .iter()
@@ -722,11 +664,11 @@ fn penalties_change_greedy_output_over_http() {
         .expect("a case whose greedy output repeats an id");
     let server = start_fixture(name, &[]);
     let run = |extra: Value| {
-        let mut body = json!({"model": name, "prompt": case.input_ids, "temperature": 0,
-            "max_tokens": reference.max_new_tokens, "return_token_ids": true});
-        body.as_object_mut()
-            .expect("object")
-            .extend(extra.as_object().expect("object").clone());
+        let body = common::merged(
+            json!({"model": name, "prompt": case.input_ids, "temperature": 0,
+                "max_tokens": reference.max_new_tokens, "return_token_ids": true}),
+            &extra,
+        );
         let r = post(server.port, "/v1/completions", &body);
         assert_eq!(r.status, 200, "{r:?}");
         ids(&r.json()["choices"][0]["token_ids"])

@@ -146,26 +146,49 @@ impl ImageWriter {
                 return self.add_host_layer(spec, &cache, progress);
             }
         }
-        let mtime = self.mtime;
-        let tmp = self.tmp.clone();
-        let write_err = |source| ExportError::Write {
-            path: tmp.clone(),
-            source,
-        };
+        let header_at = self.open_blob(true)?;
+        let out = self.pipeline()?;
+        let (out, written) = spec.write_unhashed(out, progress)?;
+        let ended = out.end_digest();
+        let (digest, size) = ended.map_err(|e| self.write_err(e))?;
+        let sums = written.into_sums(digest, size);
+        self.close_blob(header_at, &sums.digest, sums.size)?;
+        Ok(Layer { spec, sums })
+    }
+
+    /// Starts a blob entry whose name (its digest) and size are known only at its end: writes
+    /// a placeholder header, optionally starts the digest, and returns where the header is.
+    fn open_blob(&mut self, digest: bool) -> Result<u64, ExportError> {
         let out = self.pipeline()?;
         let header_at = out.position();
-        out.write_all(&[0u8; 512]).map_err(write_err)?;
-        out.start_digest().map_err(write_err)?;
-        let (out, written) = spec.write_unhashed(out, progress)?;
-        let (digest, size) = out.end_digest().map_err(write_err)?;
-        let sums = written.into_sums(digest, size);
-        let path = blob_path(&sums.digest);
-        let header =
-            header(&path, sums.size, tar::EntryType::Regular, 0o644, mtime).map_err(write_err)?;
-        pad(out, sums.size)
-            .and_then(|()| out.patch(header_at, &header))
-            .map_err(write_err)?;
-        Ok(Layer { spec, sums })
+        let result = out
+            .write_all(&[0u8; 512])
+            .and_then(|()| if digest { out.start_digest() } else { Ok(()) });
+        result.map_err(|e| self.write_err(e))?;
+        Ok(header_at)
+    }
+
+    /// Ends the blob entry [`ImageWriter::open_blob`] began: pads it and patches its header.
+    fn close_blob(
+        &mut self,
+        header_at: u64,
+        digest: &Sha256Digest,
+        size: u64,
+    ) -> Result<(), ExportError> {
+        let mtime = self.mtime;
+        let out = self.pipeline()?;
+        let result = header(
+            &blob_path(digest),
+            size,
+            tar::EntryType::Regular,
+            0o644,
+            mtime,
+        )
+        .and_then(|header| {
+            pad(out, size)?;
+            out.patch(header_at, &header)
+        });
+        result.map_err(|e| self.write_err(e))
     }
 
     /// Adds a small whole file (signature and attestation documents) before the image documents.
@@ -189,16 +212,13 @@ impl ImageWriter {
         diff_id: Sha256Digest,
         progress: &dyn ProgressTask,
     ) -> Result<Layer, ExportError> {
-        let mtime = self.mtime;
         let tmp = self.tmp.clone();
         let write_err = |source| ExportError::Write {
             path: tmp.clone(),
             source,
         };
+        let header_at = self.open_blob(true)?;
         let out = self.pipeline()?;
-        let header_at = out.position();
-        out.write_all(&[0u8; 512]).map_err(write_err)?;
-        out.start_digest().map_err(write_err)?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = match blob.read(&mut buf) {
@@ -223,12 +243,7 @@ impl ImageWriter {
                 actual: digest.prefixed(),
             });
         }
-        let path = blob_path(&digest);
-        let header =
-            header(&path, size, tar::EntryType::Regular, 0o644, mtime).map_err(write_err)?;
-        pad(out, size)
-            .and_then(|()| out.patch(header_at, &header))
-            .map_err(write_err)?;
+        self.close_blob(header_at, &digest, size)?;
         let sums = crate::layers::LayerSums {
             diff_id,
             digest,
@@ -247,7 +262,7 @@ impl ImageWriter {
         cache: &DigestCache,
         progress: &dyn ProgressTask,
     ) -> Result<Layer, ExportError> {
-        let (mtime, role, tmp) = (self.mtime, spec.role, self.tmp.clone());
+        let (role, tmp) = (spec.role, self.tmp.clone());
         let write_err = |source| ExportError::Write {
             path: tmp.clone(),
             source,
@@ -259,12 +274,8 @@ impl ImageWriter {
             source,
         })?;
         let hit = cache.get(&key);
+        let header_at = self.open_blob(hit.is_none())?;
         let out = self.pipeline()?;
-        let header_at = out.position();
-        out.write_all(&[0u8; 512]).map_err(write_err)?;
-        if hit.is_none() {
-            out.start_digest().map_err(write_err)?;
-        }
         let start = out.position();
         let mut digests = Vec::new();
         for segment in &segments {
@@ -341,12 +352,7 @@ impl ImageWriter {
             ))));
         }
         cache.put(&key, &sums);
-        let path = blob_path(&sums.digest);
-        let header =
-            header(&path, sums.size, tar::EntryType::Regular, 0o644, mtime).map_err(write_err)?;
-        pad(out, sums.size)
-            .and_then(|()| out.patch(header_at, &header))
-            .map_err(write_err)?;
+        self.close_blob(header_at, &sums.digest, sums.size)?;
         Ok(Layer { spec, sums })
     }
 

@@ -119,9 +119,14 @@ impl Pipeline {
 
     /// Ends the digest begun by [`Pipeline::start_digest`]: sha256 and length of the bytes since.
     pub fn end_digest(&mut self) -> io::Result<(Sha256Digest, u64)> {
+        self.ask(Command::EndDigest)
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits for the worker's answer.
+    fn ask<T>(&mut self, make: impl FnOnce(SyncSender<T>) -> Command) -> io::Result<T> {
         self.send_buffer()?;
         let (reply, answer) = sync_channel(1);
-        self.send(Command::EndDigest(reply))?;
+        self.send(make(reply))?;
         match answer.recv() {
             Ok(result) => Ok(result),
             Err(_) => {
@@ -149,19 +154,7 @@ impl Pipeline {
 
     /// Returns once every byte sent so far is written (errors of the writer thread surface here).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.send_buffer()?;
-        let (reply, answer) = sync_channel(1);
-        self.send(Command::Sync(reply))?;
-        match answer.recv() {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                self.tx = None;
-                Err(self
-                    .join()
-                    .err()
-                    .unwrap_or_else(|| io::Error::other("the writer thread stopped")))
-            }
-        }
+        self.ask(Command::Sync)
     }
 
     /// Writes what is buffered, stops the worker and returns the file.

@@ -274,8 +274,7 @@ mod tests {
         let public = parse_public("k.pub", &generated.public_pem).unwrap();
         assert_eq!(key.verifying_key(), &public);
         assert_eq!(fingerprint(&public), generated.fingerprint);
-        let err =
-            decrypt("k.key", &generated.private_pem, &Secret::new("nope".into())).unwrap_err();
+        let err = decrypt("k.key", &generated.private_pem, &Secret::new("nope")).unwrap_err();
         assert!(matches!(err, KeyError::WrongPassword { .. }), "{err}");
         assert!(!err.to_string().contains("nope"));
         // The JSON envelope carries exactly cosign's fields.

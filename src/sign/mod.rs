@@ -10,38 +10,12 @@ pub mod cosign;
 pub mod dsse;
 pub mod keys;
 
-use std::fmt;
-
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{DerSignature, SigningKey, VerifyingKey};
 
 use crate::digest::Sha256Digest;
 
-/// A password or token: Debug and Display print `****`, so it cannot leak through logs or errors.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
+pub use crate::secret::Secret;
 
 /// A loaded private key.
 pub struct Signer {
@@ -104,6 +78,5 @@ mod tests {
         let text = String::from_utf8(payload).unwrap();
         assert!(text.starts_with(r#"{"critical":{"identity":{"docker-reference":"registry.local/x"},"image":{"docker-manifest-digest":"sha256:"#));
         assert!(text.ends_with(r#""type":"cosign container image signature"},"optional":null}"#));
-        assert_eq!(format!("{:?}", Secret::new("pw".into())), "****");
     }
 }

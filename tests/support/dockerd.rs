@@ -279,6 +279,17 @@ impl Dockerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `docker load -i TARBALL`, checked to have loaded `reference`; returns what docker printed.
+    pub fn load(&self, tarball: &Path, reference: &str) -> String {
+        let loaded = self.docker_ok(&["load", "-i", tarball.to_str().unwrap()]);
+        assert!(
+            loaded.contains(reference),
+            "`docker load` of {} did not load {reference}: {loaded}",
+            tarball.display()
+        );
+        loaded
+    }
+
     /// `docker image inspect REF` as JSON (the first element of the array).
     pub fn image_inspect(&self, reference: &str) -> serde_json::Value {
         let out = self.docker_ok(&["image", "inspect", reference]);
@@ -320,6 +331,26 @@ impl Drop for Dockerd {
             );
         }
     }
+}
+
+/// The hardening the runbook gives the container: read-only rootfs, no capabilities, no new
+/// privileges. `docker run` and `podman run` take the same flags.
+pub const HARDENED: [&str; 5] = [
+    "--read-only",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+];
+
+/// The arguments of a hardened `docker run` or `podman run`: `run`, `lead` (how it runs, e.g.
+/// `--rm --network none`), [`HARDENED`], then `rest` (more options, the image, its arguments).
+pub fn hardened_run<'a>(lead: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(lead);
+    args.extend_from_slice(&HARDENED);
+    args.extend_from_slice(rest);
+    args
 }
 
 /// The docker CLI to drive the daemon with: Debian's `/usr/bin/docker` (20.10, same as the

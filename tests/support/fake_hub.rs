@@ -38,6 +38,16 @@ pub enum Fault {
     WrongCommit,
 }
 
+impl Fault {
+    /// An error status with no `Retry-After`.
+    pub fn status(code: u16) -> Fault {
+        Fault::Status {
+            code,
+            retry_after: None,
+        }
+    }
+}
+
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct LoggedRequest {

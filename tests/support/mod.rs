@@ -2,6 +2,7 @@
 //!
 //! Each test binary includes it with `mod support;` and uses the part it needs:
 //!
+//! - [`builder`]: the `llama-gqa` fixture built by the `appliance` binary under test (`--json`).
 //! - [`dockerd`]: a private Docker Engine per test (`Dockerd::start()`), torn down on drop and, if the
 //!   test process dies first, by a supervisor process that outlives it.
 //! - [`tools`]: skopeo, umoci and podman wrappers that panic with an install hint when a tool is
@@ -9,6 +10,7 @@
 //! - [`http`]: a tiny std-only HTTP/1.1 client for driving `appliance-server` (no client crate).
 //! - [`paths`]: the binaries under test and the shared fixtures (`../shared/fixtures`).
 //! - [`process`]: running a command with a timeout and a panic that shows its output.
+//! - [`layers`]: the files of a built image's layers, read straight from the tarball.
 //! - [`elf`]: proves an unpacked rootfs loads its own ELFs (every NEEDED resolves inside it),
 //!   independently of the builder's resolver.
 //!
@@ -16,17 +18,19 @@
 //! what to run (`scripts/install-test-deps`, `cargo build --workspace`).
 #![allow(dead_code)]
 
+pub mod builder;
 pub mod cleanup;
 pub mod dockerd;
 pub mod elf;
 pub mod fake_hub;
 pub mod http;
+pub mod layers;
 pub mod paths;
 pub mod process;
 pub mod tools;
 
 #[allow(unused_imports)]
-pub use dockerd::Dockerd;
+pub use dockerd::{Dockerd, hardened_run};
 #[allow(unused_imports)]
 pub use http::{
     HttpResponse, free_port, http_get, http_post_json, http_request, try_http_request,

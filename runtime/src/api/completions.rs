@@ -61,19 +61,16 @@ pub async fn completions(
     .await?;
     let created = unix_now();
     if streaming {
-        return Ok(stream::respond(stream::Stream {
-            kind: Kind::Completion,
+        return Ok(started.stream(
+            &state,
+            Kind::Completion,
             id,
             created,
-            model: state.model_name.clone(),
-            handle: started.handle,
-            prompt: started.prompt,
             include_usage,
-            return_token_ids: return_ids,
-            param: "prompt",
-        }));
+            return_ids,
+        ));
     }
-    let out = collect(started, "prompt").await?;
+    let out = started.collect().await?;
     let prompt_ids = return_ids.then(|| out.prompt.clone());
     Ok(Json(CompletionResponse {
         id,
@@ -109,19 +106,9 @@ pub async fn chat_completions(
     let started = start(&state, request, &id, arrived, |room| room).await?;
     let created = unix_now();
     if streaming {
-        return Ok(stream::respond(stream::Stream {
-            kind: Kind::Chat,
-            id,
-            created,
-            model: state.model_name.clone(),
-            handle: started.handle,
-            prompt: started.prompt,
-            include_usage,
-            return_token_ids: return_ids,
-            param: "messages",
-        }));
+        return Ok(started.stream(&state, Kind::Chat, id, created, include_usage, return_ids));
     }
-    let out = collect(started, "messages").await?;
+    let out = started.collect().await?;
     Ok(Json(ChatResponse {
         id,
         object: "chat.completion",
@@ -147,6 +134,60 @@ pub async fn chat_completions(
 struct Started {
     handle: Handle,
     prompt: Vec<u32>,
+    /// The request field the prompt came from, named by errors.
+    param: &'static str,
+}
+
+impl Started {
+    /// Answers with server-sent events; dropping the body cancels.
+    fn stream(
+        self,
+        state: &AppState,
+        kind: Kind,
+        id: String,
+        created: u64,
+        include_usage: bool,
+        return_token_ids: bool,
+    ) -> Response {
+        stream::respond(stream::Stream {
+            kind,
+            id,
+            created,
+            model: state.model_name.clone(),
+            handle: self.handle,
+            prompt: self.prompt,
+            include_usage,
+            return_token_ids,
+            param: self.param,
+        })
+    }
+
+    /// Gathers the whole generation from the worker's events.
+    async fn collect(mut self) -> Result<Outcome, ApiError> {
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+        loop {
+            match self.handle.next().await {
+                Some(Event::Text {
+                    text: t,
+                    tokens: ids,
+                }) => {
+                    text.push_str(&t);
+                    tokens.extend(ids);
+                }
+                Some(Event::Finished { reason, .. }) => {
+                    return Ok(Outcome {
+                        prompt: self.prompt,
+                        tokens,
+                        text,
+                        finish: reason,
+                    });
+                }
+                Some(Event::Failed(e)) => return Err(to_api_error(e, self.param)),
+                None => return Err(worker_vanished()),
+            }
+        }
+    }
 }
 
 /// Tokenizes, checks and submits; every failure is an HTTP error.
@@ -188,7 +229,11 @@ async fn start(
         arrived,
     };
     let handle = state.scheduler.submit(job)?;
-    Ok(Started { handle, prompt })
+    Ok(Started {
+        handle,
+        prompt,
+        param,
+    })
 }
 
 /// One finished generation.
@@ -205,33 +250,6 @@ impl Outcome {
             prompt_tokens: self.prompt.len(),
             completion_tokens: self.tokens.len(),
             total_tokens: self.prompt.len() + self.tokens.len(),
-        }
-    }
-}
-
-/// Gathers a whole generation from the worker's events.
-async fn collect(mut started: Started, param: &'static str) -> Result<Outcome, ApiError> {
-    let mut text = String::new();
-    let mut tokens = Vec::new();
-    loop {
-        match started.handle.next().await {
-            Some(Event::Text {
-                text: t,
-                tokens: ids,
-            }) => {
-                text.push_str(&t);
-                tokens.extend(ids);
-            }
-            Some(Event::Finished { reason, .. }) => {
-                return Ok(Outcome {
-                    prompt: started.prompt,
-                    tokens,
-                    text,
-                    finish: reason,
-                });
-            }
-            Some(Event::Failed(e)) => return Err(to_api_error(e, param)),
-            None => return Err(worker_vanished()),
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct AppState {
     /// Set once by the loader, after the warm-up and before `Ready`.
     /// Handlers that need it answer 503 while it is empty.
     pub engine: OnceLock<Arc<Engine>>,
+    /// `sha256:` digest of the model files (see [`crate::weights_digest`]); set in the
+    /// background once the model is ready.
+    pub weights_digest: Arc<OnceLock<String>>,
     /// Admission (`--max-concurrent-requests` running,
     /// `--max-queued-requests` waiting, 429 beyond) and the engine workers.
     pub scheduler: crate::scheduler::Scheduler,

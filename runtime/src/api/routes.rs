@@ -52,7 +52,9 @@ pub async fn version(State(state): State<Arc<AppState>>) -> Json<Value> {
         "features": b.features,
         "target": b.target,
         "profile": b.profile,
+        "commit": b.source_revision,
         "model": state.model_name,
+        "weights_digest": state.weights_digest.get(),
     }))
 }
 

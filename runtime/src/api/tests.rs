@@ -28,6 +28,7 @@ fn app(api_key: Option<&str>) -> (axum::Router, ReadinessTx) {
         api_key: api_key.map(|k| k.parse::<Secret>().expect("key")),
         readiness: rx,
         engine: std::sync::OnceLock::new(),
+        weights_digest: Arc::default(),
         scheduler: crate::scheduler::Scheduler::new(1, 0, Arc::clone(&metrics)),
         metrics,
     };

@@ -195,6 +195,24 @@ fn capture(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> 
     })
 }
 
+/// Spawns `cmd` with piped stdio and writes `input` to its stdin, then
+/// closes it; `what` says what failed to start (and how to install it).
+pub fn spawn_with_input(cmd: &mut Command, input: &[u8], what: &str) -> Child {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin piped")
+        .write_all(input)
+        .unwrap_or_else(|e| panic!("write to {cmd:?}: {e}"));
+    child
+}
+
 pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -227,6 +245,24 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         Self::spawn(cmd)
+    }
+
+    /// Starts the server on the model directory `model` with `extra` args,
+    /// and waits until it is ready.
+    pub fn start_ready(model: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--model", model.to_str().expect("utf-8 model path")];
+        args.extend_from_slice(extra);
+        let server = Self::start(&args, &[]);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts the server on a reference checkpoint, on the CPU (where the
+    /// references were computed), with `extra` args, and waits until ready.
+    pub fn start_fixture(dir: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--device", "cpu"];
+        args.extend_from_slice(extra);
+        Self::start_ready(dir, &args)
     }
 
     /// Starts `cmd` as-is (the caller chooses host and port).
@@ -404,22 +440,33 @@ pub fn read_response(stream: &mut TcpStream) -> Response {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no header terminator in {text:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
     Response {
-        status,
+        status: status_code(head),
         head: head.to_owned(),
         body: body.to_owned(),
     }
+}
+
+/// The status code from a response head's status line.
+pub fn status_code(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"))
 }
 
 /// A port nothing listens on (bound, then released).
 pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
+}
+
+/// The JSON object `base` with the fields of `extra` added or replaced.
+pub fn merged(mut base: serde_json::Value, extra: &serde_json::Value) -> serde_json::Value {
+    base.as_object_mut()
+        .expect("base is an object")
+        .extend(extra.as_object().expect("extra is an object").clone());
+    base
 }
 
 /// Asserts the OpenAI error shape and returns `error.type`.
@@ -476,8 +523,60 @@ pub fn fixture_checkpoints() -> Vec<PathBuf> {
     dirs
 }
 
-/// A checkpoint's `reference.json`, in whatever shape the test reads it.
-pub fn fixture_reference<T: serde::de::DeserializeOwned>(dir: &Path) -> T {
+/// A checkpoint's `reference.json`: what transformers (float32, greedy)
+/// made of each prompt.
+#[derive(Debug, serde::Deserialize)]
+pub struct Reference {
+    pub max_new_tokens: usize,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Case {
+    /// `completion` (`prompt` is a string) or `chat` (a message list).
+    pub kind: String,
+    pub prompt: serde_json::Value,
+    pub input_ids: Vec<u32>,
+    pub output_ids: Vec<u32>,
+    /// Decoded with special tokens (see [`without_special_tokens`]).
+    pub output_text: String,
+    pub finish_reason: String,
+    pub first_logits_top5: Top5,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Top5 {
+    pub ids: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl Reference {
+    /// The first case of `kind`.
+    pub fn case(&self, kind: &str) -> &Case {
+        self.cases
+            .iter()
+            .find(|c| c.kind == kind)
+            .unwrap_or_else(|| panic!("a {kind} case"))
+    }
+}
+
+/// A checkpoint's `reference.json`.
+pub fn fixture_reference(dir: &Path) -> Reference {
     let raw = std::fs::read(dir.join("reference.json")).expect("read reference.json");
     serde_json::from_slice(&raw).expect("parse reference.json")
+}
+
+/// `text` without the checkpoint's special tokens: the reference decodes
+/// with them, OpenAI servers leave them out (vLLM's `skip_special_tokens`
+/// default).
+pub fn without_special_tokens(dir: &Path, text: &str) -> String {
+    let raw = fs::read(dir.join("tokenizer.json")).expect("read tokenizer.json");
+    let tokenizer: serde_json::Value = serde_json::from_slice(&raw).expect("tokenizer JSON");
+    let mut text = text.to_owned();
+    for t in tokenizer["added_tokens"].as_array().expect("added_tokens") {
+        if t["special"] == true {
+            text = text.replace(t["content"].as_str().expect("content"), "");
+        }
+    }
+    text
 }

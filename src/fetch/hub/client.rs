@@ -7,8 +7,8 @@ use serde::Deserialize;
 use ureq::http::Response;
 
 use super::error::HubError;
-use super::secret::Secret;
 use crate::digest::Sha256Digest;
+use crate::secret::Secret;
 
 /// How often and how patiently to retry 408/429/5xx and dropped connections.
 #[derive(Debug, Clone, Copy)]

@@ -17,7 +17,6 @@
 pub mod cache;
 pub mod client;
 pub mod error;
-pub mod secret;
 pub mod transfer;
 pub mod verify;
 
@@ -32,10 +31,10 @@ use globset::{Glob, GlobSetBuilder};
 use crate::digest::Sha256Digest;
 use crate::lock::{LockedFile, LockedModel};
 use crate::progress::Progress;
+pub use crate::secret::Secret;
 use cache::{HubCache, Stamp, Stamps};
 use client::{HubClient, RemoteFile, RetryPolicy, is_commit};
 pub use error::{ExpectationSource, HubError};
-pub use secret::Secret;
 use verify::{Expectation, ExpectedDigest, Measured};
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -485,15 +484,10 @@ impl HubFetcher {
         let etag = remote.etag();
         let partial = self.cache.incomplete(repo, &etag);
         let task = progress.task(&w.path, remote.size);
-        let measured = transfer::download(
-            &self.client,
-            repo,
-            commit,
-            remote,
-            &partial,
-            task.as_ref(),
-            on_bytes,
-        )?;
+        let measured = transfer::download(&self.client, repo, commit, remote, &partial, &|n| {
+            task.advance(n);
+            on_bytes(n);
+        })?;
         task.finish();
         if let Err(mismatch) = verify::check(&measured, &w.expectations) {
             let dest = self.cache.quarantine(repo, commit, &w.path, &partial)?;

@@ -8,18 +8,17 @@ use std::path::Path;
 use super::client::{AttemptError, HubClient, RemoteFile, content_range_start};
 use super::error::HubError;
 use super::verify::{FileHasher, Measured, hash_into};
-use crate::progress::ProgressTask;
 
 /// Downloads `remote` of `commit` into `partial` (created or resumed) and returns what the
-/// bytes measured. The caller verifies and commits (or quarantines) the file.
+/// bytes measured. `advance` hears of every byte that reaches disk (resumed ones included), for
+/// the progress bars. The caller verifies and commits (or quarantines) the file.
 pub fn download(
     client: &HubClient,
     repo: &str,
     commit: &str,
     remote: &RemoteFile,
     partial: &Path,
-    task: &dyn ProgressTask,
-    on_bytes: &dyn Fn(u64),
+    advance: &dyn Fn(u64),
 ) -> Result<Measured, HubError> {
     let io = |e| HubError::Io {
         path: partial.to_path_buf(),
@@ -41,8 +40,7 @@ pub fn download(
         // The bytes of an earlier attempt: hashed once here, never downloaded again.
         hash_into(&mut (&file).take(offset), &mut hasher).map_err(io)?;
         file.seek(SeekFrom::End(0)).map_err(io)?;
-        task.advance(offset);
-        on_bytes(offset);
+        advance(offset);
     }
 
     let mut retry = 0;
@@ -83,8 +81,7 @@ pub fn download(
                             write_chunk(&mut file, &buf[..n], partial, remote.size - offset)?;
                             hasher.update(&buf[..n]);
                             offset += n as u64;
-                            task.advance(n as u64);
-                            on_bytes(n as u64);
+                            advance(n as u64);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(e) => break Some(e),

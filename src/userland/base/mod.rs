@@ -552,15 +552,7 @@ fn select_oci(source: &Source, pinned: &Sha256Digest) -> Result<Selected, BaseEr
         }
     };
     let Some(((_, name), (manifest_blob, manifest_digest, manifest))) = chosen else {
-        return Err(BaseError::DigestMismatch {
-            image: source.path().to_path_buf(),
-            expected: pinned.prefixed(),
-            found: if found.is_empty() {
-                "no image manifests".into()
-            } else {
-                found.join("; ")
-            },
-        });
+        return Err(not_pinned(source, pinned, &found, "no image manifests", ""));
     };
     match manifest["mediaType"].as_str() {
         None | Some(OCI_MANIFEST) | Some(DOCKER_MANIFEST) => {}
@@ -613,14 +605,8 @@ fn select_oci(source: &Source, pinned: &Sha256Digest) -> Result<Selected, BaseEr
             }
         };
         let size = layer["size"].as_u64().unwrap_or(0);
-        if !source.contains(&blob) {
-            return Err(BaseError::MissingFile {
-                image: source.path().to_path_buf(),
-                name: blob,
-            });
-        }
         layers.push(LayerRef {
-            blob,
+            blob: present(source, blob)?,
             described: Some((digest, size)),
             compression: Some(compression),
         });
@@ -649,14 +635,8 @@ fn select_docker(source: &Source, pinned: &Sha256Digest) -> Result<Selected, Bas
         let mut layers = Vec::new();
         for layer in entry["Layers"].as_array().into_iter().flatten() {
             let blob = layer.as_str().unwrap_or_default().to_string();
-            if !source.contains(&blob) {
-                return Err(BaseError::MissingFile {
-                    image: source.path().to_path_buf(),
-                    name: blob,
-                });
-            }
             layers.push(LayerRef {
-                blob,
+                blob: present(source, blob)?,
                 described: None,
                 compression: None,
             });
@@ -669,18 +649,46 @@ fn select_docker(source: &Source, pinned: &Sha256Digest) -> Result<Selected, Bas
             layers,
         });
     }
-    Err(BaseError::DigestMismatch {
+    Err(not_pinned(
+        source,
+        pinned,
+        &found,
+        "no images",
+        " (a classic `docker save` has no manifest digest: pin the image ID)",
+    ))
+}
+
+/// `blob` back if the image holds it: a layer listed but absent is a broken image, named here
+/// rather than halfway through unpacking.
+fn present(source: &Source, blob: String) -> Result<String, BaseError> {
+    if source.contains(&blob) {
+        Ok(blob)
+    } else {
+        Err(BaseError::MissingFile {
+            image: source.path().to_path_buf(),
+            name: blob,
+        })
+    }
+}
+
+/// No image in `source` matches `pinned`: the error lists the digests `found` (`hint` after
+/// them), or says `none` when there were none.
+fn not_pinned(
+    source: &Source,
+    pinned: &Sha256Digest,
+    found: &[String],
+    none: &str,
+    hint: &str,
+) -> BaseError {
+    BaseError::DigestMismatch {
         image: source.path().to_path_buf(),
         expected: pinned.prefixed(),
         found: if found.is_empty() {
-            "no images".into()
+            none.to_string()
         } else {
-            format!(
-                "{} (a classic `docker save` has no manifest digest: pin the image ID)",
-                found.join("; ")
-            )
+            format!("{}{hint}", found.join("; "))
         },
-    })
+    }
 }
 
 /// Compression of a layer that has no media type, from its magic bytes (as `docker load` does).

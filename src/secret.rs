@@ -1,9 +1,11 @@
-//! Defines `Secret`, the Hub token's wrapper: it prints as `****` wherever it ends up.
+//! Defines `Secret`, the wrapper for every credential the builder handles (the Hub token, the
+//! signing key's password): it prints as `****` wherever it ends up, so a token or password
+//! cannot leak through a log line, an error message or a `{:?}`.
 
 use std::fmt;
 
-/// A credential. `Debug` and `Display` never show it; only [`Secret::expose`] does, and the
-/// only caller is the code that sets the `Authorization` header.
+/// A credential. `Debug` and `Display` never show it; only [`Secret::expose`] does, and its
+/// callers are the code that sets the `Authorization` header and the key derivation.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -48,5 +50,7 @@ mod tests {
         let s = Secret::new("hf_abcdef");
         assert_eq!(format!("{s} {s:?}"), "**** Secret(****)");
         assert_eq!(s.redact("x hf_abcdef y"), "x **** y");
+        assert_eq!(s.redact("nothing here"), "nothing here");
+        assert_eq!(Secret::new("").redact("as is"), "as is");
     }
 }
