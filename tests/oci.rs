@@ -401,6 +401,27 @@ fn docker_runs_the_image_hardened_until_healthy_and_stops_cleanly() {
     );
     assert_eq!(status, 200, "{body}");
 
+    // The server's own digest of the weights it loaded equals the audited image label.
+    let label = state("{{index .Config.Labels \"appliance.model.files.sha256\"}}");
+    assert!(label.starts_with("sha256:"), "{label}");
+    let bearer = format!("Bearer {key}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let loaded = loop {
+        let version = support::http_request(
+            "GET",
+            &format!("{base}/version"),
+            &[("Authorization", bearer.as_str())],
+            None,
+        )
+        .json();
+        if let Some(digest) = version["weights_digest"].as_str() {
+            break digest.to_string();
+        }
+        assert!(Instant::now() < deadline, "no weights_digest: {version}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(loaded, label);
+
     docker.docker_ok(&["stop", "-t", "30", &id]);
     let logs = docker.docker_ok(&["logs", &id]);
     assert_eq!(state("{{.State.ExitCode}}"), "0", "logs:\n{logs}");
