@@ -430,7 +430,7 @@ impl Write for Recorder {
 }
 
 /// Copies `size` bytes of a host file into `out` and returns their sha256; errors name the file.
-pub(crate) fn copy_host_file(
+fn copy_host_file(
     path: &Path,
     size: u64,
     out: &mut impl Write,
