@@ -29,9 +29,17 @@ fn main() {
     };
 
     // For the SBOM: every crate compiled in, and the commit the source came from.
+    let crates = compiled_crates(&target, &features);
+    if crates.is_empty() {
+        // Not fatal (the server works), but an SBOM without the crates must not go unnoticed.
+        println!(
+            "cargo:warning=`cargo tree` gave no dependency list: images built with this server \
+             will have an SBOM without its crates"
+        );
+    }
     let sbom = format!(
         ",\"crates\":[{}]{}",
-        compiled_crates(&target, &features)
+        crates
             .iter()
             .map(|c| json_string(c))
             .collect::<Vec<_>>()

@@ -95,6 +95,13 @@ pub fn build(
             server.info.features.join(", ")
         );
     }
+    if signer.is_some() && server.info.crates.is_empty() {
+        log.step(&format!(
+            "Warning: `{}` records no crate list (its build could not run `cargo tree`); the SBOM \
+             will list the server without its dependencies",
+            server.path.display()
+        ));
+    }
     let launcher = if manifest.server.device == Device::Cuda {
         Some(cuda_launcher(&manifest, &server)?)
     } else {
