@@ -645,6 +645,29 @@ fn generation_config_defaults_apply_when_the_request_leaves_them_unset() {
         .expect("occurs");
     assert_eq!(got, reference[..first], "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    drop(server);
+
+    // `max_new_tokens` there is the default `max_tokens` of chat requests, as in vLLM; legacy
+    // completions keep OpenAI's 16.
+    write(json!({"temperature": 0.0, "max_new_tokens": 3}));
+    let server = start_tiny(&model, &[]);
+    let chat = post(
+        server.port,
+        "/v1/chat/completions",
+        &json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+            "ignore_eos": true}),
+    );
+    assert_eq!(chat.status, 200, "{chat:?}");
+    let v = chat.json();
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    let v = post(
+        server.port,
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": "hello", "ignore_eos": true}),
+    )
+    .json();
+    assert_eq!(v["usage"]["completion_tokens"], 16, "{v}");
 }
 
 #[test]

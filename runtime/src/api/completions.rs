@@ -103,7 +103,16 @@ pub async fn chat_completions(
     let (return_ids, streaming) = (request.return_token_ids, request.stream);
     let include_usage = request.include_usage;
     // As vLLM: by default a chat may use the rest of the context.
-    let started = start(&state, request, &id, arrived, |room| room).await?;
+    // Chat without `max_tokens`: the checkpoint's `max_new_tokens`, else the rest of the context
+    // (vLLM's defaults).
+    let configured = state
+        .engine
+        .get()
+        .and_then(|e| e.generation_defaults().max_new_tokens);
+    let started = start(&state, request, &id, arrived, |room| {
+        configured.unwrap_or(room)
+    })
+    .await?;
     let created = unix_now();
     if streaming {
         return Ok(started.stream(&state, Kind::Chat, id, created, include_usage, return_ids));

@@ -35,6 +35,9 @@ pub struct GenerationDefaults {
     /// `Some(None)`: the file disables top-k explicitly (0).
     pub top_k: Option<Option<usize>>,
     pub repetition_penalty: Option<f32>,
+    /// `max_new_tokens`: the default `max_tokens` of chat requests (vLLM's behaviour; legacy
+    /// completions keep OpenAI's default of 16).
+    pub max_new_tokens: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +46,7 @@ struct Raw {
     top_p: Option<f64>,
     top_k: Option<i64>,
     repetition_penalty: Option<f64>,
+    max_new_tokens: Option<i64>,
 }
 
 impl GenerationDefaults {
@@ -66,7 +70,12 @@ impl GenerationDefaults {
             top_k: typed(&value, "top_k").map_err(|r| field("top_k", r))?,
             repetition_penalty: typed(&value, "repetition_penalty")
                 .map_err(|r| field("repetition_penalty", r))?,
+            max_new_tokens: typed(&value, "max_new_tokens")
+                .map_err(|r| field("max_new_tokens", r))?,
         };
+        if let Some(n) = raw.max_new_tokens.filter(|n| *n < 1) {
+            return Err(field("max_new_tokens", format!("must be >= 1, got {n}")));
+        }
         if let Some(t) = raw.temperature.filter(|t| !(*t >= 0.0 && t.is_finite())) {
             return Err(field("temperature", format!("must be >= 0, got {t}")));
         }
@@ -96,6 +105,7 @@ impl GenerationDefaults {
                 .filter(|&k| k != 50)
                 .map(|k| usize::try_from(k).ok().filter(|&k| k > 0)),
             repetition_penalty: raw.repetition_penalty.map(|r| r as f32),
+            max_new_tokens: raw.max_new_tokens.and_then(|n| usize::try_from(n).ok()),
         })
     }
 
@@ -163,6 +173,10 @@ mod tests {
         let p = d.resolve(&RequestedSampling::default());
         assert_eq!((p.temperature, p.top_p, p.top_k), (0.6, 0.9, Some(20)));
         assert_eq!(p.repetition_penalty, 1.1);
+        assert_eq!(
+            load(r#"{"max_new_tokens": 7}"#).unwrap().max_new_tokens,
+            Some(7)
+        );
         let explicit = RequestedSampling {
             temperature: Some(0.0),
             top_k: Some(None),
@@ -190,6 +204,8 @@ mod tests {
         let err = load(r#"{"top_p": 1.5}"#).expect_err("top_p > 1");
         let msg = err.to_string();
         assert!(msg.contains(FILE) && msg.contains("`top_p`"), "{msg}");
+        let err = load(r#"{"max_new_tokens": 0}"#).expect_err("zero tokens");
+        assert!(err.to_string().contains("`max_new_tokens`"), "{err}");
         let err = load(r#"{"temperature": "hot"}"#).expect_err("a string");
         assert!(err.to_string().contains("`temperature`"), "{err}");
         assert!(load("{").is_err());
