@@ -27,6 +27,11 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::info;
 
+/// Events a job may have in flight towards its client. Bounded, so a client that reads a
+/// stream slowly holds its worker back (TCP backpressure reaches generation) instead of the
+/// server buffering up to `max_tokens` chunks for it.
+const EVENT_BUFFER: usize = 32;
+
 use crate::{
     engine::{Engine, EngineError, GenerateRequest},
     metrics::{FinishedReason, Metrics},
@@ -127,7 +132,7 @@ struct Queued {
     ticket: u64,
     job: Job,
     enqueued: Instant,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 }
 
 impl Scheduler {
@@ -160,7 +165,7 @@ impl Scheduler {
     /// Admits `job` (running at once, or waiting its turn), or refuses it
     /// when the queue is full.
     pub fn submit(&self, job: Job) -> Result<Handle, Overloaded> {
-        let (events, rx) = mpsc::unbounded_channel();
+        let (events, rx) = mpsc::channel(EVENT_BUFFER);
         let mut state = self.inner.lock();
         let waiting = state.queue.len();
         if state.running + waiting >= self.inner.max_running + self.inner.max_waiting {
@@ -212,7 +217,7 @@ impl Inner {
 /// A submitted job's results. Dropping it cancels the job.
 #[derive(Debug)]
 pub struct Handle {
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::Receiver<Event>,
     ticket: u64,
     inner: Arc<Inner>,
 }

@@ -102,7 +102,7 @@ fn generate(inner: &Inner, q: Queued) {
                         text: delta.text,
                         tokens: mem::take(&mut unreported),
                     };
-                    gone = events.send(event).is_err();
+                    gone = events.blocking_send(event).is_err();
                 } else {
                     gone = events.is_closed();
                 }
@@ -118,7 +118,7 @@ fn generate(inner: &Inner, q: Queued) {
     let (outcome, generated) = match result {
         Err(None) => (Outcome::Aborted, 0),
         Err(Some(e)) => {
-            let _ = events.send(Event::Failed(e));
+            let _ = events.blocking_send(Event::Failed(e));
             (Outcome::Failed, 0)
         }
         Ok(generation) => {
@@ -131,7 +131,7 @@ fn generate(inner: &Inner, q: Queued) {
             };
             match (failure, finish) {
                 (Some(e), _) => {
-                    let _ = events.send(Event::Failed(e));
+                    let _ = events.blocking_send(Event::Failed(e));
                     (Outcome::Failed, n)
                 }
                 (None, Some(finish)) if !gone => {
@@ -146,10 +146,12 @@ fn generate(inner: &Inner, q: Queued) {
                         completion_tokens: n,
                     };
                     match flush(&mut text, tokenizer, &mut unreported, &events, stopped) {
-                        Ok(()) if events.send(done).is_ok() => (Outcome::Finished(finish), n),
+                        Ok(()) if events.blocking_send(done).is_ok() => {
+                            (Outcome::Finished(finish), n)
+                        }
                         Ok(()) | Err(None) => (Outcome::Aborted, n),
                         Err(Some(e)) => {
-                            let _ = events.send(Event::Failed(e));
+                            let _ = events.blocking_send(Event::Failed(e));
                             (Outcome::Failed, n)
                         }
                     }
@@ -190,7 +192,7 @@ fn flush(
     text: &mut TextStream,
     tokenizer: &crate::engine::Tokenizer,
     unreported: &mut Vec<u32>,
-    events: &tokio::sync::mpsc::UnboundedSender<Event>,
+    events: &tokio::sync::mpsc::Sender<Event>,
     stopped: bool,
 ) -> Result<(), Option<crate::engine::EngineError>> {
     let rest = if stopped {
@@ -202,7 +204,7 @@ fn flush(
         return Ok(());
     }
     events
-        .send(Event::Text {
+        .blocking_send(Event::Text {
             text: rest,
             tokens: mem::take(unreported),
         })
