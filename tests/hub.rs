@@ -668,6 +668,38 @@ fn offline_build_after_fetch_makes_no_request() {
     );
 }
 
+/// Two fetches into one cache at once (two CI jobs on one runner): the per-blob lock makes the
+/// second wait for the first's download and verify the finished blob instead of writing into
+/// the same `.incomplete` file; each file's body is downloaded once and both succeed.
+#[test]
+fn concurrent_fetches_share_the_cache_through_the_blob_lock() {
+    let (hub, _) = hub_with_fixture();
+    let site = Site::new(&hub);
+    // The first download of the weights is slow, so the second fetch arrives while it runs.
+    hub.fault("model.safetensors", Fault::Delay(1500), 1);
+    let manifest = site.manifest();
+    let args = ["fetch", manifest.to_str().unwrap()];
+    let mut first = site.command(&args);
+    first
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let first = first.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let second = site.run(&args);
+    let first = first.wait_with_output().unwrap();
+    assert_ok(&first);
+    assert_ok(&second);
+    let bodies: Vec<_> = requests_for(&hub, "model.safetensors")
+        .into_iter()
+        .filter(|r| r.method == "GET" && (r.status == 200 || r.status == 206))
+        .collect();
+    assert_eq!(bodies.len(), 1, "downloaded more than once: {bodies:?}");
+    // The lock is huggingface_hub's, at its path.
+    assert!(site.hf_home.join("hub/.locks/models--org--tiny").is_dir());
+    assert_ok(&site.build(&["--offline", "--locked"]));
+    assert_image_has_fixture_bytes(&site.output());
+}
+
 /// Runs huggingface_hub (installed by `scripts/install-test-deps`) against the fake Hub.
 fn python_hf(site: &Site, script: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new("python3");

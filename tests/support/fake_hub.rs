@@ -36,6 +36,8 @@ pub enum Fault {
     DropAfter(u64),
     /// Claim another commit in `X-Repo-Commit`.
     WrongCommit,
+    /// Wait this many milliseconds before sending the body (a slow transfer).
+    Delay(u64),
 }
 
 impl Fault {
@@ -521,6 +523,9 @@ fn respond(head: &Head, state: &Mutex<State>, out: &mut TcpStream) -> std::io::R
     out.write_all(headers.as_bytes())?;
     if head.method == "HEAD" {
         return Ok(status);
+    }
+    if let Some(Fault::Delay(ms)) = fault {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     let flip_at = matches!(fault, Some(Fault::FlipByte)).then_some(e.size / 2);
     match &e.content {

@@ -33,6 +33,30 @@ impl HubCache {
         self.repo_dir(repo).join("blobs").join(etag)
     }
 
+    /// Takes huggingface_hub's per-blob lock (`.locks/models--org--name/<etag>.lock`, an
+    /// exclusive `flock`), waiting while another process — appliance or Python — downloads the
+    /// same blob: two writers would otherwise append to one `.incomplete` file. Held until the
+    /// returned file is dropped; the kernel releases it if the process dies.
+    pub fn lock_blob(&self, repo: &str, etag: &str) -> Result<std::fs::File, HubError> {
+        let path = self
+            .root
+            .join(".locks")
+            .join(Self::repo_folder(repo))
+            .join(format!("{etag}.lock"));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(HubError::io(parent))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(HubError::io(&path))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| HubError::io(&path)(e.into()))?;
+        Ok(file)
+    }
+
     /// huggingface_hub's name for a partial download: resumable by either tool.
     pub fn incomplete(&self, repo: &str, etag: &str) -> PathBuf {
         self.repo_dir(repo)

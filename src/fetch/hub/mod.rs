@@ -482,6 +482,21 @@ impl HubFetcher {
             unreachable!("online fetches always have Hub metadata");
         };
         let etag = remote.etag();
+        let _lock = self.cache.lock_blob(repo, &etag)?;
+        let blob = self.cache.blob(repo, &etag);
+        if blob.is_file() {
+            // Another process finished this blob while we waited for the lock: verify its
+            // bytes instead of downloading them again.
+            let git = verify::needs_git_sha1(&w.expectations);
+            let measured = verify::hash_file(&blob, git).map_err(HubError::io(&blob))?;
+            if let Err(mismatch) = verify::check(&measured, &w.expectations) {
+                let dest = self.cache.quarantine(repo, commit, &w.path, &blob)?;
+                return Err(mismatch.into_error(&w.path, &dest));
+            }
+            self.cache.link(repo, commit, &w.path, &etag)?;
+            on_bytes(remote.size);
+            return Ok(measured);
+        }
         let partial = self.cache.incomplete(repo, &etag);
         let task = progress.task(&w.path, remote.size);
         let measured = transfer::download(&self.client, repo, commit, remote, &partial, &|n| {
