@@ -110,8 +110,14 @@ impl HubCache {
         }
         let depth = path.matches('/').count();
         let target = PathBuf::from(format!("{}../../blobs/{etag}", "../".repeat(depth)));
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&target, &link).map_err(HubError::io(&link))?;
+        // Made under a temporary name and renamed over the link: atomic, so another process
+        // linking the same file at the same moment cannot make this fail with "exists".
+        let mut tmp_name = link.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(format!(".tmp{}", std::process::id()));
+        let tmp = link.with_file_name(tmp_name);
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp).map_err(HubError::io(&tmp))?;
+        std::fs::rename(&tmp, &link).map_err(HubError::io(&link))?;
         Ok(link)
     }
 
