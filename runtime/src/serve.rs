@@ -179,8 +179,9 @@ async fn serve(
             shutdown.triggered().await;
         }
     };
+    let router = api::router(Arc::clone(&state));
     let mut server: JoinHandle<io::Result<()>> = tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
+        axum::serve(listener, router)
             .with_graceful_shutdown(stop_accepting)
             .await
     });
@@ -189,7 +190,8 @@ async fn serve(
         biased;
         reason = shutdown.triggered() => {
             ready_tx.set(Readiness::ShuttingDown);
-            drain(&mut server, &shutdown, Duration::from_secs(args.shutdown_timeout)).await;
+            let budget = Duration::from_secs(args.shutdown_timeout);
+            drain(&mut server, &shutdown, budget, &state.scheduler).await;
             reason
         }
         ended = &mut server => match (ended, shutdown.reason()) {
@@ -213,10 +215,25 @@ async fn serve(
 /// Waits for in-flight requests up to `timeout` (or until a second signal),
 /// then abandons whatever is left. Timing out is not an error: the operator
 /// chose the budget, and the exit code reflects why we stopped, not how.
-async fn drain(server: &mut JoinHandle<io::Result<()>>, shutdown: &Shutdown, timeout: Duration) {
+async fn drain(
+    server: &mut JoinHandle<io::Result<()>>,
+    shutdown: &Shutdown,
+    timeout: Duration,
+    scheduler: &crate::scheduler::Scheduler,
+) {
     info!("draining in-flight requests (up to {}s)", timeout.as_secs());
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Connections first, then the workers' bookkeeping (metrics, the request's log line),
+    // which ends just after the client got its last byte.
+    let drained = async {
+        let closed = (&mut *server).await;
+        while !scheduler.is_idle() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        closed
+    };
     tokio::select! {
-        finished = tokio::time::timeout(timeout, &mut *server) => match finished {
+        finished = tokio::time::timeout_at(deadline, drained) => match finished {
             Ok(Ok(Ok(()))) => info!("all connections closed; exiting"),
             Ok(Ok(Err(e))) => warn!("HTTP server error while draining: {e}"),
             Ok(Err(_)) => warn!("HTTP server task panicked while draining"),

@@ -170,10 +170,23 @@ fn a_completion_moves_the_counters_by_its_usage_and_promtool_accepts_the_scrape(
         .expect("finish_reason");
     assert!(prompt_tokens > 0.0 && completion_tokens > 0.0, "{v}");
 
-    let after_text = scrape(&server);
+    let label = "model_name=\"metrics-model\"";
+    // The worker records a request just after its client got the last byte: wait for it.
+    let e2e_count = format!("vllm:e2e_request_latency_seconds_count{{{label}}}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after_text = loop {
+        let text = scrape(&server);
+        if value(&samples(&text), &e2e_count) > value(&before, &e2e_count) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     promtool_check(&after_text);
     let after = samples(&after_text);
-    let label = "model_name=\"metrics-model\"";
     let delta = |series: &str| value(&after, series) - value(&before, series);
 
     assert_eq!(

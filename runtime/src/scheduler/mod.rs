@@ -162,6 +162,14 @@ impl Scheduler {
         Self { inner }
     }
 
+    /// Whether no job is running or waiting. A job counts as running until its worker has
+    /// recorded its metrics and logged it, which is after its client got the last event: the
+    /// shutdown drain waits for this, so no request's log line is lost at exit.
+    pub fn is_idle(&self) -> bool {
+        let state = self.inner.lock();
+        state.running == 0 && state.queue.is_empty()
+    }
+
     /// Admits `job` (running at once, or waiting its turn), or refuses it
     /// when the queue is full.
     pub fn submit(&self, job: Job) -> Result<Handle, Overloaded> {
