@@ -14,7 +14,7 @@ use crate::image::Healthcheck;
 use crate::summary::{ImageSummary, LayerSummary, ModelSummary};
 
 /// Entries larger than this are never buffered (JSON documents are far smaller).
-const MAX_DOCUMENT: u64 = 16 << 20;
+use crate::verify::scan::MAX_DOCUMENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {

@@ -17,16 +17,6 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
-
-    /// Replaces every occurrence of the secret in `text` (belt and braces for messages that
-    /// quote a server's reply).
-    pub fn redact(&self, text: &str) -> String {
-        if self.0.is_empty() {
-            text.to_string()
-        } else {
-            text.replace(&self.0, "****")
-        }
-    }
 }
 
 impl fmt::Debug for Secret {
@@ -49,8 +39,5 @@ mod tests {
     fn secret_never_prints() {
         let s = Secret::new("hf_abcdef");
         assert_eq!(format!("{s} {s:?}"), "**** Secret(****)");
-        assert_eq!(s.redact("x hf_abcdef y"), "x **** y");
-        assert_eq!(s.redact("nothing here"), "nothing here");
-        assert_eq!(Secret::new("").redact("as is"), "as is");
     }
 }

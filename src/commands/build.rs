@@ -212,11 +212,8 @@ pub fn build(
     // One pass: each layer streams into the tarball, hashed as it goes. Pins are checked once
     // the model layers are in; a mismatch drops the writer, which deletes the partial file.
     log.step(&format!("Writing {}", output.display()));
-    let mut writer = ImageWriter::create(&output, mtime)?;
-    writer.use_cache(DigestCache::new(
-        &settings.cache_dir,
-        !settings.verify_cache,
-    ));
+    let cache = DigestCache::new(&settings.cache_dir, !settings.verify_cache);
+    let mut writer = ImageWriter::create(&output, mtime, cache)?;
     let base_bytes: u64 = userland
         .base
         .iter()

@@ -26,14 +26,11 @@ pub enum LockPolicy {
     Relock,
 }
 
-/// A Hub model fetched and verified, with the lock that describes it.
+/// A Hub model fetched and verified, and where its lock file is.
 pub struct HubFetch {
     pub model: FetchedModel,
     pub snapshot: HubSnapshot,
-    pub lock: LockFile,
     pub lock_path: PathBuf,
-    /// Whether the lock file was written (created or updated).
-    pub lock_written: bool,
 }
 
 /// `appliance lock`: resolves the manifest's revision and records every file's digest.
@@ -162,8 +159,6 @@ pub fn fetch_hub(
     Ok(HubFetch {
         model,
         snapshot,
-        lock: new,
         lock_path,
-        lock_written,
     })
 }

@@ -3,11 +3,36 @@
 //! Settings are fixed (gzip level 6 with a zeroed header mtime, single-threaded zstd level 3)
 //! because compressed bytes are only reproducible when implementation and level are pinned.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use flate2::write::GzEncoder;
 
 use crate::manifest::Compression;
+
+impl Compression {
+    /// The compression of a layer blob from its first bytes (as `docker load` does for layers
+    /// without a media type): gzip and zstd magic, anything else is taken as a plain tar.
+    pub fn from_magic(head: &[u8]) -> Self {
+        match head {
+            [0x1f, 0x8b, ..] => Self::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Self::Zstd,
+            _ => Self::None,
+        }
+    }
+}
+
+/// The uncompressed tar stream of a layer blob. Gzip layers may hold several members (some
+/// tools write them so), hence the multi-member decoder.
+pub fn decoder<'a>(
+    compression: Compression,
+    blob: impl Read + 'a,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(blob),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(blob)?),
+    })
+}
 
 pub enum Compressor<W: Write> {
     None(W),

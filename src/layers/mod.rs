@@ -19,6 +19,7 @@ use crate::digest::{HashingWriter, Sha256Digest};
 use crate::manifest::Compression;
 use crate::progress::ProgressTask;
 use compress::Compressor;
+pub use compress::decoder;
 
 /// Read buffer for file contents; large enough that syscalls don't dominate hashing.
 const READ_BUFFER: usize = 1 << 20;

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::attest;
 use crate::digest::Sha256Digest;
+use crate::image::blob_path;
 use crate::sign::{self, cosign, dsse, keys};
 use scan::{BlobInfo, Scan, ScanError};
 
@@ -68,7 +69,7 @@ pub struct ReportFile {
     pub size: u64,
 }
 
-/// Verifies `tarball` against `key` (a PKIX PEM public key's text; `key_name` names it).
+/// Verifies `tarball` against `key` (a PKIX PEM public key's text).
 pub fn verify(tarball: &Path, key: &VerifyingKey) -> Result<Report, VerifyError> {
     let scan = scan::scan(tarball)?;
     Checker {
@@ -85,10 +86,6 @@ struct Checker<'a> {
     key: &'a VerifyingKey,
     referenced: BTreeSet<Sha256Digest>,
     checks: Vec<String>,
-}
-
-fn blob_name(d: &Sha256Digest) -> String {
-    format!("blobs/sha256/{}", d.hex())
 }
 
 impl<'a> Checker<'a> {
@@ -117,7 +114,7 @@ impl<'a> Checker<'a> {
         if let Some(size) = desc["size"].as_u64() {
             if size != info.size {
                 return fail(
-                    blob_name(&digest),
+                    blob_path(&digest),
                     format!("is {} bytes but {from} says {size}", info.size),
                 );
             }
@@ -137,13 +134,13 @@ impl<'a> Checker<'a> {
         let (digest, info) = self.blob(desc, from)?;
         let Some(bytes) = &info.json else {
             return fail(
-                blob_name(&digest),
+                blob_path(&digest),
                 format!("is referenced by {from} as {what} but is not a JSON document"),
             );
         };
         let value = serde_json::from_slice(bytes).or_else(|e| {
             fail(
-                blob_name(&digest),
+                blob_path(&digest),
                 format!("is not valid JSON ({what}): {e}"),
             )
         })?;
@@ -156,7 +153,7 @@ impl<'a> Checker<'a> {
             if info.actual != Some(*name) {
                 let actual = info.actual.map(|d| d.prefixed()).unwrap_or_default();
                 return fail(
-                    blob_name(name),
+                    blob_path(name),
                     format!("content has sha256 {actual}: the blob was modified or swapped"),
                 );
             }
@@ -206,7 +203,7 @@ impl<'a> Checker<'a> {
             .unwrap_or_default();
         if diff_ids.len() != layers.len() {
             return fail(
-                blob_name(&config_digest),
+                blob_path(&config_digest),
                 format!(
                     "lists {} diff_ids for {} layers",
                     diff_ids.len(),
@@ -220,19 +217,19 @@ impl<'a> Checker<'a> {
             let (digest, info) = self.blob(layer, &format!("{m_name} layer {}", i + 1))?;
             if let Some(err) = &info.layer_error {
                 return fail(
-                    blob_name(&digest),
+                    blob_path(&digest),
                     format!("is not a readable layer: {err}"),
                 );
             }
             let Some(actual) = info.diff_id else {
                 return fail(
-                    blob_name(&digest),
+                    blob_path(&digest),
                     "is referenced as a layer but is not a tar archive",
                 );
             };
             if diff_id.as_str() != Some(actual.prefixed().as_str()) {
                 return fail(
-                    blob_name(&config_digest),
+                    blob_path(&config_digest),
                     format!(
                         "diff_id {} of layer {} is {diff_id}, but the layer's uncompressed sha256 is {actual}",
                         i + 1,
@@ -258,17 +255,17 @@ impl<'a> Checker<'a> {
             );
         }
         let d = &docker_entries[0];
-        if d["Config"].as_str() != Some(blob_name(&config_digest).as_str()) {
+        if d["Config"].as_str() != Some(blob_path(&config_digest).as_str()) {
             return fail(
                 "manifest.json",
                 format!(
                     "Config is {}, but the signed manifest's config is {}",
                     d["Config"],
-                    blob_name(&config_digest)
+                    blob_path(&config_digest)
                 ),
             );
         }
-        let want: Vec<String> = layer_digests.iter().map(blob_name).collect();
+        let want: Vec<String> = layer_digests.iter().map(blob_path).collect();
         let got: Vec<String> = d["Layers"]
             .as_array()
             .cloned()
@@ -378,13 +375,13 @@ impl<'a> Checker<'a> {
             );
         }
         let payload: Value = serde_json::from_slice(&payload_bytes)
-            .or_else(|e| fail(blob_name(&payload_digest), e.to_string()))?;
+            .or_else(|e| fail(blob_path(&payload_digest), e.to_string()))?;
         let signed = payload["critical"]["image"]["docker-manifest-digest"]
             .as_str()
             .unwrap_or_default();
         if signed != manifest_digest.prefixed() {
             return fail(
-                blob_name(&payload_digest),
+                blob_path(&payload_digest),
                 format!(
                     "the signed payload names manifest {signed}, but index.json points to {manifest_digest}"
                 ),
@@ -392,7 +389,7 @@ impl<'a> Checker<'a> {
         }
         if payload["critical"]["type"] != "cosign container image signature" {
             return fail(
-                blob_name(&payload_digest),
+                blob_path(&payload_digest),
                 "critical.type is not `cosign container image signature`",
             );
         }
@@ -402,7 +399,7 @@ impl<'a> Checker<'a> {
             .to_string();
         if signed_reference != repository {
             return fail(
-                blob_name(&payload_digest),
+                blob_path(&payload_digest),
                 format!(
                     "docker-reference `{signed_reference}` is not the image name `{repository}`"
                 ),
@@ -434,7 +431,7 @@ impl<'a> Checker<'a> {
                 .unwrap_or_default()
                 .to_string();
             let (digest, envelope) = self.json_blob(&layer, &att_name, "a DSSE envelope")?;
-            let culprit = format!("{} ({predicate_type} attestation)", blob_name(&digest));
+            let culprit = format!("{} ({predicate_type} attestation)", blob_path(&digest));
             let envelope: dsse::Envelope = serde_json::from_value(envelope)
                 .or_else(|e| fail(&culprit, format!("is not a DSSE envelope: {e}")))?;
             if !envelope.verify(self.key) {
@@ -597,7 +594,7 @@ impl<'a> Checker<'a> {
             .find(|d| !self.referenced.contains(*d))
         {
             return fail(
-                blob_name(stray),
+                blob_path(stray),
                 "is not referenced by the image or its signatures",
             );
         }

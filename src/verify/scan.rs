@@ -10,9 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Cursor, Read};
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
-
 use crate::digest::{HashingReader, Sha256Digest};
+use crate::manifest::Compression;
 
 /// JSON documents and blobs that parse as JSON are kept only up to this size (containerd's limit
 /// is 20 MiB; ours are a few KiB).
@@ -23,7 +22,7 @@ const DOCUMENTS: &[&str] = &[
     "oci-layout",
     "index.json",
     "manifest.json",
-    "signatures/index.json",
+    crate::sign::cosign::SIGNATURES_INDEX,
 ];
 const DIRECTORIES: &[&str] = &["blobs", "blobs/sha256", "signatures"];
 
@@ -223,13 +222,11 @@ fn read_blob(entry: &mut impl Read, size: u64, name: &str) -> Result<BlobInfo, S
         let mut bytes = head;
         outer.read_to_end(&mut bytes).map_err(read_err)?;
         info.json = Some(bytes);
-    } else if is_tar
-        || head.starts_with(&[0x1f, 0x8b])
-        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
-    {
+    } else if is_tar || Compression::from_magic(&head) != Compression::None {
         let (diff_id, files, error) = {
+            let compression = Compression::from_magic(&head);
             let stream = Cursor::new(head).chain(&mut outer);
-            read_layer(stream)
+            read_layer(compression, stream)
         };
         info.diff_id = diff_id;
         info.files = files;
@@ -252,23 +249,10 @@ type LayerScan = (
 
 /// diff_id and per-file digests of a layer stream; errors are recorded, not raised, so the
 /// blob's own digest (the more precise culprit) is still computed.
-fn read_layer<R: Read>(mut stream: R) -> LayerScan {
-    let mut magic = [0u8; 4];
-    let mut head = Vec::new();
-    if let Err(e) = (&mut stream).take(4).read_to_end(&mut head) {
-        return (None, BTreeMap::new(), Some(e.to_string()));
-    }
-    magic[..head.len()].copy_from_slice(&head);
-    let stream = Cursor::new(head).chain(stream);
-    let decoded: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::GzDecoder::new(stream))
-    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        match zstd::stream::read::Decoder::new(stream) {
-            Ok(d) => Box::new(d),
-            Err(e) => return (None, BTreeMap::new(), Some(e.to_string())),
-        }
-    } else {
-        Box::new(stream)
+fn read_layer<R: Read>(compression: Compression, stream: R) -> LayerScan {
+    let decoded = match crate::layers::decoder(compression, stream) {
+        Ok(decoded) => decoded,
+        Err(e) => return (None, BTreeMap::new(), Some(e.to_string())),
     };
     let mut hashed = HashingReader::new(decoded);
     let mut files = BTreeMap::new();
@@ -285,24 +269,10 @@ fn read_layer<R: Read>(mut stream: R) -> LayerScan {
                     .trim_start_matches("./")
                     .trim_start_matches('/')
                     .to_string();
-                let mut hasher = Sha256::new();
-                let mut buf = vec![0u8; 1 << 16];
-                let mut size = 0u64;
-                loop {
-                    let n = entry.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    size += n as u64;
-                }
-                files.insert(
-                    path,
-                    LayerFile {
-                        sha256: Sha256Digest::from_hasher(hasher),
-                        size,
-                    },
-                );
+                let mut hashing = HashingReader::new(&mut entry);
+                io::copy(&mut hashing, &mut io::sink())?;
+                let (_, sha256, size) = hashing.finish();
+                files.insert(path, LayerFile { sha256, size });
             }
             Ok(())
         })();

@@ -16,8 +16,6 @@ pub enum ExpectationSource {
     Hub,
     /// The cache's blob name (the Hub's ETag when it was downloaded).
     CacheBlobName,
-    /// The digest recorded when this cache file was verified.
-    Stamp,
 }
 
 impl std::fmt::Display for ExpectationSource {
@@ -27,7 +25,6 @@ impl std::fmt::Display for ExpectationSource {
             Self::Pin => "manifest pin `model.sha256`",
             Self::Hub => "Hub metadata",
             Self::CacheBlobName => "Hub ETag recorded as the cache blob name",
-            Self::Stamp => "digest recorded when the cache was verified",
         })
     }
 }

@@ -705,11 +705,7 @@ fn sniff(
             path: source.path().join(blob),
             source: e,
         })?;
-    let compression = match magic.as_slice() {
-        [0x1f, 0x8b, ..] => Compression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
-        _ => Compression::None,
-    };
+    let compression = Compression::from_magic(&magic);
     let rest: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(magic).chain(reader));
     Ok((compression, rest))
 }

@@ -17,7 +17,6 @@ use sha2::{Digest as _, Sha256};
 use super::archive::normalize;
 use super::{BaseError, BaseLayer};
 use crate::digest::Sha256Digest;
-use crate::manifest::Compression;
 
 /// Hashes what is read through it into a hasher it borrows, so the hash survives the reader
 /// being moved into (and dropped by) a decompressor.
@@ -65,11 +64,7 @@ pub fn unpack_layer(
             hasher: &mut stored,
             count: &mut size,
         };
-        let decoded: Box<dyn Read + '_> = match layer.compression {
-            Compression::None => Box::new(tee),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(tee)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(tee).map_err(read_err)?),
-        };
+        let decoded = crate::layers::decoder(layer.compression, tee).map_err(read_err)?;
         let mut tar_stream = Tee {
             inner: decoded,
             hasher: &mut raw,
