@@ -19,7 +19,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime},
 };
 
 use axum::{
@@ -59,7 +59,7 @@ pub async fn completions(
         DEFAULT_COMPLETION_MAX_TOKENS
     })
     .await?;
-    let created = unix_now();
+    let created = crate::serve::unix_now();
     if streaming {
         return Ok(started.stream(
             &state,
@@ -113,7 +113,7 @@ pub async fn chat_completions(
         configured.unwrap_or(room)
     })
     .await?;
-    let created = unix_now();
+    let created = crate::serve::unix_now();
     if streaming {
         return Ok(started.stream(&state, Kind::Chat, id, created, include_usage, return_ids));
     }
@@ -291,7 +291,7 @@ pub(super) fn to_api_error(e: EngineError, param: &'static str) -> ApiError {
     }
 }
 
-fn bad_json(rejection: JsonRejection) -> ApiError {
+pub(super) fn bad_json(rejection: JsonRejection) -> ApiError {
     ApiError::invalid(
         format!("Invalid request body: {}", rejection.body_text()),
         None,
@@ -306,10 +306,4 @@ fn random_id(prefix: &str) -> String {
     let a = RandomState::new().hash_one((n, SystemTime::now()));
     let b = RandomState::new().hash_one(n);
     format!("{prefix}-{a:016x}{b:016x}")
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -15,8 +15,12 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, error::ApiError};
-use crate::engine::{Engine, EngineError, TemplateError, TokenizerError};
+use super::{
+    AppState,
+    completions::{bad_json, to_api_error},
+    error::ApiError,
+};
+use crate::engine::{Engine, EngineError};
 
 #[derive(Debug, Deserialize)]
 pub struct TokenizeRequest {
@@ -96,13 +100,6 @@ enum Input {
     Chat(Value),
 }
 
-fn bad_json(rejection: JsonRejection) -> ApiError {
-    ApiError::invalid(
-        format!("Invalid request body: {}", rejection.body_text()),
-        None,
-    )
-}
-
 /// The loaded engine, after checking the optional `model` field.
 fn engine(state: &AppState, model: Option<&str>) -> Result<Arc<Engine>, ApiError> {
     if let Some(name) = model.filter(|m| *m != state.model_name) {
@@ -132,21 +129,7 @@ async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(to_api_error),
+        Ok(result) => result.map_err(|e| to_api_error(e, "tokens")),
         Err(e) => Err(ApiError::Internal(format!("tokenizer task failed: {e}"))),
-    }
-}
-
-/// The client's mistakes are 400s; the rest is ours.
-fn to_api_error(e: EngineError) -> ApiError {
-    match e {
-        EngineError::Template(TemplateError::Render(m)) => ApiError::invalid(m, Some("messages")),
-        EngineError::Template(TemplateError::Missing) => {
-            ApiError::invalid(TemplateError::Missing.to_string(), Some("messages"))
-        }
-        EngineError::Tokenizer(e @ TokenizerError::UnknownId { .. }) => {
-            ApiError::invalid(e.to_string(), Some("tokens"))
-        }
-        other => ApiError::Internal(crate::serve::chain(&other)),
     }
 }

@@ -9,8 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use super::{SamplingParams, tokenizer::read_json_if_present};
 
 pub const FILE: &str = "generation_config.json";
@@ -40,7 +38,7 @@ pub struct GenerationDefaults {
     pub max_new_tokens: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The fields read, each on its own through `typed` so that a wrong type names its field.
 struct Raw {
     temperature: Option<f64>,
     top_p: Option<f64>,

@@ -141,12 +141,15 @@ impl Sampler {
         if candidates.is_empty() {
             return argmax(logits);
         }
-        // Descending by logit, ties to the lower id, so results do not
-        // depend on the sort's stability.
-        candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if let Some(k) = self.params.top_k.filter(|&k| k > 0) {
+        // Descending by logit, ties to the lower id: a total order, so results do not depend on
+        // the sort's stability. With top-k, only the k best are selected (linear) and sorted,
+        // not the whole vocabulary: the same candidates in the same order.
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if let Some(k) = self.params.top_k.filter(|&k| k > 0 && k < candidates.len()) {
+            candidates.select_nth_unstable_by(k - 1, order);
             candidates.truncate(k);
         }
+        candidates.sort_unstable_by(order);
         let max = candidates[0].1;
         let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
         let total: f32 = probs.iter().sum();
