@@ -158,7 +158,7 @@ pub fn build(
 
     let mut executables = vec![server.path.clone()];
     executables.extend(launcher.iter().map(|l| l.host_path.clone()));
-    let userland = userland::resolve(&manifest.runtime.base, &executables)?;
+    let mut userland = userland::resolve(&manifest.runtime.base, &executables)?;
     if !userland.library_path.is_empty() {
         log.step(&format!(
             "Userland: libraries found through ld.so.conf; the image sets LD_LIBRARY_PATH={}",
@@ -198,7 +198,7 @@ pub fn build(
         },
         model_dir: &model_dir,
         model_files: &model.files,
-        userland: userland.entries,
+        userland: std::mem::take(&mut userland.entries),
         server: PlannedFile {
             rel_path: "appliance-server".into(),
             host_path: server.path.clone(),
@@ -291,20 +291,14 @@ pub fn build(
         },
         files: model_files,
     };
-    let mut run = run_config(
+    let run = run_config(
         &manifest,
         &server,
         &model_summary,
         &model.origin,
         model_bytes,
-        &userland.library_path,
+        &userland,
     )?;
-    // With a base image: its Env below ours, and the label names it by digest.
-    if let Some(base) = &userland.base {
-        run.env = base.merge_env(std::mem::take(&mut run.env));
-        run.labels
-            .insert(labels::USERLAND.to_string(), base.label());
-    }
     let docs = image::assemble(reference, &run, &layers)?;
 
     let mut sidecars = None;
@@ -439,8 +433,9 @@ fn run_config(
     model: &ModelSummary,
     origin: &ModelOrigin,
     model_bytes: u64,
-    library_path: &[String],
+    userland: &userland::Userland,
 ) -> Result<RunConfig> {
+    let library_path = &userland.library_path;
     let s = &manifest.server;
     let account = &manifest.runtime;
     let created = jiff::Timestamp::from_second(manifest.image.created)
@@ -540,11 +535,12 @@ fn run_config(
     }
     label(
         labels::USERLAND,
-        match &manifest.runtime.base {
-            Base::Host => "host".to_string(),
-            Base::Scratch => "scratch".to_string(),
-            // The digest, never the host path: labels must not depend on where the build ran.
-            Base::Image { digest, .. } => format!("image@{digest}"),
+        match (&manifest.runtime.base, &userland.base) {
+            // The name inside the archive and the digest, never the host path: labels must
+            // not depend on where the build ran.
+            (_, Some(base)) => base.label(),
+            (Base::Scratch, None) => "scratch".to_string(),
+            _ => "host".to_string(),
         },
     );
     // Users may add or override descriptive labels, never the ones auditors rely on.
@@ -553,6 +549,10 @@ fn run_config(
         labels.insert(k.clone(), v.clone());
     }
 
+    // With a base image: its Env below ours.
+    if let Some(base) = &userland.base {
+        env = base.merge_env(env);
+    }
     let hc = &s.healthcheck;
     Ok(RunConfig {
         architecture: server.info.oci_architecture().to_string(),

@@ -12,28 +12,9 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
-
 use super::archive::normalize;
 use super::{BaseError, BaseLayer};
-use crate::digest::Sha256Digest;
-
-/// Hashes what is read through it into a hasher it borrows, so the hash survives the reader
-/// being moved into (and dropped by) a decompressor.
-struct Tee<'a, R> {
-    inner: R,
-    hasher: &'a mut Sha256,
-    count: &'a mut u64,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        *self.count += n as u64;
-        Ok(n)
-    }
-}
+use crate::digest::{HashingReader, Sha256Digest};
 
 /// What reading a layer measured.
 pub struct Measured {
@@ -48,29 +29,20 @@ pub struct Measured {
 /// is better reported as a digest mismatch than as the tar error it happens to cause.
 pub fn unpack_layer(
     layer: &BaseLayer,
-    mut blob: impl Read,
+    blob: impl Read,
     root: &Path,
 ) -> Result<(Measured, Option<BaseError>), BaseError> {
     let read_err = |source: io::Error| BaseError::Layer {
         blob: layer.digest_label(),
         reason: source.to_string(),
     };
-    let (mut stored, mut size) = (Sha256::new(), 0u64);
-    let (mut raw, mut raw_size) = (Sha256::new(), 0u64);
-    let unpack_error;
-    {
-        let tee = Tee {
-            inner: &mut blob,
-            hasher: &mut stored,
-            count: &mut size,
-        };
-        let decoded = crate::layers::decoder(layer.compression, tee).map_err(read_err)?;
-        let mut tar_stream = Tee {
-            inner: decoded,
-            hasher: &mut raw,
-            count: &mut raw_size,
-        };
-        unpack_error =
+    // The stored digest covers the blob as read; the diff_id the decompressed tar stream. The
+    // decoder borrows the outer reader, so both hashes survive it.
+    let mut stored = HashingReader::new(blob);
+    let (unpack_error, diff_id) = {
+        let decoded = crate::layers::decoder(layer.compression, &mut stored).map_err(read_err)?;
+        let mut tar_stream = HashingReader::new(decoded);
+        let unpack_error =
             extract(&mut tar_stream, root)
                 .err()
                 .map(|(path, source)| BaseError::Layer {
@@ -84,21 +56,15 @@ pub fn unpack_layer(
         if unpack_error.is_none() {
             io::copy(&mut tar_stream, &mut io::sink()).map_err(read_err)?;
         }
-    }
+        (unpack_error, tar_stream.finish().1)
+    };
     // And the stored digest every byte of the blob, even past the end of the compressed stream.
-    io::copy(
-        &mut Tee {
-            inner: &mut blob,
-            hasher: &mut stored,
-            count: &mut size,
-        },
-        &mut io::sink(),
-    )
-    .map_err(read_err)?;
+    io::copy(&mut stored, &mut io::sink()).map_err(read_err)?;
+    let (_, digest, size) = stored.finish();
     let measured = Measured {
-        digest: Sha256Digest::from_hasher(stored),
+        digest,
         size,
-        diff_id: Sha256Digest::from_hasher(raw),
+        diff_id,
     };
     Ok((measured, unpack_error))
 }
