@@ -108,13 +108,13 @@ impl Fetcher {
             ModelSource::Hub { repo, .. } => Err(FetchError::HubUnsupported { repo: repo.clone() }),
             ModelSource::Synthetic(spec) => {
                 let root = self.cache_dir.join("synthetic");
+                let digest = spec.digest();
                 let dir = synthetic::generate_cached(spec, &root).map_err(|source| {
                     FetchError::Synthetic {
-                        dir: root.join(spec.digest()),
+                        dir: root.join(&digest),
                         source,
                     }
                 })?;
-                let digest = spec.digest();
                 Ok(FetchedModel {
                     files: list_model_files(&dir, &["*".to_string()])?,
                     origin: ModelOrigin::Synthetic {
@@ -149,7 +149,7 @@ pub fn list_model_files(dir: &Path, globs: &[String]) -> Result<Vec<PlannedFile>
     Ok(files)
 }
 
-fn glob_set(globs: &[String]) -> GlobSet {
+pub(crate) fn glob_set(globs: &[String]) -> GlobSet {
     let mut builder = GlobSetBuilder::new();
     for glob in globs {
         // The manifest already validated every glob.

@@ -26,8 +26,6 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use globset::{Glob, GlobSetBuilder};
-
 use crate::digest::Sha256Digest;
 use crate::lock::{LockedFile, LockedModel};
 use crate::progress::Progress;
@@ -571,13 +569,7 @@ fn prior_expectations(req: &HubRequest, path: &str) -> Vec<Expectation> {
 /// that could leave the snapshot directory (`..`, absolute, empty components): file names come
 /// from the server and become cache and image paths.
 fn select<T: Clone>(items: &[T], globs: &[String], path: impl Fn(&T) -> &str) -> Vec<T> {
-    let mut builder = GlobSetBuilder::new();
-    for g in globs {
-        if let Ok(g) = Glob::new(g) {
-            builder.add(g);
-        }
-    }
-    let set = builder.build().unwrap_or_default();
+    let set = super::glob_set(globs);
     let mut out: Vec<T> = items
         .iter()
         .filter(|i| {

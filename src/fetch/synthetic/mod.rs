@@ -36,7 +36,6 @@ mod weights;
 #[cfg(test)]
 mod tests;
 
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -44,7 +43,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use safetensors::Dtype;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use config::{config_json, generation_config_json};
 pub use tokenizer::CHAT_TEMPLATE;
@@ -369,13 +367,7 @@ impl SyntheticSpec {
             canonical.push_str(&value);
             canonical.push('\n');
         }
-        let hash = Sha256::digest(canonical.as_bytes());
-        let mut hex = String::with_capacity(64);
-        for byte in hash {
-            // Writing to a String cannot fail.
-            let _ = write!(hex, "{byte:02x}");
-        }
-        hex
+        crate::digest::Sha256Digest::of(canonical.as_bytes()).hex()
     }
 
     /// Number of weights in the checkpoint (saturating at `u64::MAX` for

@@ -9,6 +9,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::{SafeTensors, View};
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 
 use super::tokenizer::{MERGE_TABLE, byte_to_unicode};
 use super::weights::uniform_weight;
