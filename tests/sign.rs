@@ -92,7 +92,8 @@ fn verify_offline(tar: &Path, key: &Path) -> Output {
         .unwrap()
 }
 
-/// A signed build of the fixture, shared by the tests below (built once per test process).
+/// A signed build of the fixture in a fresh directory (each test that needs one builds its own;
+/// with nextest every test is its own process anyway).
 struct Signed {
     _dir: tempfile::TempDir,
     dir: PathBuf,

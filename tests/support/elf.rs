@@ -59,10 +59,10 @@ pub fn check_rootfs(rootfs: &Path, env: &[String]) -> (Vec<String>, Vec<Unresolv
     let mut checked = Vec::new();
     let mut unresolved = BTreeSet::new();
     for file in walk(rootfs) {
-        let Ok(bytes) = fs::read(&file) else { continue };
-        if !bytes.starts_with(b"\x7fELF") {
+        if elf_class(&file).is_none() {
             continue;
         }
+        let Ok(bytes) = fs::read(&file) else { continue };
         let Ok(elf) = goblin::elf::Elf::parse(&bytes) else {
             continue;
         };
@@ -164,11 +164,17 @@ fn walk(root: &Path) -> Vec<PathBuf> {
 }
 
 fn is_elf(path: &Path, is_64: bool) -> bool {
-    let Ok(bytes) = fs::read(path) else {
-        return false;
-    };
     // EI_CLASS: 1 = 32-bit, 2 = 64-bit; the loader skips a library of the wrong class.
-    bytes.starts_with(b"\x7fELF") && bytes.get(4) == Some(if is_64 { &2 } else { &1 })
+    elf_class(path) == Some(if is_64 { 2 } else { 1 })
+}
+
+/// EI_CLASS of an ELF file, from its first five bytes (never the whole file: CUDA libraries
+/// are hundreds of MB); `None` for anything else.
+fn elf_class(path: &Path) -> Option<u8> {
+    let mut head = [0u8; 5];
+    let mut file = fs::File::open(path).ok()?;
+    std::io::Read::read_exact(&mut file, &mut head).ok()?;
+    head.starts_with(b"\x7fELF").then_some(head[4])
 }
 
 /// `path` (absolute, in the image) resolved under `root` as if `root` were `/`: every symlink
