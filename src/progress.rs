@@ -7,7 +7,8 @@ pub trait Progress: Sync {
     fn task(&self, label: &str, total_bytes: u64) -> Box<dyn ProgressTask + '_>;
 }
 
-pub trait ProgressTask {
+/// `Sync`: layers are written by several threads at once, each advancing the same task.
+pub trait ProgressTask: Sync {
     fn advance(&self, bytes: u64);
     fn finish(&self) {}
 }

@@ -43,7 +43,7 @@ impl Progress for Reporter {
             enabled: self.bars && !self.quiet,
             show_after: show_after(),
             started: Instant::now(),
-            shown: std::cell::Cell::new(false),
+            shown: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -63,24 +63,28 @@ struct Task {
     enabled: bool,
     show_after: Duration,
     started: Instant,
-    shown: std::cell::Cell<bool>,
+    shown: std::sync::atomic::AtomicBool,
 }
 
 impl ProgressTask for Task {
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
-        if self.enabled && !self.shown.get() && self.started.elapsed() >= self.show_after {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.enabled
+            && !self.shown.load(Relaxed)
+            && self.started.elapsed() >= self.show_after
+            && !self.shown.swap(true, Relaxed)
+        {
             // One shared stderr area: parallel downloads draw one line each (file bars and
             // the total), instead of overwriting each other.
             BARS.add(self.bar.clone());
             // Draw now: a step may have no further advance to trigger the first frame.
             self.bar.tick();
-            self.shown.set(true);
         }
     }
 
     fn finish(&self) {
-        if self.shown.get() {
+        if self.shown.load(std::sync::atomic::Ordering::Relaxed) {
             self.bar.finish_and_clear();
         }
     }

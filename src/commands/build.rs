@@ -237,9 +237,7 @@ pub fn build(
             )?);
         }
     }
-    for spec in specs {
-        layers.push(writer.add_layer(spec, task.as_ref())?);
-    }
+    layers.extend(writer.add_layers(specs, task.as_ref())?);
     task.finish();
 
     // Every model file's digest, as measured while its layer was written.

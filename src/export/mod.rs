@@ -2,8 +2,9 @@
 //!
 //! Layers are streamed straight from their sources into the tarball, once: each goes in behind a
 //! placeholder header that is patched in place when the layer's digest and size are known (the
-//! entry's name is its digest). One read of the weights, one write, no temporary copy. Writes
-//! happen on a background thread ([`pipeline`]) so disk writes overlap with hashing.
+//! entry's name is its digest). One read of the weights, one write, no temporary copy. Hashing
+//! and writing happen on background threads ([`pipeline`]), writing with direct I/O where the
+//! filesystem has it.
 //!
 //! The documents (config, manifest, `index.json`, `manifest.json`, `oci-layout`) follow the
 //! layers, since they name them. The file is written as `<output>.tmp` beside the target,
@@ -15,9 +16,8 @@ mod pipeline;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use sha2::{Digest as _, Sha256};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::digest::Sha256Digest;
 use crate::image::{ImageDocuments, blob_path};
@@ -28,7 +28,7 @@ use crate::layers::{
 };
 use crate::manifest::Compression;
 use crate::progress::ProgressTask;
-use pipeline::Pipeline;
+use pipeline::{Pipeline, Pool, Span};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -85,6 +85,12 @@ pub struct ImageWriter {
     output: PathBuf,
     tmp: PathBuf,
     out: Option<Pipeline>,
+    /// The tarball's descriptors again, for the pipelines of [`ImageWriter::add_layers`]'
+    /// workers: the ordinary one and, where the filesystem has it, the direct-I/O one.
+    file: File,
+    direct: Option<File>,
+    /// Buffers for every pipeline writing the tarball.
+    pool: Arc<Pool>,
     /// mtime of every outer entry.
     mtime: u64,
     /// Directories `create` made, deepest first; removed again if the export fails.
@@ -118,10 +124,26 @@ impl ImageWriter {
                 return Err(ExportError::Write { path: tmp, source });
             }
         };
+        let direct = open_direct(&tmp);
+        let pool = Arc::new(Pool::default());
+        let clones = file
+            .try_clone()
+            .and_then(|f| Ok((f, direct.as_ref().map(File::try_clone).transpose()?)));
+        let (file_clone, direct_clone) = match clones {
+            Ok(clones) => clones,
+            Err(source) => {
+                let _ = fs::remove_file(&tmp);
+                remove_empty(&created_dirs);
+                return Err(ExportError::Write { path: tmp, source });
+            }
+        };
         let mut writer = Self {
             output: output.to_path_buf(),
             tmp,
-            out: Some(Pipeline::new(file)),
+            out: Some(Pipeline::new(file_clone, direct_clone, Arc::clone(&pool))),
+            file,
+            direct,
+            pool,
             mtime,
             created_dirs,
             cache,
@@ -133,58 +155,54 @@ impl ImageWriter {
         Ok(writer)
     }
 
+    /// Streams layers into the tarball, in order, and returns them with their digests.
+    ///
+    /// Runs of uncompressed layers of host files (the weights, one file per layer) are written
+    /// [`LAYER_WORKERS`] at a time, each by a thread with a pipeline of its own, at the offset
+    /// its entry will have: their sizes are known before a byte is read. Why: hashing is what
+    /// bounds a first build, and one layer's two digests fill one core ([`crate::digest::dual`]).
+    pub fn add_layers(
+        &mut self,
+        specs: Vec<LayerSpec>,
+        progress: &dyn ProgressTask,
+    ) -> Result<Vec<Layer>, ExportError> {
+        let mut layers = Vec::with_capacity(specs.len());
+        let mut specs = specs.into_iter().peekable();
+        while let Some(spec) = specs.next() {
+            if !is_host_layer(&spec) {
+                layers.push(self.add_layer(spec, progress)?);
+                continue;
+            }
+            let mut run = vec![spec];
+            while let Some(spec) = specs.next_if(is_host_layer) {
+                run.push(spec);
+            }
+            layers.extend(self.add_host_layers(run, progress)?);
+        }
+        Ok(layers)
+    }
+
     /// Streams one layer into the tarball and returns it with its digests.
-    pub fn add_layer(
+    fn add_layer(
         &mut self,
         spec: LayerSpec,
         progress: &dyn ProgressTask,
     ) -> Result<Layer, ExportError> {
-        if spec.compression == Compression::None && spec.has_host_files() {
-            return self.add_host_layer(spec, progress);
+        if is_host_layer(&spec) {
+            let mut layers = self.add_host_layers(vec![spec], progress)?;
+            return Ok(layers.remove(0));
         }
-        let header_at = self.open_blob(true)?;
+        let out = self.pipeline()?;
+        let header_at = open_blob(out, true).map_err(|e| self.write_err(e))?;
         let out = self.pipeline()?;
         let (out, written) = spec.write_unhashed(out, progress)?;
-        let ended = out.end_digest();
+        let ended = out.end_digest(Span::Blob);
         let (digest, size) = ended.map_err(|e| self.write_err(e))?;
         let sums = written.into_sums(digest, size);
-        self.close_blob(header_at, &sums.digest, sums.size)?;
+        let (mtime, out) = (self.mtime, self.pipeline()?);
+        let closed = close_blob(out, header_at, &sums.digest, sums.size, mtime);
+        closed.map_err(|e| self.write_err(e))?;
         Ok(Layer { spec, sums })
-    }
-
-    /// Starts a blob entry whose name (its digest) and size are known only at its end: writes
-    /// a placeholder header, optionally starts the digest, and returns where the header is.
-    fn open_blob(&mut self, digest: bool) -> Result<u64, ExportError> {
-        let out = self.pipeline()?;
-        let header_at = out.position();
-        let result = out
-            .write_all(&[0u8; 512])
-            .and_then(|()| if digest { out.start_digest() } else { Ok(()) });
-        result.map_err(|e| self.write_err(e))?;
-        Ok(header_at)
-    }
-
-    /// Ends the blob entry [`ImageWriter::open_blob`] began: pads it and patches its header.
-    fn close_blob(
-        &mut self,
-        header_at: u64,
-        digest: &Sha256Digest,
-        size: u64,
-    ) -> Result<(), ExportError> {
-        let mtime = self.mtime;
-        let out = self.pipeline()?;
-        let result = header(
-            &blob_path(digest),
-            size,
-            tar::EntryType::Regular,
-            0o644,
-            mtime,
-        )
-        .and_then(|header| {
-            pad(out, size)?;
-            out.patch(header_at, &header)
-        });
-        result.map_err(|e| self.write_err(e))
     }
 
     /// Adds a small whole file (signature and attestation documents) before the image documents.
@@ -208,13 +226,13 @@ impl ImageWriter {
         diff_id: Sha256Digest,
         progress: &dyn ProgressTask,
     ) -> Result<Layer, ExportError> {
-        let tmp = self.tmp.clone();
+        let (tmp, mtime) = (self.tmp.clone(), self.mtime);
         let write_err = |source| ExportError::Write {
             path: tmp.clone(),
             source,
         };
-        let header_at = self.open_blob(true)?;
         let out = self.pipeline()?;
+        let header_at = open_blob(out, true).map_err(write_err)?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = match blob.read(&mut buf) {
@@ -231,7 +249,7 @@ impl ImageWriter {
             out.write_all(&buf[..n]).map_err(write_err)?;
             progress.advance(n as u64);
         }
-        let (digest, size) = out.end_digest().map_err(write_err)?;
+        let (digest, size) = out.end_digest(Span::Blob).map_err(write_err)?;
         if digest != expected {
             return Err(ExportError::BlobChanged {
                 blob: blob_name.to_string(),
@@ -239,7 +257,7 @@ impl ImageWriter {
                 actual: digest.prefixed(),
             });
         }
-        self.close_blob(header_at, &digest, size)?;
+        close_blob(out, header_at, &digest, size, mtime).map_err(write_err)?;
         let sums = crate::layers::LayerSums {
             diff_id,
             digest,
@@ -249,106 +267,86 @@ impl ImageWriter {
         Ok(Layer { spec, sums })
     }
 
-    /// Writes an uncompressed layer from its [`Segment`]s. On a cache hit, host files are
-    /// copied by the kernel and nothing is hashed; on a miss, they are hashed as usual and the
-    /// sums recorded. Either way the files' stamps must be unchanged after the copy.
-    fn add_host_layer(
+    /// Writes a run of uncompressed host-file layers: one on the main pipeline, several with
+    /// [`LAYER_WORKERS`] workers, each layer at its planned offset, the main pipeline skipping
+    /// over them.
+    fn add_host_layers(
         &mut self,
-        spec: LayerSpec,
+        specs: Vec<LayerSpec>,
         progress: &dyn ProgressTask,
-    ) -> Result<Layer, ExportError> {
-        let (role, tmp) = (spec.role, self.tmp.clone());
-        let write_err = |source| ExportError::Write {
-            path: tmp.clone(),
-            source,
-        };
-        let segments = spec.segments()?;
-        let key = DigestCache::key(&segments).map_err(|(path, source)| LayerError::Read {
-            path,
-            role,
-            source,
-        })?;
-        let hit = self.cache.get(&key);
-        let header_at = self.open_blob(hit.is_none())?;
-        let out = self.pipeline()?;
-        let start = out.position();
-        let mut digests = Vec::new();
-        for segment in &segments {
-            match segment {
-                Segment::Bytes(bytes) => out.write_all(bytes).map_err(write_err)?,
-                Segment::File { path, size } if hit.is_some() => {
-                    let file = File::open(path)
-                        .map_err(|source| LayerError::Read {
-                            path: path.clone(),
-                            role,
-                            source,
-                        })
-                        .map(Arc::new)?;
-                    let name: Arc<Path> = Arc::from(path.as_path());
-                    let mut left = *size;
-                    while left > 0 {
-                        let piece = left.min(KERNEL_COPY_PIECE);
-                        out.copy_from(&file, piece, &name).map_err(write_err)?;
-                        progress.advance(piece);
-                        left -= piece;
-                    }
-                }
-                Segment::File { path, size } => {
-                    digests.push(stream_host_file(out, path, *size, progress, role)?);
-                }
-            }
+    ) -> Result<Vec<Layer>, ExportError> {
+        let mut planned = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let segments = spec.segments()?;
+            planned.push((spec, segments));
         }
-        let sums = match hit {
-            Some(sums) => {
-                out.sync().map_err(write_err)?;
-                sums
-            }
-            None => {
-                let (digest, size) = out.end_digest().map_err(write_err)?;
-                // The same file list `LayerSpec::write_unhashed` reports, in entry order.
-                let mut host_digests = digests.into_iter();
-                let files = spec
-                    .entries
-                    .iter()
-                    .filter_map(|e| match &e.kind {
-                        EntryKind::File { source, size } => Some(FileSum {
-                            path: e.path.clone(),
-                            sha256: match source {
-                                FileSource::Host(_) => host_digests.next()?,
-                                FileSource::Bytes(bytes) => Sha256Digest::of(bytes),
-                            },
-                            size: *size,
-                        }),
-                        _ => None,
-                    })
-                    .collect();
-                LayerSums {
-                    diff_id: digest,
-                    digest,
-                    size,
-                    files,
+        let (mtime, cache, tmp) = (self.mtime, &self.cache, &self.tmp);
+        let Some(out) = self.out.as_mut() else {
+            return Err(write_error(tmp, closed()));
+        };
+        if planned.len() == 1 {
+            let (spec, segments) = planned.pop().expect("one");
+            return Ok(vec![write_host_layer(
+                out, spec, &segments, cache, mtime, tmp, progress,
+            )?]);
+        }
+        // Each entry: its 512-byte header, the blob, padding to 512.
+        let mut at = out.position();
+        let mut offsets = Vec::with_capacity(planned.len());
+        for (_, segments) in &planned {
+            offsets.push(at);
+            at += 512 + segment_bytes(segments).next_multiple_of(512);
+        }
+        out.skip_to(at).map_err(|e| write_error(tmp, e))?;
+
+        let (file, direct, pool) = (&self.file, self.direct.as_ref(), &self.pool);
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        type Job = Option<(LayerSpec, Vec<Segment>)>;
+        let jobs: Vec<Mutex<Job>> = planned.into_iter().map(|p| Mutex::new(Some(p))).collect();
+        let results: Vec<Mutex<Option<Result<Layer, ExportError>>>> =
+            jobs.iter().map(|_| Mutex::new(None)).collect();
+        let worker = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= jobs.len() || failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let job = jobs[i].lock().map(|mut job| job.take());
+                let Ok(Some((spec, segments))) = job else {
+                    return;
+                };
+                let result = (|| {
+                    let clones = file
+                        .try_clone()
+                        .and_then(|f| Ok((f, direct.map(File::try_clone).transpose()?)));
+                    let (f, d) = clones.map_err(|e| write_error(tmp, e))?;
+                    let mut out = Pipeline::starting_at(f, d, Arc::clone(pool), offsets[i]);
+                    let layer =
+                        write_host_layer(&mut out, spec, &segments, cache, mtime, tmp, progress)?;
+                    out.finish().map_err(|e| write_error(tmp, e))?;
+                    Ok(layer)
+                })();
+                failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(result);
                 }
             }
         };
-        for (path, before) in &key.stamps {
-            if Stamp::of(path).ok().as_ref() != Some(before) {
-                return Err(LayerError::Changed {
-                    path: path.clone(),
-                    what: "it was modified while it was being copied".into(),
-                }
-                .into());
+        std::thread::scope(|scope| {
+            for _ in 0..LAYER_WORKERS.min(jobs.len()) {
+                scope.spawn(worker);
+            }
+        });
+        let mut layers = Vec::with_capacity(results.len());
+        for result in results {
+            match result.into_inner().ok().flatten() {
+                Some(result) => layers.push(result?),
+                // Layers are taken in order, so a failed one comes before any not started.
+                None => return Err(write_error(tmp, io::Error::other("a layer worker stopped"))),
             }
         }
-        let written = out.position() - start;
-        if written != sums.size {
-            return Err(write_err(io::Error::other(format!(
-                "the {role:?} layer has {written} bytes where its digest covers {}",
-                sums.size
-            ))));
-        }
-        self.cache.put(&key, &sums);
-        self.close_blob(header_at, &sums.digest, sums.size)?;
-        Ok(Layer { spec, sums })
+        Ok(layers)
     }
 
     /// Writes the documents, fsyncs and renames the tarball into place.
@@ -362,7 +360,7 @@ impl ImageWriter {
             w.out.write_all(&[0u8; 1024])
         })?;
         let pipeline = self.out.take().ok_or_else(|| self.write_err(closed()))?;
-        let file = pipeline.finish().map_err(|e| self.write_err(e))?;
+        let file = pipeline.finish().map_err(|e| self.write_err(e))?.file;
         file.sync_all().map_err(|e| self.write_err(e))?;
         drop(file);
         fs::rename(&self.tmp, &self.output).map_err(|source| ExportError::Write {
@@ -427,49 +425,202 @@ fn closed() -> io::Error {
     io::Error::other("the image writer is closed")
 }
 
-/// Host files are read (and hashed) in pieces this big, small enough to still be in the L2 cache
-/// when hashed right after the read. (On the 2-core CI machine a 2 GiB first build took the same
-/// time with 1 MiB and 64 KiB pieces: the layer digest on the writer thread bounds it.)
-const HASH_PIECE: usize = 256 << 10;
-
-/// Reads a host file straight into the tarball's buffers (no intermediate copy), hashing each
-/// piece as it lands; errors name the file. The layer digest is the writer thread's job.
+/// Reads a host file straight into the tarball's buffers (no intermediate copy) and, if `hash`,
+/// has the pipeline digest it beside the layer ([`Span::Part`]); errors name the file.
 fn stream_host_file(
     out: &mut Pipeline,
     path: &Path,
     size: u64,
     progress: &dyn ProgressTask,
     role: LayerRole,
-) -> Result<Sha256Digest, ExportError> {
+    hash: bool,
+) -> Result<Option<Sha256Digest>, ExportError> {
     let read_err = |source| LayerError::Read {
         path: path.to_path_buf(),
         role,
         source,
     };
+    let write_err = |source| LayerError::Write { role, source };
     let mut file = File::open(path).map_err(read_err)?;
-    let mut hasher = Sha256::new();
+    if hash {
+        out.start_digest(Span::Part).map_err(write_err)?;
+    }
     let mut left = size;
     while left > 0 {
-        out.reserve()
-            .map_err(|source| LayerError::Write { role, source })?;
-        let max = usize::try_from(left).unwrap_or(usize::MAX).min(HASH_PIECE);
-        let piece = out.read_from(&mut file, max).map_err(read_err)?;
-        if piece.is_empty() {
+        out.reserve().map_err(write_err)?;
+        let max = usize::try_from(left).unwrap_or(usize::MAX);
+        let n = out.read_from(&mut file, max).map_err(read_err)?;
+        if n == 0 {
             return Err(LayerError::Changed {
                 path: path.to_path_buf(),
                 what: format!("it is shorter than the {size} bytes it had"),
             }
             .into());
         }
-        hasher.update(piece);
-        left -= piece.len() as u64;
-        progress.advance(piece.len() as u64);
+        left -= n as u64;
+        progress.advance(n as u64);
     }
-    Ok(Sha256Digest::from_hasher(hasher))
+    if !hash {
+        return Ok(None);
+    }
+    let (digest, _) = out.end_digest(Span::Part).map_err(write_err)?;
+    Ok(Some(digest))
 }
 
-/// Kernel copies are queued in pieces this big, so progress moves while a large file copies.
-const KERNEL_COPY_PIECE: u64 = 64 << 20;
+/// How many weight layers are written at once ([`ImageWriter::add_layers`]). Each has a
+/// pipeline of three threads and up to 9 MiB of buffers; two keep two cores hashing and the
+/// peak RSS far below 64 MiB.
+const LAYER_WORKERS: usize = 2;
+
+/// Whether a layer is written from [`Segment`]s: uncompressed, with files of the build host.
+fn is_host_layer(spec: &LayerSpec) -> bool {
+    spec.compression == Compression::None && spec.has_host_files()
+}
+
+/// The size of the blob `segments` make up.
+fn segment_bytes(segments: &[Segment]) -> u64 {
+    segments
+        .iter()
+        .map(|s| match s {
+            Segment::Bytes(bytes) => bytes.len() as u64,
+            Segment::File { size, .. } => *size,
+        })
+        .sum()
+}
+
+fn write_error(tmp: &Path, source: io::Error) -> ExportError {
+    ExportError::Write {
+        path: tmp.to_path_buf(),
+        source,
+    }
+}
+
+/// Starts a blob entry whose name (its digest) and size are known only at its end: writes
+/// a placeholder header, optionally starts the digest, and returns where the header is.
+fn open_blob(out: &mut Pipeline, digest: bool) -> io::Result<u64> {
+    let header_at = out.position();
+    out.write_all(&[0u8; 512])?;
+    if digest {
+        out.start_digest(Span::Blob)?;
+    }
+    Ok(header_at)
+}
+
+/// Ends the blob entry [`open_blob`] began: pads it and patches its header.
+fn close_blob(
+    out: &mut Pipeline,
+    header_at: u64,
+    digest: &Sha256Digest,
+    size: u64,
+    mtime: u64,
+) -> io::Result<()> {
+    let header = header(
+        &blob_path(digest),
+        size,
+        tar::EntryType::Regular,
+        0o644,
+        mtime,
+    )?;
+    pad(out, size)?;
+    out.patch(header_at, &header)
+}
+
+/// Writes an uncompressed layer from its [`Segment`]s into `out`. On a cache hit, host files
+/// are copied and nothing is hashed; on a miss, they are hashed as usual and the sums recorded.
+/// Either way the files' stamps must be unchanged after the copy.
+fn write_host_layer(
+    out: &mut Pipeline,
+    spec: LayerSpec,
+    segments: &[Segment],
+    cache: &DigestCache,
+    mtime: u64,
+    tmp: &Path,
+    progress: &dyn ProgressTask,
+) -> Result<Layer, ExportError> {
+    let role = spec.role;
+    let write_err = |source| write_error(tmp, source);
+    let key = DigestCache::key(segments).map_err(|(path, source)| LayerError::Read {
+        path,
+        role,
+        source,
+    })?;
+    let hit = cache.get(&key);
+    let header_at = open_blob(out, hit.is_none()).map_err(write_err)?;
+    let start = out.position();
+    let mut digests = Vec::new();
+    for segment in segments {
+        match segment {
+            Segment::Bytes(bytes) => out.write_all(bytes).map_err(write_err)?,
+            Segment::File { path, size } => {
+                let digest = stream_host_file(out, path, *size, progress, role, hit.is_none())?;
+                digests.extend(digest);
+            }
+        }
+    }
+    let sums = match hit {
+        Some(sums) => sums,
+        None => {
+            let (digest, size) = out.end_digest(Span::Blob).map_err(write_err)?;
+            // The same file list `LayerSpec::write_unhashed` reports, in entry order.
+            let mut host_digests = digests.into_iter();
+            let files = spec
+                .entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EntryKind::File { source, size } => Some(FileSum {
+                        path: e.path.clone(),
+                        sha256: match source {
+                            FileSource::Host(_) => host_digests.next()?,
+                            FileSource::Bytes(bytes) => Sha256Digest::of(bytes),
+                        },
+                        size: *size,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            LayerSums {
+                diff_id: digest,
+                digest,
+                size,
+                files,
+            }
+        }
+    };
+    for (path, before) in &key.stamps {
+        if Stamp::of(path).ok().as_ref() != Some(before) {
+            return Err(LayerError::Changed {
+                path: path.clone(),
+                what: "it was modified while it was being copied".into(),
+            }
+            .into());
+        }
+    }
+    let written = out.position() - start;
+    if written != sums.size {
+        return Err(write_err(io::Error::other(format!(
+            "the {role:?} layer has {written} bytes where its digest covers {}",
+            sums.size
+        ))));
+    }
+    cache.put(&key, &sums);
+    close_blob(out, header_at, &sums.digest, sums.size, mtime).map_err(write_err)?;
+    Ok(Layer { spec, sums })
+}
+
+/// Opens `path` a second time for direct I/O (see [`pipeline`]), unless the filesystem refuses
+/// or `APPLIANCE_DIRECT_IO=0` asks for the page cache only (for filesystems where direct I/O is
+/// slow, such as some network mounts, and for comparing the two).
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::env::var_os("APPLIANCE_DIRECT_IO").is_some_and(|v| v == "0") {
+        return None;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
 
 /// Small whole entries (directories, JSON documents).
 struct Entries<'a> {

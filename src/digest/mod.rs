@@ -3,6 +3,8 @@
 //! Hashing happens while data moves (never as a separate read of a whole file held in
 //! memory), which is what keeps memory flat whatever the model size.
 
+pub mod dual;
+
 use std::fmt;
 use std::io::{self, Read, Write};
 
