@@ -7,6 +7,7 @@
 //! [`export`] (one tarball, written atomically). [`commands::build`] runs them in order;
 //! [`inspect`] reads a finished tarball back.
 
+pub mod atomic_file;
 pub mod attest;
 pub mod commands;
 pub mod digest;

@@ -121,21 +121,15 @@ impl LockFile {
         Ok(Some(lock))
     }
 
-    /// Writes atomically: a temp file beside the target, renamed when complete. The temp name
-    /// carries the process id, so two builds of one manifest at once (same content) cannot
-    /// rename each other's temp file away.
+    /// Writes atomically ([`crate::atomic_file`]): two builds of one manifest at once (same
+    /// content) cannot rename each other's temporary file away.
     pub fn write(&self, path: &Path) -> Result<(), LockError> {
-        let write_err = |source| LockError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        let tmp = path.with_extension(format!("lock.tmp{}", std::process::id()));
-        let written =
-            std::fs::write(&tmp, self.render()).and_then(|()| std::fs::rename(&tmp, path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written.map_err(write_err)
+        crate::atomic_file::write(path, self.render().as_bytes(), 0o644, false).map_err(|source| {
+            LockError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 
     /// The file's bytes: a header comment, then the TOML.

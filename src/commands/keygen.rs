@@ -1,8 +1,6 @@
 //! `appliance keygen`: writes `<prefix>.key` (cosign's encrypted format, mode 0600) and
 //! `<prefix>.pub`, each through a temporary file renamed into place; never overwrites a key.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -46,20 +44,6 @@ pub fn keygen(prefix: &Path, password: &Secret) -> Result<KeygenOutcome> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let tmp = crate::export::tmp_path(path);
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("Failed to write `{}`", path.display()));
-    }
-    Ok(())
+    crate::atomic_file::write(path, bytes, mode, true)
+        .with_context(|| format!("Failed to write `{}`", path.display()))
 }

@@ -2,6 +2,8 @@
 //! finished manifest and its attestations, and writes the detached sidecar files.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -150,34 +152,35 @@ pub fn remove_stale_sidecars(output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Sidecars staged as `<file>.tmp` until the tarball is in place.
-pub struct StagedSidecars(Vec<(PathBuf, PathBuf)>);
+/// Sidecars written to temporary files beside their targets, renamed into place only once the
+/// tarball is (dropping them removes the temporary files).
+pub struct StagedSidecars(Vec<(tempfile::NamedTempFile, PathBuf)>);
 
 pub fn stage_sidecars(files: Vec<(PathBuf, Vec<u8>)>) -> Result<StagedSidecars> {
     let mut staged = StagedSidecars(Vec::new());
     for (path, bytes) in files {
-        let tmp = crate::export::tmp_path(&path);
-        std::fs::write(&tmp, &bytes)
-            .with_context(|| format!("Failed to write `{}`", tmp.display()))?;
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o644))
+            .tempfile_in(dir)
+            .and_then(|mut tmp| tmp.write_all(&bytes).map(|()| tmp))
+            .with_context(|| format!("Failed to write `{}`", path.display()))?;
         staged.0.push((tmp, path));
     }
     Ok(staged)
 }
 
 impl StagedSidecars {
-    pub fn commit(mut self) -> Result<()> {
-        for (tmp, path) in std::mem::take(&mut self.0) {
-            std::fs::rename(&tmp, &path)
+    pub fn commit(self) -> Result<()> {
+        for (tmp, path) in self.0 {
+            tmp.persist(&path)
+                .map_err(|e| e.error)
                 .with_context(|| format!("Failed to write `{}`", path.display()))?;
         }
         Ok(())
-    }
-}
-
-impl Drop for StagedSidecars {
-    fn drop(&mut self) {
-        for (tmp, _) in &self.0 {
-            let _ = std::fs::remove_file(tmp);
-        }
     }
 }

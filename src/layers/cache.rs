@@ -15,7 +15,7 @@
 //! only costs the hashing it would have saved.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -165,17 +165,8 @@ impl DigestCache {
 
     fn write(&self, key: &LayerKey, entry: &Entry) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let path = self.entry_path(key);
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let result = (|| {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&serde_json::to_vec(entry)?)?;
-            fs::rename(&tmp, &path)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        let bytes = serde_json::to_vec(entry)?;
+        crate::atomic_file::write(&self.entry_path(key), &bytes, 0o644, false)
     }
 
     fn entry_path(&self, key: &LayerKey) -> PathBuf {

@@ -209,9 +209,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HubError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(HubError::io(parent))?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(HubError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(HubError::io(path))
+    crate::atomic_file::write(path, bytes, 0o644, false).map_err(HubError::io(path))
 }
 
 #[cfg(test)]
