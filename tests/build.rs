@@ -492,13 +492,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Sharded weights: a run of weight layers is written by parallel workers, each at its entry's
-/// planned offset, with direct I/O where the filesystem has it. Shards of odd sizes (under a
-/// block, across block and buffer edges) must land byte for byte with every blob matching its
-/// name, and the page-cache-only path (`APPLIANCE_DIRECT_IO=0`) and a warm rebuild (digests from
-/// the cache, nothing hashed) must give the same bytes.
-#[test]
-fn sharded_weights_are_byte_identical_with_and_without_direct_io() {
+/// A temp dir with `model/` holding the `llama-gqa` fixture's config and tokenizer files only,
+/// for tests that bring weights of their own.
+fn model_dir_without_weights() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     std::fs::create_dir(&model).unwrap();
@@ -506,6 +502,17 @@ fn sharded_weights_are_byte_identical_with_and_without_direct_io() {
     for name in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(fixture.join(name), model.join(name)).unwrap();
     }
+    (dir, model)
+}
+
+/// Sharded weights: a run of weight layers is written by parallel workers, each at its entry's
+/// planned offset, with direct I/O where the filesystem has it. Shards of odd sizes (under a
+/// block, across block and buffer edges) must land byte for byte with every blob matching its
+/// name, and the page-cache-only path (`APPLIANCE_DIRECT_IO=0`) and a warm rebuild (digests from
+/// the cache, nothing hashed) must give the same bytes.
+#[test]
+fn sharded_weights_are_byte_identical_with_and_without_direct_io() {
+    let (dir, model) = model_dir_without_weights();
     let sizes = [(1 << 20) + 1, 3, (2 << 20) + 4095, 5000, 1];
     let mut shards = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
@@ -548,4 +555,42 @@ fn sharded_weights_are_byte_identical_with_and_without_direct_io() {
     assert_eq!(sha256_file(&direct), sha256_file(&buffered));
     let warm = build("warm.tar", "1", &[]);
     assert_eq!(sha256_file(&direct), sha256_file(&warm));
+}
+
+/// A model directory with its weights twice (an unindexed `consolidated.safetensors` beside the
+/// shards the index names) packages only the indexed shards; an index naming a shard that is
+/// missing fails the build, naming the index and the shard, and writes nothing.
+#[test]
+fn only_indexed_shards_are_packaged_and_a_missing_shard_fails() {
+    let (dir, model) = model_dir_without_weights();
+    std::fs::write(model.join("model-00001-of-00002.safetensors"), [1u8; 700]).unwrap();
+    std::fs::write(model.join("model-00002-of-00002.safetensors"), [2u8; 900]).unwrap();
+    std::fs::write(model.join("consolidated.safetensors"), [3u8; 1600]).unwrap();
+    let index = |second: &str| {
+        format!(r#"{{"weight_map":{{"a":"model-00001-of-00002.safetensors","b":"{second}"}}}}"#)
+    };
+    let index_path = model.join("model.safetensors.index.json");
+    std::fs::write(&index_path, index("model-00002-of-00002.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        "[image]\nname = \"registry.local/llm/indexed\"\ntag = \"1\"\n[model]\npath = \"model\"\n\
+         [server]\nserved_model_name = \"indexed\"\n",
+    )
+    .unwrap();
+    let out = appliance(&["build", "m.toml", "--quiet", "-o", "ok.tar"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entries = layer_entries(&dir.path().join("ok.tar"));
+    assert!(entries.contains_key("models/indexed/model-00002-of-00002.safetensors"));
+    assert!(entries.contains_key("models/indexed/model.safetensors.index.json"));
+    assert!(!entries.contains_key("models/indexed/consolidated.safetensors"));
+
+    std::fs::write(&index_path, index("model-00003-of-00002.safetensors")).unwrap();
+    let out = appliance(&["build", "m.toml", "--quiet", "-o", "bad.tar"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("model.safetensors.index.json") && err.contains("model-00003-of-00002"),
+        "{err}"
+    );
+    assert!(!dir.path().join("bad.tar").exists() && !dir.path().join("bad.tar.tmp").exists());
 }

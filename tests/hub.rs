@@ -783,3 +783,56 @@ fn disk_full_is_refused_before_downloading_anything() {
     );
     assert!(!site.output().exists());
 }
+
+/// A repository that ships its weights twice (Mistral's `consolidated.safetensors` beside the
+/// shards `model.safetensors.index.json` names): only the indexed shards are downloaded,
+/// packaged and locked, and an offline rebuild from the cache without the lock chooses the same.
+#[test]
+fn only_the_shards_the_index_names_are_fetched_and_packaged() {
+    let hub = FakeHub::start();
+    let mut files: Vec<(String, Vec<u8>)> =
+        ["config.json", "tokenizer.json", "tokenizer_config.json"]
+            .iter()
+            .map(|f| (f.to_string(), std::fs::read(fixture().join(f)).unwrap()))
+            .collect();
+    let shards = [
+        ("model-00001-of-00002.safetensors", vec![1u8; 3000]),
+        ("model-00002-of-00002.safetensors", vec![2u8; 5000]),
+    ];
+    for (name, bytes) in &shards {
+        files.push((name.to_string(), bytes.clone()));
+    }
+    files.push(("consolidated.safetensors".into(), vec![3u8; 8000]));
+    let index = format!(
+        r#"{{"metadata":{{"total_size":8000}},"weight_map":{{"a.weight":"{}","b.weight":"{}"}}}}"#,
+        shards[0].0, shards[1].0
+    );
+    files.push(("model.safetensors.index.json".into(), index.into_bytes()));
+    hub.commit(REPO, "main", &files);
+    let site = Site::new(&hub);
+
+    assert_ok(&site.build(&[]));
+    assert!(
+        requests_for(&hub, "consolidated.safetensors").is_empty(),
+        "the unindexed copy was downloaded"
+    );
+    let entries = layer_entries(&site.output());
+    for (name, bytes) in &shards {
+        assert!(
+            entries[&format!("models/tiny/{name}")].bytes == *bytes,
+            "{name}"
+        );
+    }
+    assert!(entries.contains_key("models/tiny/model.safetensors.index.json"));
+    assert!(!entries.contains_key("models/tiny/consolidated.safetensors"));
+    let lock = std::fs::read_to_string(site.lock()).unwrap();
+    assert!(
+        lock.contains(shards[1].0) && !lock.contains("consolidated"),
+        "{lock}"
+    );
+
+    let first = sha256_hex(&std::fs::read(site.output()).unwrap());
+    std::fs::remove_file(site.lock()).unwrap();
+    assert_ok(&site.build(&["--offline"]));
+    assert_eq!(sha256_hex(&std::fs::read(site.output()).unwrap()), first);
+}

@@ -7,7 +7,7 @@
 pub mod hub;
 pub mod synthetic;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -60,6 +60,8 @@ pub enum FetchError {
     NoFiles { dir: PathBuf, globs: String },
     #[error("Model directory `{dir}` has no `config.json`; is it a Hugging Face model directory?")]
     NoConfig { dir: PathBuf },
+    #[error("`{}`: {message}", dir.join(SHARD_INDEX).display())]
+    ShardIndex { dir: PathBuf, message: String },
     #[error("Failed to generate the synthetic model in `{dir}`")]
     Synthetic {
         dir: PathBuf,
@@ -146,7 +148,55 @@ pub fn list_model_files(dir: &Path, globs: &[String]) -> Result<Vec<PlannedFile>
             dir: dir.to_path_buf(),
         });
     }
+    if files.iter().any(|f| f.rel_path == SHARD_INDEX) {
+        let index_err = |message| FetchError::ShardIndex {
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let index = std::fs::read(dir.join(SHARD_INDEX))
+            .map_err(|e| index_err(format!("cannot be read: {e}")))?;
+        files = keep_indexed_shards(files, |f| &f.rel_path, &index).map_err(index_err)?;
+    }
     Ok(files)
+}
+
+/// The index of a sharded safetensors checkpoint: which shard holds each tensor.
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// Keeps, of the top-level `*.safetensors` files, those the shard index names, and drops the
+/// others. Why: some repositories carry the same weights twice (Mistral's
+/// `consolidated.safetensors` beside the Hugging Face shards); loaders read only the indexed
+/// shards (the server, like vLLM), so the other copy would double the image for nothing. An
+/// index that names a shard not among `items` is an error: the image would not load.
+pub(crate) fn keep_indexed_shards<T>(
+    items: Vec<T>,
+    path: impl Fn(&T) -> &str,
+    index: &[u8],
+) -> Result<Vec<T>, String> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let index: Index = serde_json::from_slice(index)
+        .map_err(|e| format!("is not a safetensors index (a `weight_map` object): {e}"))?;
+    let shards: BTreeSet<&str> = index.weight_map.values().map(String::as_str).collect();
+    let is_weights = |p: &str| !p.contains('/') && p.ends_with(".safetensors");
+    let missing: Vec<&str> = shards
+        .iter()
+        .filter(|s| !items.iter().any(|i| path(i) == **s))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "names {} which {} not among the model files (check `model.files`)",
+            missing.join(", "),
+            if missing.len() == 1 { "is" } else { "are" }
+        ));
+    }
+    Ok(items
+        .into_iter()
+        .filter(|i| !is_weights(path(i)) || shards.contains(path(i)))
+        .collect())
 }
 
 pub(crate) fn glob_set(globs: &[String]) -> GlobSet {
@@ -228,4 +278,46 @@ pub fn check_pins(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INDEX: &str = r#"{"metadata":{},"weight_map":{"a":"m-2.safetensors","b":"m-1.safetensors","c":"m-2.safetensors"}}"#;
+
+    #[test]
+    fn keeps_the_indexed_shards_and_everything_but_other_weights() {
+        let files = [
+            "config.json",
+            "consolidated.safetensors",
+            "m-1.safetensors",
+            "m-2.safetensors",
+            "model.safetensors.index.json",
+            "sub/extra.safetensors",
+        ];
+        let kept = keep_indexed_shards(files.to_vec(), |f| f, INDEX.as_bytes()).unwrap();
+        assert_eq!(
+            kept,
+            [
+                "config.json",
+                "m-1.safetensors",
+                "m-2.safetensors",
+                "model.safetensors.index.json",
+                "sub/extra.safetensors",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_index_naming_a_missing_shard_or_no_weight_map_is_refused() {
+        let err =
+            keep_indexed_shards(vec!["m-1.safetensors"], |f| f, INDEX.as_bytes()).unwrap_err();
+        assert!(
+            err.contains("names m-2.safetensors which is not among"),
+            "{err}"
+        );
+        let err = keep_indexed_shards(vec!["m-1.safetensors"], |f| f, b"{}").unwrap_err();
+        assert!(err.contains("weight_map"), "{err}");
+    }
 }

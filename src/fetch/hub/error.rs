@@ -123,6 +123,13 @@ pub enum HubError {
     },
     #[error("`{repo}` at commit {commit} has no `config.json` among the selected files")]
     NoConfig { repo: String, commit: String },
+    #[error("`{file}` of `{repo}` at commit {commit} {message}")]
+    ShardIndex {
+        repo: String,
+        commit: String,
+        file: &'static str,
+        message: String,
+    },
     /// Boxed: the largest variant, and the rarest.
     #[error("{0}")]
     OfflineMissing(Box<OfflineMissing>),

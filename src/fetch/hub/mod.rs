@@ -26,6 +26,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use super::SHARD_INDEX;
 use crate::digest::Sha256Digest;
 use crate::lock::{LockedFile, LockedModel};
 use crate::progress::Progress;
@@ -217,7 +218,7 @@ impl HubFetcher {
             req.globs,
             selected.iter().map(|f| f.path.as_str()),
         )?;
-        let wanted: Vec<Wanted> = selected
+        let mut wanted: Vec<Wanted> = selected
             .into_iter()
             .map(|remote| {
                 let mut expectations = prior_expectations(req, &remote.path);
@@ -238,6 +239,19 @@ impl HubFetcher {
             .collect();
 
         let mut stamps = self.cache.read_stamps(req.repo, &commit);
+        // A sharded checkpoint's index says which `*.safetensors` files are the weights: fetch
+        // it first, and not the copies it does not name (`fetch::keep_indexed_shards`).
+        if let Some(index) = wanted.iter().find(|w| w.path == SHARD_INDEX) {
+            match self.verify_cached(req.repo, &commit, index, &stamps) {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(HubError::DigestMismatch { .. } | HubError::SizeMismatch { .. }) => {
+                    self.check_space(req.repo, &[index])?;
+                    self.download_all(req.repo, &commit, &[index], progress)?;
+                }
+                Err(e) => return Err(e),
+            }
+            wanted = self.keep_indexed_shards(req.repo, &commit, wanted)?;
+        }
         let mut done: BTreeMap<String, Measured> = BTreeMap::new();
         let mut missing = Vec::new();
         for w in &wanted {
@@ -307,7 +321,7 @@ impl HubFetcher {
         if !missing.is_empty() {
             return Err(offline_missing(Some(commit), missing));
         }
-        let wanted: Vec<Wanted> = paths
+        let mut wanted: Vec<Wanted> = paths
             .into_iter()
             .map(|path| Wanted {
                 expectations: prior_expectations(req, &path),
@@ -315,6 +329,9 @@ impl HubFetcher {
                 remote: None,
             })
             .collect();
+        if wanted.iter().any(|w| w.path == SHARD_INDEX) {
+            wanted = self.keep_indexed_shards(req.repo, &commit, wanted)?;
+        }
         let mut stamps = self.cache.read_stamps(req.repo, &commit);
         let mut done = BTreeMap::new();
         for w in &wanted {
@@ -512,6 +529,24 @@ impl HubFetcher {
     }
 
     /// Records stamps for the verified files and returns the snapshot.
+    /// Drops the `*.safetensors` files the cached shard index does not name.
+    fn keep_indexed_shards(
+        &self,
+        repo: &str,
+        commit: &str,
+        wanted: Vec<Wanted>,
+    ) -> Result<Vec<Wanted>, HubError> {
+        let index_err = |message| HubError::ShardIndex {
+            repo: repo.to_string(),
+            commit: commit.to_string(),
+            file: SHARD_INDEX,
+            message,
+        };
+        let path = self.cache.snapshot_file(repo, commit, SHARD_INDEX);
+        let index = std::fs::read(&path).map_err(HubError::io(&path))?;
+        super::keep_indexed_shards(wanted, |w| &w.path, &index).map_err(index_err)
+    }
+
     fn finish(
         &self,
         repo: &str,
