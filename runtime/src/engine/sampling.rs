@@ -141,45 +141,67 @@ impl Sampler {
         if candidates.is_empty() {
             return argmax(logits);
         }
-        // Descending by logit, ties to the lower id: a total order, so results do not depend on
-        // the sort's stability. With top-k, only the k best are selected (linear) and sorted,
-        // not the whole vocabulary: the same candidates in the same order.
-        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        // Nothing sorts the whole vocabulary (10^5 ids: milliseconds per token): top-k selects
+        // its k (linear) and sorts those; top-p sorts only the nucleus (see `nucleus`); plain
+        // temperature sampling draws in id order. The order is total (descending logit, ties
+        // to the lower id), so results never depend on a sort's stability.
         if let Some(k) = self.params.top_k.filter(|&k| k > 0 && k < candidates.len()) {
-            candidates.select_nth_unstable_by(k - 1, order);
+            candidates.select_nth_unstable_by(k - 1, by_logit);
             candidates.truncate(k);
+            candidates.sort_unstable_by(by_logit);
         }
-        candidates.sort_unstable_by(order);
-        let max = candidates[0].1;
-        let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
+        let max = candidates.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let weight = |logit: f32| (logit - max).exp();
         if self.params.top_p < 1.0 {
-            let mut mass = 0.0;
-            let keep = probs
-                .iter()
-                .position(|p| {
-                    mass += p;
-                    mass >= self.params.top_p
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-            let total: f32 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= total);
+            let total: f32 = candidates.iter().map(|c| weight(c.1)).sum();
+            let keep = nucleus(&mut candidates, |l| weight(l) / total, self.params.top_p);
+            candidates.truncate(keep);
         }
-        let mut draw = self.uniform();
-        for (i, p) in probs.iter().enumerate() {
-            if draw < *p {
-                return candidates[i].0;
+        let total: f32 = candidates.iter().map(|c| weight(c.1)).sum();
+        let mut draw = self.uniform() * total;
+        for &(id, logit) in &candidates {
+            let w = weight(logit);
+            if draw < w {
+                return id;
             }
-            draw -= p;
+            draw -= w;
         }
-        candidates[probs.len() - 1].0
+        candidates[candidates.len() - 1].0
     }
 
     /// Uniform in `[0, 1)` with 24 bits of precision (exact in f32).
     fn uniform(&mut self) -> f32 {
         (self.rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+    }
+}
+
+/// Descending by logit, ties to the lower id: a total order.
+fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Sorts the smallest head of `candidates` (in [`by_logit`] order) whose probability mass
+/// reaches `top_p`, and returns its length. The head is selected (linear) before it is sorted,
+/// starting at 64 ids and growing 4x until it holds the nucleus: a nucleus is usually tens of
+/// tokens of a vocabulary of 10^5, and the result is the same as sorting everything.
+fn nucleus(candidates: &mut [(u32, f32)], prob: impl Fn(f32) -> f32, top_p: f32) -> usize {
+    let mut k = candidates.len().min(64);
+    loop {
+        if k < candidates.len() {
+            candidates.select_nth_unstable_by(k - 1, by_logit);
+        }
+        candidates[..k].sort_unstable_by(by_logit);
+        let mut mass = 0.0;
+        for (i, c) in candidates[..k].iter().enumerate() {
+            mass += prob(c.1);
+            if mass >= top_p {
+                return i + 1;
+            }
+        }
+        if k == candidates.len() {
+            return k;
+        }
+        k = (k * 4).min(candidates.len());
     }
 }
 
@@ -255,6 +277,45 @@ mod tests {
         assert_eq!(a, draw(&params));
         assert!(a.iter().all(|&t| t == 3 || t == 4), "{a:?}");
         assert!(a.contains(&3) && a.contains(&4));
+    }
+
+    /// 100 ids share 90% of the mass, so the nucleus for top_p 0.85 (95 ids) lies beyond the
+    /// first 64-id head and needs the head to grow. Every draw falls in it, ids from beyond the
+    /// first 64 come up, and nothing outside it does.
+    #[test]
+    fn top_p_draws_only_from_the_nucleus_even_past_the_first_head() {
+        let vocab = 20_000;
+        // 100 ids at logit 10 hold ~90% of the mass against the rest at 0.
+        let mut logits = vec![0.0f32; vocab];
+        let nucleus: Vec<usize> = (0..100).map(|i| i * 150 + 7).collect();
+        let rest = (vocab - 100) as f32;
+        let high = ((0.9 / 0.1) * rest / 100.0).ln();
+        for &id in &nucleus {
+            logits[id] = high;
+        }
+        let mut s = Sampler::new(params(1.0, None, 0.85, 3), &[]);
+        let drawn: Vec<u32> = (0..400).map(|_| s.sample(&logits)).collect();
+        assert!(
+            drawn.iter().all(|&t| nucleus.contains(&(t as usize))),
+            "{drawn:?}"
+        );
+        // Ties break to the lower id, so the nucleus is the 95 lowest of the 100.
+        assert!(drawn.iter().any(|&t| t as usize > nucleus[63]));
+        assert!(!drawn.iter().any(|&t| t as usize > nucleus[94]));
+    }
+
+    /// Plain temperature sampling (no top-k, top-p 1) draws in proportion to the softmax.
+    #[test]
+    fn plain_sampling_follows_the_softmax() {
+        let logits = [0.0f32, 3f32.ln(), f32::NEG_INFINITY, -100.0];
+        let mut s = Sampler::new(params(1.0, None, 1.0, 11), &[]);
+        let n = 8000;
+        let ones = (0..n).filter(|_| s.sample(&logits) == 1).count();
+        let share = ones as f64 / n as f64;
+        assert!(
+            (0.72..0.78).contains(&share),
+            "id 1 drawn {share} of the time, not ~0.75"
+        );
     }
 
     #[test]
