@@ -4,6 +4,7 @@
 //! buffers (with `Write`, or straight from a file with [`Pipeline::read_from`]), the *hasher*
 //! keeps the running digests ([`Pipeline::start_digest`]: a blob's, and that of a part inside
 //! it, computed together by [`dual`]), the *writer* puts the bytes on disk.
+//!
 //! Memory is bounded: a pipeline holds at most `2 * DEPTH + 3` buffers of `CHUNK` bytes (9 MiB)
 //! at once, recycled through a [`Pool`] that the pipelines writing one file share.
 //!
