@@ -10,24 +10,25 @@
 //! different lengths (per-row positions + padding masks) is the next step.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::kv_cache::ConcatKvCache;
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder, linear_b};
 
 use super::{config::ModelSpec, rope::RopeTables};
 
 /// Per-sequence attention state: one `(k, v)` pair per layer, each of shape
-/// `(1, kv_heads, positions, head_dim)`.
+/// `(1, kv_heads, positions, head_dim)`, in candle's `ConcatKvCache`.
 ///
 /// TODO(perf): grows by `Tensor::cat` (a copy per step, quadratic in length);
 /// a preallocated or paged cache belongs with the scheduler.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<ConcatKvCache>,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: vec![None; num_layers],
+            layers: vec![ConcatKvCache::new(2); num_layers],
         }
     }
 
@@ -35,9 +36,7 @@ impl KvCache {
     pub fn len(&self) -> usize {
         self.layers
             .first()
-            .and_then(|l| l.as_ref())
-            .and_then(|(k, _)| k.dims().get(2).copied())
-            .unwrap_or(0)
+            .map_or(0, ConcatKvCache::current_seq_len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -49,12 +48,7 @@ impl KvCache {
             .layers
             .get_mut(layer)
             .ok_or_else(|| candle_core::Error::Msg(format!("no cache slot for layer {layer}")))?;
-        let kv = match slot.take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-        };
-        *slot = Some(kv.clone());
-        Ok(kv)
+        slot.append(&k, &v)
     }
 }
 
