@@ -15,6 +15,18 @@ use std::path::Path;
 /// `durable`, the data is fsynced before the rename, for files that must survive a crash
 /// (keys); caches and lock files can be rewritten and skip the cost.
 pub fn write(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Result<()> {
+    let tmp = stage(path, bytes, mode)?;
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Writes `bytes` to a temporary file beside `path`, to be renamed over it with
+/// [`tempfile::NamedTempFile::persist`] when the caller is ready (signature sidecars wait for
+/// the tarball); dropped, it is removed.
+pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -28,11 +40,7 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Result<
         .permissions(Permissions::from_mode(mode))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
-    if durable {
-        tmp.as_file().sync_all()?;
-    }
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    Ok(tmp)
 }
 
 #[cfg(test)]

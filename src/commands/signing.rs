@@ -2,8 +2,6 @@
 //! finished manifest and its attestations, and writes the detached sidecar files.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -159,15 +157,7 @@ pub struct StagedSidecars(Vec<(tempfile::NamedTempFile, PathBuf)>);
 pub fn stage_sidecars(files: Vec<(PathBuf, Vec<u8>)>) -> Result<StagedSidecars> {
     let mut staged = StagedSidecars(Vec::new());
     for (path, bytes) in files {
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .suffix(".tmp")
-            .permissions(std::fs::Permissions::from_mode(0o644))
-            .tempfile_in(dir)
-            .and_then(|mut tmp| tmp.write_all(&bytes).map(|()| tmp))
+        let tmp = crate::atomic_file::stage(&path, &bytes, 0o644)
             .with_context(|| format!("Failed to write `{}`", path.display()))?;
         staged.0.push((tmp, path));
     }

@@ -126,10 +126,7 @@ impl ImageWriter {
         };
         let direct = open_direct(&tmp);
         let pool = Arc::new(Pool::default());
-        let clones = file
-            .try_clone()
-            .and_then(|f| Ok((f, direct.as_ref().map(File::try_clone).transpose()?)));
-        let (file_clone, direct_clone) = match clones {
+        let (file_clone, direct_clone) = match clone_files(&file, direct.as_ref()) {
             Ok(clones) => clones,
             Err(source) => {
                 let _ = fs::remove_file(&tmp);
@@ -182,16 +179,13 @@ impl ImageWriter {
         Ok(layers)
     }
 
-    /// Streams one layer into the tarball and returns it with its digests.
+    /// Streams one layer that is not a host layer ([`is_host_layer`]) into the tarball, hashed
+    /// on the main pipeline, and returns it with its digests.
     fn add_layer(
         &mut self,
         spec: LayerSpec,
         progress: &dyn ProgressTask,
     ) -> Result<Layer, ExportError> {
-        if is_host_layer(&spec) {
-            let mut layers = self.add_host_layers(vec![spec], progress)?;
-            return Ok(layers.remove(0));
-        }
         let out = self.pipeline()?;
         let header_at = open_blob(out, true).map_err(|e| self.write_err(e))?;
         let out = self.pipeline()?;
@@ -227,10 +221,7 @@ impl ImageWriter {
         progress: &dyn ProgressTask,
     ) -> Result<Layer, ExportError> {
         let (tmp, mtime) = (self.tmp.clone(), self.mtime);
-        let write_err = |source| ExportError::Write {
-            path: tmp.clone(),
-            source,
-        };
+        let write_err = |source| write_error(&tmp, source);
         let out = self.pipeline()?;
         let header_at = open_blob(out, true).map_err(write_err)?;
         let mut buf = vec![0u8; 1 << 20];
@@ -317,10 +308,7 @@ impl ImageWriter {
                     return;
                 };
                 let result = (|| {
-                    let clones = file
-                        .try_clone()
-                        .and_then(|f| Ok((f, direct.map(File::try_clone).transpose()?)));
-                    let (f, d) = clones.map_err(|e| write_error(tmp, e))?;
+                    let (f, d) = clone_files(file, direct).map_err(|e| write_error(tmp, e))?;
                     let mut out = Pipeline::starting_at(f, d, Arc::clone(pool), offsets[i]);
                     let layer =
                         write_host_layer(&mut out, spec, &segments, cache, mtime, tmp, progress)?;
@@ -377,10 +365,7 @@ impl ImageWriter {
     fn pipeline(&mut self) -> Result<&mut Pipeline, ExportError> {
         match self.out.as_mut() {
             Some(out) => Ok(out),
-            None => Err(ExportError::Write {
-                path: self.tmp.clone(),
-                source: closed(),
-            }),
+            None => Err(write_error(&self.tmp, closed())),
         }
     }
 
@@ -395,10 +380,7 @@ impl ImageWriter {
     }
 
     fn write_err(&self, source: io::Error) -> ExportError {
-        ExportError::Write {
-            path: self.tmp.clone(),
-            source,
-        }
+        write_error(&self.tmp, source)
     }
 }
 
@@ -471,6 +453,12 @@ fn stream_host_file(
 /// pipeline of three threads and up to 9 MiB of buffers; two keep two cores hashing and the
 /// peak RSS far below 64 MiB.
 const LAYER_WORKERS: usize = 2;
+
+/// The tarball's descriptors again, for another pipeline (a `dup` shares the open file
+/// description, so the clone of the direct-I/O one is direct too).
+fn clone_files(file: &File, direct: Option<&File>) -> io::Result<(File, Option<File>)> {
+    Ok((file.try_clone()?, direct.map(File::try_clone).transpose()?))
+}
 
 /// Whether a layer is written from [`Segment`]s: uncompressed, with files of the build host.
 fn is_host_layer(spec: &LayerSpec) -> bool {
