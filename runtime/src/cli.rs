@@ -14,7 +14,7 @@ use std::{env, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::Secret;
+use crate::{auth::Secret, kv::ByteSize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +57,8 @@ pub enum CliError {
         "--device cuda was requested but this build has no CUDA support (built without the `cuda` feature)"
     )]
     CudaUnavailable,
+    #[error("--block-size {0} is not a multiple of 16")]
+    BlockSize(u32),
 }
 
 impl HealthcheckArgs {
@@ -164,16 +166,65 @@ pub struct ServeArgs {
     )]
     pub api_key_file: Option<PathBuf>,
 
-    /// Requests generating concurrently in the engine's batch
+    /// Sequences in the engine's batches at once (vLLM's name; `--max-concurrent-requests` is an alias)
     #[arg(
         long,
-        env = "APPLIANCE_MAX_CONCURRENT_REQUESTS",
+        alias = "max-concurrent-requests",
+        env = "APPLIANCE_MAX_NUM_SEQS",
         hide_env_values = true,
         value_name = "N",
-        default_value_t = 8,
+        default_value_t = 128,
         value_parser = clap::value_parser!(u32).range(1..)
     )]
-    pub max_concurrent_requests: u32,
+    pub max_num_seqs: u32,
+
+    /// Tokens one engine step may process: a decode token per running sequence plus prompt chunks [default: 512 on CPU, 8192 on CUDA]
+    #[arg(
+        long,
+        env = "APPLIANCE_MAX_NUM_BATCHED_TOKENS",
+        hide_env_values = true,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_num_batched_tokens: Option<u32>,
+
+    /// KV cache size in bytes (e.g. 4GiB, 512MiB) [default: the smallest of 4 GiB, half the memory limit left after the weights, and what --max-num-seqs sequences of --max-model-len tokens need]
+    #[arg(
+        long,
+        env = "APPLIANCE_KV_CACHE_MEMORY",
+        hide_env_values = true,
+        value_name = "BYTES"
+    )]
+    pub kv_cache_memory: Option<ByteSize>,
+
+    /// Tokens per KV cache block (a multiple of 16)
+    #[arg(
+        long,
+        env = "APPLIANCE_BLOCK_SIZE",
+        hide_env_values = true,
+        value_name = "N",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(16..)
+    )]
+    pub block_size: u32,
+
+    /// Reuse the KV cache of identical prompt prefixes across requests (the default)
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+
+    /// Turn prefix caching off
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub no_enable_prefix_caching: bool,
+
+    /// CPU threads for inference [default: the CPUs this process may use (affinity and cgroup quota)]
+    #[arg(
+        long,
+        env = "APPLIANCE_THREADS",
+        hide_env_values = true,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub threads: Option<u32>,
 
     /// Requests allowed to wait for a batch slot before new ones get 429
     #[arg(
@@ -203,7 +254,25 @@ impl ServeArgs {
         if self.device == Device::Cuda && !cfg!(feature = "cuda") {
             return Err(CliError::CudaUnavailable);
         }
+        if !self.block_size.is_multiple_of(16) {
+            return Err(CliError::BlockSize(self.block_size));
+        }
         Ok(())
+    }
+
+    /// Prefix caching is on unless `--no-enable-prefix-caching` came last.
+    pub fn prefix_caching(&self) -> bool {
+        !self.no_enable_prefix_caching
+    }
+
+    /// `--threads`, else the CPUs this process may run on: the affinity
+    /// mask and the cgroup CPU quota (what `std::thread::available_parallelism`
+    /// reads), not the host's core count.
+    pub fn threads(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n as usize,
+        )
     }
 }
 
@@ -259,6 +328,15 @@ mod tests {
             "k",
             "--max-concurrent-requests",
             "4",
+            "--max-num-batched-tokens",
+            "256",
+            "--kv-cache-memory",
+            "1.5GiB",
+            "--block-size",
+            "32",
+            "--no-enable-prefix-caching",
+            "--threads",
+            "3",
             "--max-queued-requests",
             "0",
             "--shutdown-timeout",
@@ -273,7 +351,12 @@ mod tests {
         assert_eq!((s.device, s.dtype), (Device::Cpu, DType::Bf16));
         assert_eq!(s.max_model_len, Some(4096));
         assert_eq!(s.api_key.as_ref().map(Secret::expose), Some("k"));
-        assert_eq!((s.max_concurrent_requests, s.max_queued_requests), (4, 0));
+        assert_eq!((s.max_num_seqs, s.max_queued_requests), (4, 0));
+        assert_eq!(s.max_num_batched_tokens, Some(256));
+        assert_eq!(s.kv_cache_memory, Some(ByteSize(3 << 29)));
+        assert_eq!(s.block_size, 32);
+        assert!(!s.prefix_caching());
+        assert_eq!(s.threads(), 3);
         assert_eq!(s.shutdown_timeout, 5);
     }
 
@@ -284,6 +367,23 @@ mod tests {
         assert_eq!((s.device, s.dtype), (Device::Auto, DType::Auto));
         assert_eq!(s.shutdown_timeout, 30);
         assert!(s.api_key.is_none() && s.api_key_file.is_none());
+        assert_eq!((s.max_num_seqs, s.block_size), (128, 16));
+        assert!(s.prefix_caching());
+        assert!(s.kv_cache_memory.is_none() && s.max_num_batched_tokens.is_none());
+        assert!(s.threads() >= 1);
+        let s = parse(&[
+            "--model",
+            "/m",
+            "--no-enable-prefix-caching",
+            "--enable-prefix-caching",
+        ])
+        .expect("valid")
+        .serve;
+        assert!(s.prefix_caching(), "the last of the pair wins");
+        let s = parse(&["--model", "/m", "--max-num-seqs", "9"])
+            .expect("valid")
+            .serve;
+        assert_eq!(s.max_num_seqs, 9);
     }
 
     #[test]
@@ -294,6 +394,18 @@ mod tests {
         assert!(parse(&["--model", "/m", "--dtype", "f64"]).is_err());
         assert!(parse(&["--model", "/m", "--max-model-len", "0"]).is_err());
         assert!(parse(&["--model", "/m", "--max-concurrent-requests", "0"]).is_err());
+        assert!(parse(&["--model", "/m", "--max-num-batched-tokens", "0"]).is_err());
+        assert!(parse(&["--model", "/m", "--kv-cache-memory", "lots"]).is_err());
+        assert!(parse(&["--model", "/m", "--block-size", "8"]).is_err());
+        let odd = parse(&["--model", "/m", "--block-size", "24"])
+            .expect("parses")
+            .serve;
+        assert!(
+            odd.check_device()
+                .unwrap_err()
+                .to_string()
+                .contains("multiple of 16")
+        );
         assert!(parse(&["--model", "/m", "--port", "70000"]).is_err());
         assert!(parse(&["--model", "/m", "--api-key", ""]).is_err());
         assert!(parse(&["--model", "/m", "--served-model-name", ""]).is_err());

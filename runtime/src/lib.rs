@@ -12,6 +12,8 @@ pub mod build_info;
 pub mod cli;
 pub mod engine;
 pub mod healthcheck;
+pub mod kernels;
+pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod models;

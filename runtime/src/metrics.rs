@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
@@ -71,6 +71,11 @@ pub struct Metrics {
     ttft: Histogram,
     tpot: Histogram,
     e2e: Histogram,
+    kv_usage: Gauge,
+    preemptions: IntCounter,
+    prefix_queries: IntCounter,
+    prefix_hits: IntCounter,
+    cache_config: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -122,8 +127,47 @@ impl Metrics {
         // Creating every child up front exposes each reason at 0 from the
         // first scrape, so `rate()` sees the first increment.
         let success = FinishedReason::ALL.map(|r| success_vec.with_label_values(&[r.as_str()]));
+        let kv_usage = register(
+            &registry,
+            Gauge::with_opts(opts(
+                "vllm:kv_cache_usage_perc",
+                "KV-cache usage. 1 means 100 percent usage.",
+            )),
+        );
+        let preemptions = counter(
+            "vllm:num_preemptions_total",
+            "Cumulative number of preemption from the engine.",
+        );
+        let prefix_queries = counter(
+            "vllm:prefix_cache_queries_total",
+            "Prefix cache queries, in terms of number of queried tokens.",
+        );
+        let prefix_hits = counter(
+            "vllm:prefix_cache_hits_total",
+            "Prefix cache hits, in terms of number of cached tokens.",
+        );
+        let cache_config = register(
+            &registry,
+            IntGaugeVec::new(
+                opts(
+                    "vllm:cache_config_info",
+                    "Information of the LLMEngine CacheConfig",
+                ),
+                &[
+                    "block_size",
+                    "num_gpu_blocks",
+                    "enable_prefix_caching",
+                    "cache_dtype",
+                ],
+            ),
+        );
 
         Self {
+            kv_usage,
+            preemptions,
+            prefix_queries,
+            prefix_hits,
+            cache_config,
             running,
             waiting,
             prompt_tokens,
@@ -163,6 +207,41 @@ impl Metrics {
     /// changes.
     pub fn set_waiting(&self, n: usize) {
         self.waiting.set(saturating_i64(n));
+    }
+
+    /// Gauge `vllm:kv_cache_usage_perc`: the share of KV blocks in use (0-1).
+    pub fn set_kv_cache_usage(&self, fraction: f64) {
+        self.kv_usage.set(fraction);
+    }
+
+    /// Counter `vllm:num_preemptions_total`.
+    pub fn add_preemptions(&self, n: u64) {
+        self.preemptions.inc_by(n);
+    }
+
+    /// Counters `vllm:prefix_cache_queries_total` / `_hits_total`, in tokens.
+    pub fn add_prefix_cache(&self, queries: u64, hits: u64) {
+        self.prefix_queries.inc_by(queries);
+        self.prefix_hits.inc_by(hits);
+    }
+
+    /// `vllm:cache_config_info` (value 1): the KV pool as configured. vLLM
+    /// names the block count `num_gpu_blocks` whatever the device.
+    pub fn set_cache_config(
+        &self,
+        block_size: usize,
+        num_blocks: usize,
+        prefix_caching: bool,
+        dtype: &str,
+    ) {
+        self.cache_config
+            .with_label_values(&[
+                block_size.to_string().as_str(),
+                num_blocks.to_string().as_str(),
+                if prefix_caching { "True" } else { "False" },
+                dtype,
+            ])
+            .set(1);
     }
 
     /// Histogram `vllm:request_queue_time_seconds` (enqueue → start of
@@ -256,7 +335,16 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
             .collect();
-        assert_eq!(families.len(), 9, "{text}");
+        // `vllm:cache_config_info` appears once the engine sets it.
+        assert_eq!(families.len(), 13, "{text}");
+        for name in [
+            "vllm:kv_cache_usage_perc{",
+            "vllm:num_preemptions_total{",
+            "vllm:prefix_cache_queries_total{",
+            "vllm:prefix_cache_hits_total{",
+        ] {
+            assert_eq!(value(&text, name), 0.0, "{name}");
+        }
         for name in families {
             line(&text, &format!("# HELP {name} "));
         }
@@ -327,6 +415,29 @@ mod tests {
             ),
             3.0
         );
+    }
+
+    #[test]
+    fn cache_metrics_report_what_the_engine_sets() {
+        let m = Metrics::new("m");
+        m.set_cache_config(16, 4096, true, "f16");
+        m.set_kv_cache_usage(0.25);
+        m.add_preemptions(2);
+        m.add_prefix_cache(100, 48);
+        m.add_prefix_cache(10, 0);
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"f16\",enable_prefix_caching=\"True\",model_name=\"m\",num_gpu_blocks=\"4096\"}"
+            ),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(value(&text, "vllm:kv_cache_usage_perc{"), 0.25);
+        assert_eq!(value(&text, "vllm:num_preemptions_total{"), 2.0);
+        assert_eq!(value(&text, "vllm:prefix_cache_queries_total{"), 110.0);
+        assert_eq!(value(&text, "vllm:prefix_cache_hits_total{"), 48.0);
     }
 
     #[test]

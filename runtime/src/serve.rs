@@ -58,6 +58,8 @@ pub enum ServeError {
     ServerPanicked,
     #[error("loading failed: {0}")]
     LoadFailed(String),
+    #[error("cannot start {0} inference threads")]
+    Threads(usize, #[source] rayon::ThreadPoolBuildError),
 }
 
 /// Runs the server until a signal (`Ok`, exit 0) or a fatal error (`Err`).
@@ -73,6 +75,13 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     // is refused here, before binding.
     let model = ModelDir::open(&model_path, args.served_model_name.as_deref())?;
     let build = build_info::current()?;
+    let threads = args.threads();
+    // The CPU kernels and candle's CPU ops share rayon's global pool.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("infer-{i}"))
+        .build_global()
+        .map_err(|e| ServeError::Threads(threads, e))?;
     log_startup(&args, &model, &build, api_key.is_some());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -104,13 +113,18 @@ fn log_startup(args: &ServeArgs, model: &ModelDir, build: &BuildInfo, auth: bool
         model.config.architectures.join(", ")
     );
     info!(
-        "engine settings: device={:?} dtype={:?} max_model_len={} max_concurrent_requests={} max_queued_requests={}",
+        "engine settings: device={:?} dtype={:?} threads={} max_model_len={} max_num_seqs={} max_num_batched_tokens={} max_queued_requests={} block_size={} prefix_caching={}",
         args.device,
         args.dtype,
+        args.threads(),
         args.max_model_len
             .map_or_else(|| "from config".to_owned(), |n| n.to_string()),
-        args.max_concurrent_requests,
-        args.max_queued_requests
+        args.max_num_seqs,
+        args.max_num_batched_tokens
+            .map_or_else(|| "device default".to_owned(), |n| n.to_string()),
+        args.max_queued_requests,
+        args.block_size,
+        args.prefix_caching(),
     );
     if auth {
         info!("API key required on all routes except /health and /ready");
@@ -154,8 +168,10 @@ async fn serve(
         engine: OnceLock::new(),
         weights_digest: Arc::default(),
         scheduler: crate::scheduler::Scheduler::new(
-            args.max_concurrent_requests as usize,
-            args.max_queued_requests as usize,
+            crate::scheduler::SchedulerConfig {
+                max_num_seqs: args.max_num_seqs as usize,
+                max_queued: args.max_queued_requests as usize,
+            },
             Arc::clone(&metrics),
         ),
         metrics,
@@ -164,10 +180,20 @@ async fn serve(
         device: args.device,
         dtype: args.dtype,
         max_model_len: args.max_model_len.map(|n| n as usize),
+        candle_ops: false,
+    };
+    let pool = PoolOptions {
+        kv_cache_memory: args.kv_cache_memory.map(|b| b.0),
+        block_size: args.block_size as usize,
+        max_num_seqs: args.max_num_seqs as usize,
+        max_num_batched_tokens: args.max_num_batched_tokens.map(|n| n as usize),
+        prefix_caching: args.prefix_caching(),
+        threads: args.threads(),
     };
     tokio::spawn(load(
         model,
         options,
+        pool,
         Arc::clone(&state),
         ready_tx.clone(),
         shutdown.clone(),
@@ -254,16 +280,25 @@ async fn drain(
 async fn load(
     model: ModelDir,
     options: LoadOptions,
+    pool: PoolOptions,
     state: Arc<AppState>,
     ready: ReadinessTx,
     shutdown: Shutdown,
 ) {
     let dir = model.path.clone();
-    let loaded = tokio::task::spawn_blocking(move || load_blocking(&model, options)).await;
+    let loaded = {
+        let state = Arc::clone(&state);
+        tokio::task::spawn_blocking(move || {
+            let engine = Arc::new(load_blocking(&model, options)?);
+            start_engine(&engine, &pool, &state)?;
+            Ok::<_, String>(engine)
+        })
+        .await
+    };
     let failure = match loaded {
         Ok(Ok(engine)) => {
             // Only the loader sets it, once; a second set cannot happen.
-            let _ = state.engine.set(Arc::new(engine));
+            let _ = state.engine.set(engine);
             ready.set(Readiness::Ready);
             info!("ready");
             // After `Ready`: the files are in the page cache and the digest delays nothing.
@@ -324,6 +359,105 @@ fn load_blocking(model: &ModelDir, options: LoadOptions) -> Result<Engine, Strin
         started.elapsed().as_secs_f64()
     );
     Ok(engine)
+}
+
+/// The KV pool and batching settings from the command line.
+#[derive(Debug, Clone, Copy)]
+struct PoolOptions {
+    kv_cache_memory: Option<u64>,
+    block_size: usize,
+    max_num_seqs: usize,
+    max_num_batched_tokens: Option<usize>,
+    prefix_caching: bool,
+    threads: usize,
+}
+
+/// Default token budget of a step: on the CPU, 512 keeps a prompt chunk's
+/// activations (a few MiB) in bounds while still filling the FMA units;
+/// a GPU wants far larger steps (vLLM uses 8192 on large GPUs).
+fn default_batched_tokens(device: &candle_core::Device) -> usize {
+    if device.is_cpu() { 512 } else { 8192 }
+}
+
+/// Sizes and allocates the KV pool, then starts the engine loop on it.
+fn start_engine(engine: &Arc<Engine>, pool: &PoolOptions, state: &AppState) -> Result<(), String> {
+    let weights = engine.weight_bytes() as u64;
+    let per_token = engine.kv_bytes_per_token();
+    let sizing = crate::kv::Sizing {
+        requested: pool.kv_cache_memory,
+        memory_limit: if engine.device().is_cpu() {
+            crate::kv::memory_limit()
+        } else {
+            None
+        },
+        weight_bytes: weights,
+        bytes_per_token: per_token,
+        block_size: pool.block_size,
+        max_num_seqs: pool.max_num_seqs,
+        max_model_len: engine.max_model_len(),
+    };
+    let (num_blocks, source) = crate::kv::num_blocks(&sizing);
+    let started = Instant::now();
+    let kv = engine
+        .new_kv_cache(num_blocks, pool.block_size)
+        .map_err(|e| chain(&e))?;
+    let tokens = num_blocks * pool.block_size;
+    let batched = pool
+        .max_num_batched_tokens
+        .unwrap_or_else(|| default_batched_tokens(engine.device()));
+    let dtype = match engine.kernels() {
+        crate::models::Kernels::Cpu { weights, .. } => format!("{weights:?}").to_lowercase(),
+        crate::models::Kernels::Candle => format!("{:?}", engine.dtype()).to_lowercase(),
+    };
+    info!(
+        "KV cache: {num_blocks} blocks of {} tokens = {tokens} tokens, {} ({dtype}, {} per token), allocated in {:.2}s; size from {}",
+        pool.block_size,
+        crate::kv::ByteSize(kv.bytes()),
+        crate::kv::ByteSize(per_token),
+        started.elapsed().as_secs_f64(),
+        match source {
+            crate::kv::SizeSource::Flag => "--kv-cache-memory",
+            crate::kv::SizeSource::DefaultCap => "the 4 GiB default cap",
+            crate::kv::SizeSource::MemoryLimit => "half the memory limit left after the weights",
+            crate::kv::SizeSource::MaxSequences => "--max-num-seqs x --max-model-len",
+        }
+    );
+    info!(
+        "Maximum concurrency for {} tokens per request: {:.2}x",
+        engine.max_model_len(),
+        tokens as f64 / engine.max_model_len() as f64
+    );
+    if tokens < engine.max_model_len() {
+        warn!(
+            "the KV cache ({tokens} tokens) is smaller than max_model_len ({}): longer sequences end with finish_reason=length",
+            engine.max_model_len()
+        );
+    }
+    info!(
+        "engine: {} inference threads, {} kernels, weights {} in memory, max_num_batched_tokens={batched}",
+        pool.threads,
+        match engine.kernels() {
+            crate::models::Kernels::Cpu { isa, .. } => isa.name(),
+            crate::models::Kernels::Candle => "candle",
+        },
+        crate::kv::ByteSize(weights),
+    );
+    state
+        .metrics
+        .set_cache_config(pool.block_size, num_blocks, pool.prefix_caching, &dtype);
+    let core = crate::scheduler::CoreConfig {
+        planner: crate::scheduler::planner::PlannerConfig {
+            max_num_seqs: pool.max_num_seqs,
+            max_num_batched_tokens: batched,
+            block_size: pool.block_size,
+        },
+        num_blocks,
+        prefix_caching: pool.prefix_caching,
+    };
+    state
+        .scheduler
+        .start(Arc::clone(engine), kv, core)
+        .map_err(|e| format!("cannot start the engine loop: {e}"))
 }
 
 /// `error: cause: root cause`, the way `anyhow` would print it; this module

@@ -14,9 +14,14 @@ const KEY: &str = "metrics-test-key";
 const AUTH: (&str, &str) = ("Authorization", "Bearer metrics-test-key");
 
 /// Every family the server must expose, with its Prometheus type.
-const FAMILIES: [(&str, &str); 9] = [
+const FAMILIES: [(&str, &str); 14] = [
     ("vllm:num_requests_running", "gauge"),
     ("vllm:num_requests_waiting", "gauge"),
+    ("vllm:kv_cache_usage_perc", "gauge"),
+    ("vllm:num_preemptions_total", "counter"),
+    ("vllm:prefix_cache_queries_total", "counter"),
+    ("vllm:prefix_cache_hits_total", "counter"),
+    ("vllm:cache_config_info", "gauge"),
     ("vllm:prompt_tokens_total", "counter"),
     ("vllm:generation_tokens_total", "counter"),
     ("vllm:request_success_total", "counter"),
@@ -243,6 +248,84 @@ fn a_completion_moves_the_counters_by_its_usage_and_promtool_accepts_the_scrape(
     for series in after.keys() {
         assert!(series.contains(label), "{series}");
     }
+}
+
+#[test]
+fn kv_cache_and_prefix_cache_metrics_follow_the_engine() {
+    let server = start();
+    let label = "model_name=\"metrics-model\"";
+    let text = scrape(&server);
+    let before = samples(&text);
+    let config = before
+        .keys()
+        .find(|k| k.starts_with("vllm:cache_config_info{"))
+        .unwrap_or_else(|| panic!("no cache_config_info:\n{text}"));
+    assert!(config.contains("block_size=\"16\""), "{config}");
+    assert!(
+        config.contains("enable_prefix_caching=\"True\""),
+        "{config}"
+    );
+    let blocks: usize = config
+        .split("num_gpu_blocks=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("num_gpu_blocks in {config}"));
+    assert!(blocks > 0);
+    assert!(
+        server
+            .output()
+            .contains(&format!("KV cache: {blocks} blocks of 16 tokens")),
+        "the log and the metric agree: {}",
+        server.output()
+    );
+
+    // 40 prompt tokens: the second identical request finds 2 full blocks.
+    let prompt: Vec<u32> = (0..40).map(|i| 10 + i * 7 % 400).collect();
+    let body = json!({"model": "metrics-model", "prompt": prompt, "max_tokens": 3,
+        "temperature": 0, "ignore_eos": true});
+    let first = post(&server, "/v1/completions", &body).json();
+    let second = post(&server, "/v1/completions", &body).json();
+    assert_eq!(
+        first["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{first}"
+    );
+    assert_eq!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"], 32,
+        "{second}"
+    );
+    assert_eq!(first["choices"][0]["text"], second["choices"][0]["text"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let after = samples(&scrape(&server));
+        let done = format!("vllm:e2e_request_latency_seconds_count{{{label}}}");
+        if value(&after, &done) - value(&before, &done) >= 2.0 {
+            break after;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests never recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let delta = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(
+        delta(&format!("vllm:prefix_cache_queries_total{{{label}}}")),
+        80.0
+    );
+    assert_eq!(
+        delta(&format!("vllm:prefix_cache_hits_total{{{label}}}")),
+        32.0
+    );
+    assert_eq!(
+        delta(&format!("vllm:num_preemptions_total{{{label}}}")),
+        0.0
+    );
+    // Every block is free again once the requests are done.
+    assert_eq!(
+        value(&after, &format!("vllm:kv_cache_usage_perc{{{label}}}")),
+        0.0
+    );
 }
 
 /// The tolerance above is narrow: any other promtool finding fails.

@@ -24,6 +24,7 @@ fn load(dir: &Path) -> Engine {
         device: cli::Device::Cpu,
         dtype: cli::DType::F32,
         max_model_len: None,
+        candle_ops: false,
     };
     Engine::load(dir, options).unwrap_or_else(|e| panic!("load {}: {e:?}", dir.display()))
 }
@@ -51,8 +52,7 @@ fn check_checkpoint(dir: &Path) -> f32 {
         let ids = prompt_ids(&engine, case);
         assert_eq!(ids, case.input_ids, "{label}: prompt ids");
 
-        let mut seq = engine.new_sequence();
-        let logits = engine.step(&mut seq, &ids).expect("prefill");
+        let logits = engine.prompt_logits(&ids).expect("prefill");
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
         order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
         assert_eq!(
@@ -227,9 +227,6 @@ fn sharded_checkpoints_load_to_the_same_logits() {
     let tmp = tempfile::tempdir().expect("tempdir");
     shard_checkpoint(&src, tmp.path());
     let prompt = fixture_reference(&src).cases[0].input_ids.clone();
-    let logits = |engine: &Engine| {
-        let mut seq = engine.new_sequence();
-        engine.step(&mut seq, &prompt).expect("prefill")
-    };
+    let logits = |engine: &Engine| engine.prompt_logits(&prompt).expect("prefill");
     assert_eq!(logits(&load(tmp.path())), logits(&load(&src)));
 }

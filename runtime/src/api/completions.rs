@@ -184,12 +184,17 @@ impl Started {
                     text.push_str(&t);
                     tokens.extend(ids);
                 }
-                Some(Event::Finished { reason, .. }) => {
+                Some(Event::Finished {
+                    reason,
+                    cached_tokens,
+                    ..
+                }) => {
                     return Ok(Outcome {
                         prompt: self.prompt,
                         tokens,
                         text,
                         finish: reason,
+                        cached_tokens,
                     });
                 }
                 Some(Event::Failed(e)) => return Err(to_api_error(e, self.param)),
@@ -233,11 +238,16 @@ async fn start(
             sampling,
             ignore_eos: request.ignore_eos,
         },
-        engine,
         stop: request.stop,
         arrived,
     };
-    let handle = state.scheduler.submit(job)?;
+    let handle = state
+        .scheduler
+        .submit(job)
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::InvalidRequest { message, .. } => ApiError::invalid(message, Some(param)),
+            other => other,
+        })?;
     Ok(Started {
         handle,
         prompt,
@@ -251,15 +261,12 @@ struct Outcome {
     tokens: Vec<u32>,
     text: String,
     finish: Finish,
+    cached_tokens: usize,
 }
 
 impl Outcome {
     fn usage(&self) -> Usage {
-        Usage {
-            prompt_tokens: self.prompt.len(),
-            completion_tokens: self.tokens.len(),
-            total_tokens: self.prompt.len() + self.tokens.len(),
-        }
+        Usage::new(self.prompt.len(), self.tokens.len(), self.cached_tokens)
     }
 }
 

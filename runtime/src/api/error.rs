@@ -37,7 +37,7 @@ pub enum ApiError {
     ModelLoading,
     /// The scheduler's queue is full (HTTP 429 with `Retry-After`).
     #[error(transparent)]
-    Overloaded(#[from] crate::scheduler::Overloaded),
+    Overloaded(crate::scheduler::SubmitError),
     /// An engine failure that is not the client's fault (HTTP 500).
     #[error("Internal error: {0}")]
     Internal(String),
@@ -48,6 +48,18 @@ impl ApiError {
         Self::InvalidRequest {
             message: message.into(),
             param,
+        }
+    }
+}
+
+impl From<crate::scheduler::SubmitError> for ApiError {
+    fn from(e: crate::scheduler::SubmitError) -> Self {
+        use crate::scheduler::SubmitError;
+        match e {
+            SubmitError::Overloaded { .. } => Self::Overloaded(e),
+            // Before the loop started no handler has an engine to submit with.
+            SubmitError::NotStarted => Self::ModelLoading,
+            SubmitError::NeverFits { .. } => Self::invalid(e.to_string(), Some("prompt")),
         }
     }
 }
@@ -126,7 +138,7 @@ impl IntoResponse for ApiError {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Self::Overloaded(_) => {
-                let secs = crate::scheduler::Overloaded::RETRY_AFTER.as_secs();
+                let secs = crate::scheduler::SubmitError::RETRY_AFTER.as_secs();
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             _ => {}

@@ -58,8 +58,8 @@ enum Phase {
     /// Chat's role chunk is next.
     Opening,
     Generating,
-    /// The usage chunk is next.
-    Usage(usize),
+    /// The usage chunk is next (completion and cached prompt tokens).
+    Usage(usize, usize),
     /// `[DONE]` is next.
     Done,
     Ended,
@@ -124,14 +124,13 @@ impl State {
                 Some(self.chunk(String::new(), None, Some(delta)))
             }
             Phase::Generating => Some(self.generating().await),
-            Phase::Usage(completion_tokens) => {
+            Phase::Usage(completion_tokens, cached_tokens) => {
                 self.phase = Phase::Done;
-                let prompt_tokens = self.s.prompt.len();
-                let usage = Some(Some(Usage {
-                    prompt_tokens,
+                let usage = Some(Some(Usage::new(
+                    self.s.prompt.len(),
                     completion_tokens,
-                    total_tokens: prompt_tokens + completion_tokens,
-                }));
+                    cached_tokens,
+                )));
                 let s = &self.s;
                 Some(match s.kind {
                     Kind::Chat => frame(&ChatChunk {
@@ -179,9 +178,10 @@ impl State {
                 Some(Event::Finished {
                     reason,
                     completion_tokens,
+                    cached_tokens,
                 }) => {
                     self.phase = if self.s.include_usage {
-                        Phase::Usage(completion_tokens)
+                        Phase::Usage(completion_tokens, cached_tokens)
                     } else {
                         Phase::Done
                     };

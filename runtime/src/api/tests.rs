@@ -29,7 +29,13 @@ fn app(api_key: Option<&str>) -> (axum::Router, ReadinessTx) {
         readiness: rx,
         engine: std::sync::OnceLock::new(),
         weights_digest: Arc::default(),
-        scheduler: crate::scheduler::Scheduler::new(1, 0, Arc::clone(&metrics)),
+        scheduler: crate::scheduler::Scheduler::new(
+            crate::scheduler::SchedulerConfig {
+                max_num_seqs: 1,
+                max_queued: 0,
+            },
+            Arc::clone(&metrics),
+        ),
         metrics,
     };
     (router(Arc::new(state)), tx)

@@ -123,15 +123,17 @@ fn classify(cause: String) -> CudaUnusable {
     }
 }
 
-/// The dtype weights and activations use. `Auto` keeps the checkpoint's
-/// dtype on a GPU (bf16 if the config does not say) and uses f32 on the CPU,
-/// where candle's half-precision matmuls are slow and less accurate.
+/// The dtype the weights (and the KV cache) are kept in. `Auto` keeps the
+/// checkpoint's dtype: no f32 copy of an f16 checkpoint, so memory is the
+/// weight bytes (the CPU kernels compute in f32 registers whatever the
+/// storage). A config that names no dtype means f32 on the CPU, where it is
+/// what transformers loads by default, and bf16 on a GPU.
 pub fn select_dtype(want: cli::DType, checkpoint: Option<DType>, device: &Device) -> DType {
     match want {
         cli::DType::F32 => DType::F32,
         cli::DType::F16 => DType::F16,
         cli::DType::Bf16 => DType::BF16,
-        cli::DType::Auto if device.is_cpu() => DType::F32,
+        cli::DType::Auto if device.is_cpu() => checkpoint.unwrap_or(DType::F32),
         cli::DType::Auto => checkpoint.unwrap_or(DType::BF16),
     }
 }
@@ -150,12 +152,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_dtype_is_f32_on_cpu_and_explicit_wins() {
+    fn auto_dtype_keeps_the_checkpoint_dtype_and_explicit_wins() {
         let cpu = Device::Cpu;
         assert_eq!(
             select_dtype(cli::DType::Auto, Some(DType::BF16), &cpu),
-            DType::F32
+            DType::BF16
         );
+        assert_eq!(select_dtype(cli::DType::Auto, None, &cpu), DType::F32);
         assert_eq!(select_dtype(cli::DType::F16, None, &cpu), DType::F16);
         assert!(select_device(cli::Device::Cpu).is_ok_and(|d| d.is_cpu()));
         if !cfg!(feature = "cuda") {

@@ -1,14 +1,17 @@
 //! The inference engine: one loaded model with its tokenizer and chat
-//! template, and single-sequence generation on top of it.
+//! template, and one step over a packed batch ([`Engine::step`]).
 //!
-//! This is the `engine` layer of `api → scheduler → engine → model`. It owns
-//! everything that turns requests into token ids, logits into token ids,
-//! and token ids back into text ([`text::TextStream`]); it does not queue
-//! or batch — that is the scheduler's job (`crate::scheduler`), whose
-//! workers call [`Engine::generate`].
+//! This is the `engine` layer of `api → scheduler → engine → kv → models`.
+//! It owns everything that turns requests into token ids, a batch of
+//! tokens into logits, logits into token ids, and token ids back into text
+//! ([`text::TextStream`]); what goes into each batch is the scheduler's
+//! business (`crate::scheduler`), which also owns the KV pool. Single-
+//! sequence generation ([`Engine::generate`]) is a thin wrapper over the
+//! same step, with a private pool, for warm-up and tests.
+//!
 //! All methods take `&self`: the weights are immutable, so an
 //! `Arc<Engine>` is shared by the HTTP handlers (tokenizer, template) and
-//! the generation thread.
+//! the engine loop.
 //!
 //! Everything here is blocking CPU/GPU work: call it from
 //! `spawn_blocking` or a dedicated thread, never from an async task.
@@ -32,7 +35,9 @@ pub use tokenizer::{Tokenizer, TokenizerConfig, TokenizerError};
 
 use crate::{
     cli,
-    models::{self, CausalLm, KvCache, ModelSpec},
+    kernels::{gemm::WeightDType, isa::Isa},
+    kv::{DEFAULT_BLOCK_SIZE, KvCache},
+    models::{self, Batch, CausalLm, Kernels, ModelSpec},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,8 @@ pub enum LoadError {
         supported: usize,
         dir: std::path::PathBuf,
     },
+    #[error("cannot allocate the KV cache")]
+    KvCache(#[source] candle_core::Error),
     #[error("the warm-up generation failed")]
     WarmUp(#[source] Box<EngineError>),
 }
@@ -85,14 +92,18 @@ pub struct LoadOptions {
     pub dtype: cli::DType,
     /// `--max-model-len`; `None` uses `max_position_embeddings`.
     pub max_model_len: Option<usize>,
+    /// Run the CUDA code path (candle ops, tensor KV pool) even on the CPU:
+    /// the reference the CPU kernels are tested against.
+    pub candle_ops: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             device: cli::Device::Cpu,
-            dtype: cli::DType::F32,
+            dtype: cli::DType::Auto,
             max_model_len: None,
+            candle_ops: false,
         }
     }
 }
@@ -125,22 +136,25 @@ pub struct Generation {
     pub finish_reason: FinishReason,
 }
 
-/// The state of one sequence in flight: its KV cache.
-#[derive(Debug)]
-pub struct Sequence {
-    cache: KvCache,
+/// Logits of one step: one row of `vocab` f32 per sampled sequence.
+#[derive(Debug, Clone)]
+pub struct Logits {
+    data: Vec<f32>,
+    vocab: usize,
 }
 
-impl Sequence {
-    /// Tokens processed so far (prompt plus fed-back outputs).
-    pub fn len(&self) -> usize {
-        self.cache.len()
+impl Logits {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.vocab.max(1)
     }
 }
+
+/// Tokens per step of [`Engine::generate`]'s prompt processing.
+const GENERATE_CHUNK: usize = 512;
 
 #[derive(Debug)]
 pub struct Engine {
@@ -186,7 +200,19 @@ impl Engine {
         let generation_defaults = GenerationDefaults::load(dir)?;
         let device = device::select_device(options.device)?;
         let dtype = device::select_dtype(options.dtype, spec.checkpoint_dtype, &device);
-        let model = CausalLm::load(dir, spec, &device, dtype, max_model_len)?;
+        let kernels = if device.is_cpu() && !options.candle_ops {
+            Kernels::Cpu {
+                isa: Isa::best(),
+                weights: match dtype {
+                    DType::F16 => WeightDType::F16,
+                    DType::BF16 => WeightDType::Bf16,
+                    _ => WeightDType::F32,
+                },
+            }
+        } else {
+            Kernels::Candle
+        };
+        let model = CausalLm::load(dir, spec, &device, dtype, kernels, max_model_len)?;
         Ok(Self {
             model,
             tokenizer,
@@ -229,6 +255,26 @@ impl Engine {
         &self.device
     }
 
+    /// The kernels the model runs on (CPU ISA and weight dtype, or candle).
+    pub fn kernels(&self) -> Kernels {
+        self.model.kernels()
+    }
+
+    /// Bytes of weights in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
+    /// Bytes of K and V per token across all layers (KV pool sizing).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        let spec = self.spec();
+        let size = match self.kernels() {
+            Kernels::Cpu { weights, .. } => weights.size(),
+            Kernels::Candle => self.dtype().size_in_bytes(),
+        };
+        crate::kv::bytes_per_token(spec.num_layers, spec.num_kv_heads, spec.head_dim, size)
+    }
+
     /// Context length: prompt plus generated tokens never exceed it.
     pub fn max_model_len(&self) -> usize {
         self.max_model_len
@@ -268,32 +314,43 @@ impl Engine {
         Ok(self.tokenizer.encode(&text, false)?)
     }
 
-    /// A fresh, empty sequence.
-    pub fn new_sequence(&self) -> Sequence {
-        Sequence {
-            cache: self.model.new_cache(),
-        }
+    /// A KV pool of `num_blocks` blocks of `block_size` tokens for this
+    /// model, allocated now.
+    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache, LoadError> {
+        self.model
+            .new_kv_cache(num_blocks, block_size)
+            .map_err(LoadError::KvCache)
     }
 
-    /// Feeds `tokens` to `seq` and returns the logits (f32, one per
-    /// vocabulary id) predicting the token after the last of them.
-    pub fn step(&self, seq: &mut Sequence, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+    /// One step: runs the packed `batch` (its keys and values go into
+    /// `kv`) and returns the logits of its sampled rows.
+    pub fn step(&self, batch: &Batch, kv: &mut KvCache) -> Result<Logits, EngineError> {
         let vocab_size = self.model.spec.vocab_size;
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab_size) {
+        if let Some(&id) = batch.tokens.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(EngineError::BadTokenId { id, vocab_size });
         }
-        if seq.len() + tokens.len() > self.max_model_len {
-            return Err(EngineError::PromptTooLong {
-                tokens: seq.len() + tokens.len(),
-                max_model_len: self.max_model_len,
-            });
-        }
-        let logits = self.model.forward(tokens, &mut seq.cache)?;
-        Ok(logits.to_vec1()?)
+        let logits = self.model.forward(batch, kv)?;
+        Ok(Logits {
+            data: logits.flatten_all()?.to_vec1()?,
+            vocab: vocab_size,
+        })
     }
 
-    /// Runs one request to completion. `on_token` sees each new token as it
-    /// is produced and may break to cancel (client disconnects).
+    /// f32 logits predicting the token after `prompt` (a fresh sequence).
+    pub fn prompt_logits(&self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let request = GenerateRequest {
+            prompt: prompt.to_vec(),
+            max_new_tokens: 1,
+            sampling: SamplingParams::greedy(),
+            ignore_eos: true,
+        };
+        let mut run = SingleSequence::new(self, &request)?;
+        Ok(run.advance(prompt)?.row(0).to_vec())
+    }
+
+    /// Runs one request to completion, alone, on a private KV pool sized
+    /// for it. `on_token` sees each new token as it is produced and may
+    /// break to cancel (client disconnects).
     pub fn generate(
         &self,
         request: &GenerateRequest,
@@ -312,8 +369,6 @@ impl Engine {
         let budget = request
             .max_new_tokens
             .min(self.max_model_len - prompt.len());
-        let mut sampler = Sampler::new(request.sampling.clone(), prompt);
-        let mut seq = self.new_sequence();
         let mut tokens = Vec::with_capacity(budget);
         let finish = |tokens, finish_reason| {
             Ok(Generation {
@@ -324,9 +379,11 @@ impl Engine {
         if budget == 0 {
             return finish(tokens, FinishReason::Length);
         }
-        let mut logits = self.step(&mut seq, prompt)?;
+        let mut sampler = Sampler::new(request.sampling.clone(), prompt);
+        let mut run = SingleSequence::new(self, request)?;
+        let mut logits = run.advance(prompt)?;
         loop {
-            let next = sampler.sample(&logits);
+            let next = sampler.sample(logits.row(0));
             if !request.ignore_eos && self.tokenizer.eos_ids().contains(&next) {
                 return finish(tokens, FinishReason::Stop);
             }
@@ -338,7 +395,55 @@ impl Engine {
             if tokens.len() >= budget {
                 return finish(tokens, FinishReason::Length);
             }
-            logits = self.step(&mut seq, &[next])?;
+            logits = run.advance(&[next])?;
         }
+    }
+}
+
+/// One sequence on a private pool holding all its positions: blocks
+/// `0..n` in order, so no allocation happens while it runs.
+struct SingleSequence<'e> {
+    engine: &'e Engine,
+    kv: KvCache,
+    table: Vec<u32>,
+    len: usize,
+}
+
+impl<'e> SingleSequence<'e> {
+    fn new(engine: &'e Engine, request: &GenerateRequest) -> Result<Self, EngineError> {
+        let positions = (request.prompt.len() + request.max_new_tokens).min(engine.max_model_len);
+        let blocks = positions.div_ceil(DEFAULT_BLOCK_SIZE).max(1);
+        let kv = engine
+            .model
+            .new_kv_cache(blocks, DEFAULT_BLOCK_SIZE)
+            .map_err(EngineError::Inference)?;
+        Ok(Self {
+            engine,
+            kv,
+            table: (0..blocks as u32).collect(),
+            len: 0,
+        })
+    }
+
+    /// Feeds `tokens` (in chunks) and returns the logits after the last.
+    fn advance(&mut self, tokens: &[u32]) -> Result<Logits, EngineError> {
+        if self.len + tokens.len() > self.table.len() * DEFAULT_BLOCK_SIZE {
+            return Err(EngineError::PromptTooLong {
+                tokens: self.len + tokens.len(),
+                max_model_len: self.engine.max_model_len,
+            });
+        }
+        let mut last = None;
+        for (i, chunk) in tokens.chunks(GENERATE_CHUNK).enumerate() {
+            let is_last = (i + 1) * GENERATE_CHUNK >= tokens.len();
+            let mut batch = Batch::new(DEFAULT_BLOCK_SIZE);
+            batch.push(chunk, self.len, &self.table, is_last);
+            let logits = self.engine.step(&batch, &mut self.kv)?;
+            self.len += chunk.len();
+            if is_last {
+                last = Some(logits);
+            }
+        }
+        last.ok_or(EngineError::EmptyPrompt)
     }
 }

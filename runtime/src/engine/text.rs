@@ -49,6 +49,11 @@ impl TextStream {
         }
     }
 
+    /// Whether a stop string matched (everything after it is withheld).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Adds one generated id and returns the text it releases (possibly
     /// none).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Delta, TokenizerError> {

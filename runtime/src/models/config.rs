@@ -192,7 +192,7 @@ impl ModelSpec {
             return Err(unsupported("num_attention_heads = 0".into()));
         }
         let num_kv_heads = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
-        if num_kv_heads == 0 || cfg.num_attention_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !cfg.num_attention_heads.is_multiple_of(num_kv_heads) {
             return Err(unsupported(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {num_kv_heads}",
                 cfg.num_attention_heads
@@ -201,7 +201,7 @@ impl ModelSpec {
         let head_dim = cfg
             .head_dim
             .unwrap_or(cfg.hidden_size / cfg.num_attention_heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(unsupported(format!("head_dim {head_dim} (must be even)")));
         }
 

@@ -7,7 +7,10 @@
 //! failure names the file it came from, because "cannot load the model" is
 //! useless to an operator staring at a crash-looping container.
 
+pub mod attention;
+pub mod batch;
 pub mod config;
+pub mod linear;
 pub mod rope;
 pub mod transformer;
 
@@ -21,8 +24,12 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+pub use batch::{Batch, SeqSlice};
 pub use config::{Architecture, ConfigError, ConfigTokens, ModelSpec};
-pub use transformer::{KvCache, Transformer};
+pub use linear::Kernels;
+pub use transformer::Transformer;
+
+use crate::{kernels::attention::KvShape, kv::KvCache};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -104,13 +111,14 @@ pub struct CausalLm {
 }
 
 impl CausalLm {
-    /// Loads `dir` onto `device` in `dtype`, with RoPE tables for
-    /// `max_positions` positions.
+    /// Loads `dir` onto `device`: weights in `dtype` (the kernels keep
+    /// them packed in it on the CPU), RoPE tables for `max_positions`.
     pub fn load(
         dir: &Path,
         spec: ModelSpec,
         device: &Device,
         dtype: DType,
+        kernels: Kernels,
         max_positions: usize,
     ) -> Result<Self, LoadError> {
         let files = weight_files(dir)?;
@@ -125,20 +133,50 @@ impl CausalLm {
         // SAFETY: the files are memory-mapped read-only. Mutating them while
         // mapped would be undefined behaviour; model directories are
         // immutable inside an appliance image (read-only layers), which is
-        // the deployment this server is built for.
+        // the deployment this server is built for. The mapping ends with
+        // `vb` at the end of this function: packed weights are copies.
         let vb =
             unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(wrap)?;
-        let model = Transformer::load(&spec, vb, max_positions).map_err(wrap)?;
+        let model = Transformer::load(&spec, vb, max_positions, kernels).map_err(wrap)?;
         Ok(Self { spec, dtype, model })
     }
 
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.model.num_layers())
+    /// A KV pool of `num_blocks` blocks of `block_size` tokens, in the
+    /// form this model's kernels read, allocated (and resident) now.
+    pub fn new_kv_cache(
+        &self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> candle_core::Result<KvCache> {
+        let shape = KvShape {
+            num_blocks,
+            block_size,
+            kv_heads: self.spec.num_kv_heads,
+            head_dim: self.spec.head_dim,
+        };
+        let layers = self.model.num_layers();
+        match self.model.kernels() {
+            Kernels::Cpu { weights, .. } => Ok(KvCache::cpu(shape, layers, weights)),
+            Kernels::Candle => KvCache::tensors(shape, layers, self.dtype, self.model.device()),
+        }
     }
 
-    /// Logits `(vocab,)` in f32 for the last of `tokens`, appended to `cache`.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> candle_core::Result<Tensor> {
-        self.model.forward(tokens, cache)
+    pub fn num_layers(&self) -> usize {
+        self.model.num_layers()
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.model.kernels()
+    }
+
+    /// Bytes of weights the model holds in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
+    /// One step over a packed batch: f32 logits `(sample_rows, vocab)`.
+    pub fn forward(&self, batch: &Batch, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        self.model.forward(batch, cache)
     }
 }
 

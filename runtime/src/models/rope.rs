@@ -38,14 +38,15 @@ impl RopeTables {
         })
     }
 
-    /// Applies the rotation to `x` of shape `(batch, heads, seq, head_dim)`
-    /// for positions `offset..offset + seq` (the "rotate half" convention of
-    /// Hugging Face Llama checkpoints, not the interleaved one).
-    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let seq = x.dim(2)?;
-        let cos = self.cos.narrow(0, offset, seq)?;
-        let sin = self.sin.narrow(0, offset, seq)?;
-        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    /// `cos` and `sin` rows `(tokens, head_dim / 2)` for each token's
+    /// position, for `candle_nn::rotary_emb::rope_thd` (the "rotate half"
+    /// convention of Hugging Face Llama checkpoints, not the interleaved
+    /// one). Tokens of a packed batch each have their own position.
+    pub fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.index_select(positions, 0)?,
+            self.sin.index_select(positions, 0)?,
+        ))
     }
 
     pub fn max_positions(&self) -> usize {
@@ -118,9 +119,10 @@ mod tests {
     #[test]
     fn position_zero_is_the_identity() -> Result<()> {
         let t = RopeTables::new(4, 10_000.0, RopeScaling::None, 8, DType::F32, &Device::Cpu)?;
-        let x = Tensor::arange(0f32, 8.0, &Device::Cpu)?.reshape((1, 1, 2, 4))?;
-        let y = t.apply(&x, 0)?;
-        let first: Vec<f32> = y.narrow(2, 0, 1)?.flatten_all()?.to_vec1()?;
+        let x = Tensor::arange(0f32, 8.0, &Device::Cpu)?.reshape((1, 2, 1, 4))?;
+        let (cos, sin) = t.at(&Tensor::new(&[0u32, 1], &Device::Cpu)?)?;
+        let y = candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?;
+        let first: Vec<f32> = y.narrow(1, 0, 1)?.flatten_all()?.to_vec1()?;
         assert_eq!(first, [0.0, 1.0, 2.0, 3.0]);
         assert_eq!(t.max_positions(), 8);
         Ok(())

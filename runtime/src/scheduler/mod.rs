@@ -1,22 +1,27 @@
 //! The scheduler between the HTTP API and the engine: admission with a
-//! bounded wait queue, and worker threads that drive the engine.
+//! bounded wait queue, and the engine loop that owns the engine's KV pool
+//! and runs continuous batches.
 //!
-//! After TGI's router: handlers [`Scheduler::submit`] a tokenized, validated
-//! [`Job`]; it either gets a [`Handle`] (running, or waiting in the FIFO
-//! queue) or, when `--max-concurrent-requests` are running and
-//! `--max-queued-requests` are waiting, an immediate [`Overloaded`] (HTTP
-//! 429): a bounded queue keeps latency and memory bounded instead of letting
-//! an overload pile up unboundedly (vLLM #2901).
+//! After TGI's router and vLLM V1's engine core: handlers
+//! [`Scheduler::submit`] a tokenized, validated [`Job`]; it either gets a
+//! [`Handle`] or, when `--max-num-seqs` sequences are in the engine and
+//! `--max-queued-requests` more are waiting, an immediate
+//! [`SubmitError::Overloaded`] (HTTP 429): a bounded queue keeps latency and
+//! memory bounded instead of letting an overload pile up (vLLM #2901). A
+//! prompt that could never fit in the KV pool is refused at once
+//! ([`SubmitError::NeverFits`], HTTP 400).
 //!
-//! Each of the `--max-concurrent-requests` workers is a plain OS thread
-//! (generation is blocking CPU/GPU work, not async) running one sequence at
-//! a time; batching across requests is a later step. Results flow back as
-//! [`Event`]s over a channel. Dropping the [`Handle`] — the handler future
-//! or the response stream going away with the client — is cancellation: a
-//! waiting job leaves the queue at once, a running one stops at its next
-//! token (`worker.rs`).
+//! One engine loop thread (`engine_loop.rs`) owns the [`core::Core`]:
+//! planner, block pool, KV memory. Each iteration takes waiting jobs in,
+//! drops cancelled ones, runs one step over a packed batch of every
+//! running sequence and streams the new text back as [`Event`]s. Dropping
+//! the [`Handle`] — the handler future or the response stream going away
+//! with the client — is cancellation: a queued job leaves the queue at once,
+//! one in the engine is dropped before the next step and its blocks freed.
 
-mod worker;
+pub mod core;
+mod engine_loop;
+pub mod planner;
 
 use std::{
     collections::VecDeque,
@@ -27,22 +32,25 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::info;
 
-/// Events a job may have in flight towards its client. Bounded, so a client that reads a
-/// stream slowly holds its worker back (TCP backpressure reaches generation) instead of the
-/// server buffering up to `max_tokens` chunks for it.
-const EVENT_BUFFER: usize = 32;
-
 use crate::{
     engine::{Engine, EngineError, GenerateRequest},
+    kv::KvCache,
     metrics::{FinishedReason, Metrics},
 };
 
-/// One request for a worker: tokenized, validated, with its stop strings.
+pub use self::core::CoreConfig;
+
+/// Events a job may have in flight towards its client. Bounded: a client
+/// that reads a stream slowly is held out of the batches (its sequence is
+/// paused, keeping its blocks) instead of the server buffering up to
+/// `max_tokens` chunks for it, and without slowing anyone else.
+const EVENT_BUFFER: usize = 32;
+
+/// One request for the engine: tokenized, validated, with its stop strings.
 #[derive(Debug)]
 pub struct Job {
     /// The response id (`cmpl-…`), for the per-request log line.
     pub id: String,
-    pub engine: Arc<Engine>,
     pub request: GenerateRequest,
     /// Non-empty stop strings: text is cut before the first match.
     pub stop: Vec<String>,
@@ -50,8 +58,8 @@ pub struct Job {
     pub arrived: Instant,
 }
 
-/// What a worker reports about a job, in order: any number of `Text`, then
-/// exactly one `Finished` or `Failed`.
+/// What the engine reports about a job, in order: any number of `Text`,
+/// then exactly one `Finished` or `Failed`.
 #[derive(Debug)]
 pub enum Event {
     /// Newly released text and the ids generated since the previous event
@@ -65,6 +73,8 @@ pub enum Event {
         reason: Finish,
         /// Generated ids, including any that completed a stop string.
         completion_tokens: usize,
+        /// Prompt tokens served from the prefix cache.
+        cached_tokens: usize,
     },
     Failed(EngineError),
 }
@@ -74,7 +84,7 @@ pub enum Event {
 pub enum Finish {
     /// An end-of-sequence id or a stop string.
     Stop,
-    /// `max_tokens` or the context length.
+    /// `max_tokens`, the context length, or the KV pool's capacity.
     Length,
 }
 
@@ -87,24 +97,42 @@ impl Finish {
     }
 }
 
-/// The queue is full: the request was not admitted.
+/// Why a job was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "The server is overloaded: {running} requests are running and {waiting} waiting (the queue limit). Retry later."
-)]
-pub struct Overloaded {
-    pub running: usize,
-    pub waiting: usize,
+pub enum SubmitError {
+    #[error(
+        "The server is overloaded: {running} requests are running and {waiting} waiting (the queue limit). Retry later."
+    )]
+    Overloaded { running: usize, waiting: usize },
+    #[error(
+        "The prompt has {tokens} tokens, but the KV cache holds {capacity} tokens in all ({blocks} blocks of {block_size}); it can never be served (raise --kv-cache-memory)"
+    )]
+    NeverFits {
+        tokens: usize,
+        capacity: usize,
+        blocks: usize,
+        block_size: usize,
+    },
+    #[error("the engine is not running")]
+    NotStarted,
 }
 
-impl Overloaded {
-    /// What to put in `Retry-After`. A guess: a slot frees when a running
-    /// generation ends, which is typically seconds away.
+impl SubmitError {
+    /// What to put in `Retry-After` for [`SubmitError::Overloaded`]. A
+    /// guess: a place frees when a running generation ends, which is
+    /// typically seconds away.
     pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 }
 
-/// Owned by the API state; dropping it stops the workers once they are
-/// idle.
+/// Limits of admission and batching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    pub max_num_seqs: usize,
+    pub max_queued: usize,
+}
+
+/// Owned by the API state; dropping it stops the engine loop once the
+/// current step is done.
 #[derive(Debug)]
 pub struct Scheduler {
     inner: Arc<Inner>,
@@ -114,17 +142,28 @@ pub struct Scheduler {
 struct Inner {
     state: Mutex<State>,
     work: Condvar,
-    max_running: usize,
-    max_waiting: usize,
+    config: SchedulerConfig,
     metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// Jobs not yet taken by the engine loop.
     queue: VecDeque<Queued>,
-    running: usize,
+    /// Jobs the engine loop holds (running, or waiting for blocks there).
+    in_engine: usize,
+    /// Of those, the ones waiting for blocks or preempted.
+    engine_waiting: usize,
+    /// Tokens the KV pool holds in all; set when the loop starts.
+    pool: Option<PoolSize>,
     next_ticket: u64,
     closed: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PoolSize {
+    blocks: usize,
+    block_size: usize,
 }
 
 #[derive(Debug)]
@@ -136,49 +175,68 @@ struct Queued {
 }
 
 impl Scheduler {
-    /// Starts `max_running` workers (at least one); up to `max_waiting`
-    /// more jobs may wait for one of them.
-    pub fn new(max_running: usize, max_waiting: usize, metrics: Arc<Metrics>) -> Self {
-        let max_running = max_running.max(1);
+    /// Admission state only; the engine loop starts with [`Scheduler::start`]
+    /// once the model is loaded.
+    pub fn new(config: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
+        let config = SchedulerConfig {
+            max_num_seqs: config.max_num_seqs.max(1),
+            ..config
+        };
         let inner = Arc::new(Inner {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
-            max_running,
-            max_waiting,
+            config,
             metrics,
         });
         inner.publish(&inner.lock());
-        for i in 0..max_running {
-            let inner = Arc::clone(&inner);
-            // Spawning fails only when the OS is out of threads at startup;
-            // fewer workers then still serve, just with less concurrency.
-            let spawned = std::thread::Builder::new()
-                .name(format!("engine-worker-{i}"))
-                .spawn(move || worker::run(&inner));
-            if let Err(e) = spawned {
-                tracing::error!("cannot start engine worker {i}: {e}");
-            }
-        }
         Self { inner }
     }
 
-    /// Whether no job is running or waiting. A job counts as running until its worker has
-    /// recorded its metrics and logged it, which is after its client got the last event: the
-    /// shutdown drain waits for this, so no request's log line is lost at exit.
-    pub fn is_idle(&self) -> bool {
-        let state = self.inner.lock();
-        state.running == 0 && state.queue.is_empty()
+    /// Starts the engine loop over `kv` (allocated for `core.num_blocks`
+    /// blocks).
+    pub fn start(&self, engine: Arc<Engine>, kv: KvCache, core: CoreConfig) -> std::io::Result<()> {
+        self.inner.lock().pool = Some(PoolSize {
+            blocks: core.num_blocks,
+            block_size: core.planner.block_size,
+        });
+        let inner = Arc::clone(&self.inner);
+        std::thread::Builder::new()
+            .name("engine-loop".into())
+            .spawn(move || engine_loop::run(&inner, &engine, kv, core))
+            .map(drop)
     }
 
-    /// Admits `job` (running at once, or waiting its turn), or refuses it
-    /// when the queue is full.
-    pub fn submit(&self, job: Job) -> Result<Handle, Overloaded> {
+    /// Whether no job is running or waiting. A job counts until the engine
+    /// loop has recorded its metrics and logged it, which is after its
+    /// client got the last event: the shutdown drain waits for this, so no
+    /// request's log line is lost at exit.
+    pub fn is_idle(&self) -> bool {
+        let state = self.inner.lock();
+        state.in_engine == 0 && state.queue.is_empty()
+    }
+
+    /// Admits `job` (into the engine at once, or waiting its turn), or
+    /// refuses it.
+    pub fn submit(&self, job: Job) -> Result<Handle, SubmitError> {
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
         let mut state = self.inner.lock();
-        let waiting = state.queue.len();
-        if state.running + waiting >= self.inner.max_running + self.inner.max_waiting {
-            return Err(Overloaded {
-                running: state.running,
+        let pool = state.pool.ok_or(SubmitError::NotStarted)?;
+        let capacity = pool.blocks * pool.block_size;
+        // The prompt plus the first generated token must fit.
+        if job.request.prompt.len() + 1 > capacity {
+            return Err(SubmitError::NeverFits {
+                tokens: job.request.prompt.len(),
+                capacity,
+                blocks: pool.blocks,
+                block_size: pool.block_size,
+            });
+        }
+        let waiting = state.queue.len() + state.engine_waiting;
+        if state.queue.len() + state.in_engine
+            >= self.inner.config.max_num_seqs + self.inner.config.max_queued
+        {
+            return Err(SubmitError::Overloaded {
+                running: state.in_engine - state.engine_waiting,
                 waiting,
             });
         }
@@ -209,16 +267,18 @@ impl Drop for Scheduler {
 }
 
 impl Inner {
-    /// A worker that panicked mid-update leaves counters that are still
-    /// consistent (every update is a single assignment), so poisoning is
-    /// not a reason to take the whole server down.
+    /// The loop's bookkeeping is a handful of assignments that leave the
+    /// state consistent at every point, so poisoning is not a reason to
+    /// take the whole server down.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn publish(&self, state: &State) {
-        self.metrics.set_running(state.running);
-        self.metrics.set_waiting(state.queue.len());
+        self.metrics
+            .set_running(state.in_engine - state.engine_waiting);
+        self.metrics
+            .set_waiting(state.queue.len() + state.engine_waiting);
     }
 }
 
@@ -231,8 +291,8 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// The next event; `None` only if the worker vanished (a panic), which
-    /// callers report as an internal error.
+    /// The next event; `None` only if the engine loop vanished (a panic),
+    /// which callers report as an internal error.
     pub async fn next(&mut self) -> Option<Event> {
         self.events.recv().await
     }
@@ -242,7 +302,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         let mut state = self.inner.lock();
         let Some(at) = state.queue.iter().position(|q| q.ticket == self.ticket) else {
-            // Running or done: the worker notices the closed channel.
+            // In the engine or done: the loop notices the closed channel.
             return;
         };
         let removed = state.queue.remove(at);

@@ -301,7 +301,7 @@ impl SyntheticSpec {
                 return invalid(field, "must be greater than zero".into());
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return invalid(
                 "num_attention_heads",
                 format!(
@@ -310,7 +310,7 @@ impl SyntheticSpec {
                 ),
             );
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return invalid(
                 "num_key_value_heads",
                 format!(
@@ -319,7 +319,7 @@ impl SyntheticSpec {
                 ),
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return invalid(
                 "num_attention_heads",
                 format!(

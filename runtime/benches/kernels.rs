@@ -1,0 +1,181 @@
+//! `cargo bench -p appliance-server --bench kernels`: the CPU kernels
+//! against candle 0.11's own matmul on the same shapes, same process, same
+//! threads. Shapes are one layer of the 283M bench model of
+//! `shared/bench/vs-llamacpp` (hidden 1024, 16/4 heads, FFN 2816, vocab
+//! 50257), repeated for its 16 layers plus the LM head, so "tok/s" below is
+//! the decode rate those products alone would allow.
+//!
+//! Prints, per case: our time, candle's time, and the ratio (candle / ours:
+//! above 1 means ours is faster). Environment: `BENCH_REPEAT` (default 5).
+
+use std::time::{Duration, Instant};
+
+use appliance_server::kernels::{
+    attention::{AttentionParams, KvShape, SeqSpan, paged_attention, write_kv},
+    gemm::{PackedMatrix, matmul},
+    isa::Isa,
+};
+use candle_core::{DType, Device, Tensor};
+use half::f16;
+
+const HIDDEN: usize = 1024;
+const FFN: usize = 2816;
+const LAYERS: usize = 16;
+const VOCAB: usize = 50257;
+const KV: usize = 256;
+
+fn values(n: usize) -> Vec<f32> {
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
+        })
+        .collect()
+}
+
+fn best_of(repeat: usize, mut f: impl FnMut()) -> Duration {
+    f();
+    (0..repeat)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// (rows, cols, count per forward) of the bench model's products.
+fn shapes() -> Vec<(usize, usize, usize)> {
+    vec![
+        (HIDDEN + 2 * KV, HIDDEN, LAYERS), // fused q, k, v
+        (HIDDEN, HIDDEN, LAYERS),          // o
+        (2 * FFN, HIDDEN, LAYERS),         // fused gate, up
+        (HIDDEN, FFN, LAYERS),             // down
+        (VOCAB, HIDDEN, 1),                // lm head
+    ]
+}
+
+fn main() -> candle_core::Result<()> {
+    let repeat: usize = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let isa = Isa::best();
+    println!(
+        "isa {} | rayon threads {} | best of {repeat}",
+        isa.name(),
+        rayon::current_num_threads()
+    );
+    let mats: Vec<(PackedMatrix, Tensor, usize)> = shapes()
+        .into_iter()
+        .map(|(rows, cols, count)| {
+            let w = values(rows * cols);
+            let packed = PackedMatrix::pack(&w, rows, cols, f16::from_f32);
+            let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.to_dtype(DType::F16)?;
+            Ok((packed, t, count))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let weight_bytes: usize = mats.iter().map(|(p, _, c)| p.bytes() * c).sum();
+    println!(
+        "f16 weights per forward: {:.0} MB",
+        weight_bytes as f64 / 1e6
+    );
+
+    for m in [1usize, 4, 16, 64, 256] {
+        let mut ours = Duration::ZERO;
+        let mut theirs = Duration::ZERO;
+        for (packed, t, count) in &mats {
+            let x = values(m * packed.cols());
+            let mut y = vec![0f32; m * packed.rows()];
+            ours += best_of(repeat, || matmul(isa, &x, m, packed, &mut y)) * *count as u32;
+            // candle's fastest f16 route: f16 activations, f16 matmul.
+            let xt = Tensor::from_vec(x.clone(), (m, packed.cols()), &Device::Cpu)?
+                .to_dtype(DType::F16)?;
+            let wt = t.t()?;
+            theirs += best_of(repeat, || {
+                let _ = xt.matmul(&wt).expect("candle matmul");
+            }) * *count as u32;
+        }
+        let flops = 2.0 * m as f64 * weight_bytes as f64 / 2.0;
+        println!(
+            "m={m:>3}: ours {:>8.2} ms ({:>6.1} GB/s, {:>6.1} GFLOP/s) | candle f16 {:>8.2} ms | candle/ours {:.2}x",
+            ours.as_secs_f64() * 1e3,
+            weight_bytes as f64 / ours.as_secs_f64() / 1e9,
+            flops / ours.as_secs_f64() / 1e9,
+            theirs.as_secs_f64() * 1e3,
+            theirs.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+
+    // Attention: one layer, 16 heads over 4 KV heads, dim 64, f16 cache.
+    let shape = KvShape {
+        num_blocks: 1024,
+        block_size: 16,
+        kv_heads: 4,
+        head_dim: 64,
+    };
+    let mut k_cache = vec![f16::ZERO; shape.elems()];
+    let mut v_cache = vec![f16::ZERO; shape.elems()];
+    let kv_row = shape.kv_heads * shape.head_dim;
+    let slots: Vec<u32> = (0..shape.num_blocks as u32 * 16).collect();
+    let kv = values(slots.len() * kv_row);
+    write_kv(&shape, &kv, &kv, &slots, &mut k_cache, &mut v_cache);
+    let params = AttentionParams {
+        num_heads: 16,
+        scale: 0.125,
+        window: None,
+    };
+    let table: Vec<u32> = (0..shape.num_blocks as u32).collect();
+    for (label, seqs, ctx) in [
+        ("decode 16 seqs x 192 ctx", 16, 192),
+        ("decode 1 seq x 4000 ctx", 1, 4000),
+    ] {
+        let q = values(seqs * 16 * 64);
+        let spans: Vec<SeqSpan<'_>> = (0..seqs)
+            .map(|i| SeqSpan {
+                q_start: i,
+                q_len: 1,
+                ctx_len: ctx,
+                block_table: &table[i * 12..],
+            })
+            .collect();
+        let mut out = vec![0f32; q.len()];
+        let t = best_of(repeat, || {
+            paged_attention(
+                isa, &shape, &params, &q, &k_cache, &v_cache, &spans, &mut out,
+            )
+        });
+        println!(
+            "attention {label}: {:.3} ms per layer",
+            t.as_secs_f64() * 1e3
+        );
+    }
+    for (q_len, ctx) in [(512usize, 512usize), (512, 4000)] {
+        let q = values(q_len * 16 * 64);
+        let spans = [SeqSpan {
+            q_start: 0,
+            q_len,
+            ctx_len: ctx,
+            block_table: &table,
+        }];
+        let mut out = vec![0f32; q.len()];
+        let t = best_of(repeat, || {
+            paged_attention(
+                isa, &shape, &params, &q, &k_cache, &v_cache, &spans, &mut out,
+            )
+        });
+        // Causal: the chunk's queries see on average ctx - q_len/2 keys.
+        let keys = (ctx - q_len / 2) as f64;
+        let flops = 4.0 * q_len as f64 * keys * 64.0 * 16.0;
+        println!(
+            "attention prefill chunk {q_len} at ctx {ctx}: {:.2} ms per layer ({:.1} GFLOP/s)",
+            t.as_secs_f64() * 1e3,
+            flops / t.as_secs_f64() / 1e9
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! A fixed-length, zero-initialised buffer aligned to 64 bytes (one cache
+//! line), for packed weights and the KV pool.
+//!
+//! Why not `Vec<T>`: a panel of 16 f16 weights is 32 bytes, and the SIMD
+//! loads of the kernels never straddle a cache line only if every panel
+//! starts on a line boundary; `Vec` guarantees only `align_of::<T>()`.
+
+use std::{
+    alloc::{self, Layout},
+    ops::{Deref, DerefMut},
+    ptr::NonNull,
+};
+
+/// Plain-old-data element: any bit pattern (all zeros included) is valid.
+///
+/// # Safety
+/// Implementors must be `Copy` types for which the all-zero bit pattern is a
+/// valid value.
+pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+unsafe impl Pod for f32 {}
+unsafe impl Pod for half::f16 {}
+unsafe impl Pod for half::bf16 {}
+unsafe impl Pod for u16 {}
+unsafe impl Pod for u8 {}
+
+const ALIGN: usize = 64;
+
+pub struct AlignedVec<T: Pod> {
+    ptr: NonNull<T>,
+    len: usize,
+}
+
+// SAFETY: the buffer is uniquely owned; `T: Send + Sync`.
+unsafe impl<T: Pod> Send for AlignedVec<T> {}
+unsafe impl<T: Pod> Sync for AlignedVec<T> {}
+
+impl<T: Pod> AlignedVec<T> {
+    /// `len` zeroed elements. The zero pages come from `calloc`-style
+    /// allocation, so untouched parts cost no resident memory.
+    pub fn zeroed(len: usize) -> Self {
+        let layout = Self::layout(len);
+        if layout.size() == 0 {
+            return Self {
+                ptr: NonNull::dangling(),
+                len,
+            };
+        }
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw.cast::<T>()) else {
+            alloc::handle_alloc_error(layout)
+        };
+        Self { ptr, len }
+    }
+
+    fn layout(len: usize) -> Layout {
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .expect("aligned buffer size overflows usize");
+        Layout::from_size_align(bytes, ALIGN.max(align_of::<T>())).expect("aligned buffer layout")
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.len * size_of::<T>()
+    }
+}
+
+impl<T: Pod> Drop for AlignedVec<T> {
+    fn drop(&mut self) {
+        let layout = Self::layout(self.len);
+        if layout.size() != 0 {
+            // SAFETY: allocated in `zeroed` with this very layout.
+            unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), layout) }
+        }
+    }
+}
+
+impl<T: Pod> Deref for AlignedVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `len` initialised (zeroed, `Pod`) elements at `ptr`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Pod> DerefMut for AlignedVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, and `&mut self` is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Pod> std::fmt::Debug for AlignedVec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AlignedVec<{}>[{}]",
+            std::any::type_name::<T>(),
+            self.len
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_and_aligned() {
+        for len in [0, 1, 17, 4096] {
+            let mut v = AlignedVec::<half::f16>::zeroed(len);
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|x| x.to_bits() == 0));
+            if len > 0 {
+                assert_eq!(v.as_ptr() as usize % ALIGN, 0);
+                v[len - 1] = half::f16::ONE;
+                assert_eq!(v[len - 1], half::f16::ONE);
+            }
+        }
+    }
+}

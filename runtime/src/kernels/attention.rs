@@ -1,0 +1,558 @@
+//! Paged attention on the CPU: queries of many sequences against their
+//! blocks in the KV pool, with online softmax (no score matrix beyond one
+//! 16-key tile per query row), grouped-query sharing and causal / sliding
+//! window masks.
+//!
+//! Work is split into tasks of (sequence, KV head, run of query tokens):
+//! the query heads of one KV head's group are processed together so each
+//! key and value is converted from the cache dtype once per task, and the
+//! scores (`Q·Kᵀ`) and the weighted values (`P·V`) both run on the GEMM
+//! micro-kernel ([`super::gemm::tile`]). That is why the pool layout is
+//! what it is (per layer, `bs` = block size, a multiple of 16):
+//!
+//! - keys `[block][kv_head][head_dim][bs]`: 16 consecutive keys of one head
+//!   are one kernel column, so the keys of a block are a weight panel;
+//! - values `[block][bs][kv_head][head_dim]` (one row per token): 16
+//!   consecutive dims of one value row are one kernel column.
+//!
+//! Both buffers carry a tail of [`KV_TAIL`] elements because the kernel
+//! reads all 16 lanes of a column even when a head has fewer dims.
+
+use rayon::prelude::*;
+
+use super::{
+    gemm::{Elem, NR, max_rows, tile},
+    isa::Isa,
+};
+
+/// Elements past the end of a layer's K and V buffers that kernels may read.
+pub const KV_TAIL: usize = NR;
+
+/// Shape of one layer's K/V pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvShape {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvShape {
+    /// Elements of one layer's K (or V) buffer, the tail included.
+    pub fn elems(&self) -> usize {
+        self.num_blocks * self.block_size * self.kv_heads * self.head_dim + KV_TAIL
+    }
+
+    #[inline]
+    fn k_index(&self, slot: usize, head: usize, d: usize) -> usize {
+        let (block, off) = (slot / self.block_size, slot % self.block_size);
+        ((block * self.kv_heads + head) * self.head_dim + d) * self.block_size + off
+    }
+
+    #[inline]
+    fn v_index(&self, slot: usize, head: usize, d: usize) -> usize {
+        (slot * self.kv_heads + head) * self.head_dim + d
+    }
+}
+
+/// One sequence's part of a packed batch, as attention sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqSpan<'a> {
+    /// First row of this sequence's queries in the batch.
+    pub q_start: usize,
+    /// Query tokens this step: the last `q_len` of `ctx_len` positions.
+    pub q_len: usize,
+    /// Positions with keys in the cache, this step's included.
+    pub ctx_len: usize,
+    /// Physical block of each logical block.
+    pub block_table: &'a [u32],
+}
+
+/// Writes the new tokens' keys and values (`tokens × kv_heads × head_dim`,
+/// f32) into the pool at `slots` (block · block_size + offset).
+pub fn write_kv<E: Elem>(
+    shape: &KvShape,
+    k_new: &[f32],
+    v_new: &[f32],
+    slots: &[u32],
+    k_cache: &mut [E],
+    v_cache: &mut [E],
+) {
+    let row = shape.kv_heads * shape.head_dim;
+    assert_eq!(k_new.len(), slots.len() * row, "write_kv: keys");
+    assert_eq!(v_new.len(), slots.len() * row, "write_kv: values");
+    for (t, &slot) in slots.iter().enumerate() {
+        let slot = slot as usize;
+        assert!(
+            slot < shape.num_blocks * shape.block_size,
+            "write_kv: slot {slot} outside the pool"
+        );
+        for h in 0..shape.kv_heads {
+            for d in 0..shape.head_dim {
+                let i = t * row + h * shape.head_dim + d;
+                k_cache[shape.k_index(slot, h, d)] = E::from_f32(k_new[i]);
+                v_cache[shape.v_index(slot, h, d)] = E::from_f32(v_new[i]);
+            }
+        }
+    }
+}
+
+/// Attention parameters shared by every sequence of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionParams {
+    pub num_heads: usize,
+    /// `1/sqrt(head_dim)` for standard models.
+    pub scale: f32,
+    /// Sliding window: a query at position `p` sees keys `p - window + 1..=p`.
+    pub window: Option<usize>,
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint rows/heads of the output, joined before return.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `out[t][h] = softmax(q[t][h] · Kᵀ) · V` over each sequence's cached
+/// positions (causal, optionally windowed). `q` and `out` are
+/// `tokens × num_heads × head_dim` f32.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention<E: Elem>(
+    isa: Isa,
+    shape: &KvShape,
+    params: &AttentionParams,
+    q: &[f32],
+    k_cache: &[E],
+    v_cache: &[E],
+    seqs: &[SeqSpan<'_>],
+    out: &mut [f32],
+) {
+    let (nh, hd) = (params.num_heads, shape.head_dim);
+    assert!(
+        shape.block_size.is_multiple_of(NR) && shape.block_size > 0,
+        "block size {} is not a multiple of {NR}",
+        shape.block_size
+    );
+    assert!(
+        nh % shape.kv_heads == 0,
+        "{nh} heads over {} KV heads",
+        shape.kv_heads
+    );
+    assert_eq!(q.len(), out.len());
+    assert!(k_cache.len() >= shape.elems() && v_cache.len() >= shape.elems());
+    let group = nh / shape.kv_heads;
+    for s in seqs {
+        assert!(s.q_len <= s.ctx_len, "more queries than positions");
+        assert!(
+            (s.q_start + s.q_len) * nh * hd <= q.len(),
+            "queries outside q"
+        );
+        assert!(
+            s.block_table.len() * shape.block_size >= s.ctx_len,
+            "block table too short for {} positions",
+            s.ctx_len
+        );
+        assert!(
+            s.block_table
+                .iter()
+                .all(|&b| (b as usize) < shape.num_blocks),
+            "block outside the pool"
+        );
+    }
+    // Query tokens per task: enough rows to fill the micro-kernel, few
+    // enough that long prompts make many tasks.
+    let q_tile = (48 / group).clamp(1, 16);
+    let tasks: Vec<(usize, usize, usize)> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(si, s)| {
+            (0..s.q_len.div_ceil(q_tile))
+                .flat_map(move |qt| (0..shape.kv_heads).map(move |g| (si, g, qt)))
+        })
+        .collect();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let run = |&(si, g, qt): &(usize, usize, usize)| {
+        let s = &seqs[si];
+        let t0 = qt * q_tile;
+        let t1 = s.q_len.min(t0 + q_tile);
+        let o = out_ptr;
+        // SAFETY: this task alone writes heads `g*group..(g+1)*group` of
+        // rows `q_start+t0..q_start+t1`; bounds were checked above.
+        unsafe {
+            attend_tile(
+                isa, shape, params, group, q, k_cache, v_cache, s, g, t0, t1, o,
+            )
+        };
+    };
+    let work: usize = seqs.iter().map(|s| s.q_len * s.ctx_len).sum::<usize>() * nh * hd;
+    if tasks.len() == 1 || work < (1 << 15) {
+        tasks.iter().for_each(run);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+}
+
+/// One task: query tokens `t0..t1` of `s`, the query heads of KV head `g`.
+///
+/// # Safety
+/// Only this call writes those outputs; shapes were validated by the caller.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_tile<E: Elem>(
+    isa: Isa,
+    shape: &KvShape,
+    params: &AttentionParams,
+    group: usize,
+    q: &[f32],
+    k_cache: &[E],
+    v_cache: &[E],
+    s: &SeqSpan<'_>,
+    g: usize,
+    t0: usize,
+    t1: usize,
+    out: SendPtr,
+) {
+    let (nh, hd, bs) = (params.num_heads, shape.head_dim, shape.block_size);
+    let rows = (t1 - t0) * group;
+    let first_pos = s.ctx_len - s.q_len;
+    // Row r is query token t0 + r / group, head g * group + r % group.
+    let pos = |r: usize| first_pos + t0 + r / group;
+    let lo = |r: usize| params.window.map_or(0, |w| (pos(r) + 1).saturating_sub(w));
+
+    let mut qs = vec![0f32; rows * hd];
+    for r in 0..rows {
+        let src = ((s.q_start + t0 + r / group) * nh + g * group + r % group) * hd;
+        for (d, v) in qs[r * hd..(r + 1) * hd].iter_mut().enumerate() {
+            *v = q[src + d] * params.scale;
+        }
+    }
+    let mut o = vec![0f32; rows * hd];
+    let mut m = vec![f32::NEG_INFINITY; rows];
+    let mut l = vec![0f32; rows];
+    let mut scores = vec![0f32; rows * NR];
+    let mr_max = max_rows(isa);
+
+    let key_hi = pos(rows - 1) + 1;
+    let mut j0 = (lo(0) / NR) * NR;
+    while j0 < key_hi {
+        let block = s.block_table[j0 / bs] as usize;
+        let sub = (j0 % bs) / NR;
+        let keys = NR.min(key_hi - j0);
+        // Scores: rows × 16 keys.
+        let k_panel = ((block * shape.kv_heads + g) * hd) * bs + sub * NR;
+        let mut r = 0;
+        while r < rows {
+            let mr = mr_max.min(rows - r);
+            // SAFETY: the panel is `hd` columns of stride `bs` inside block
+            // `block`; `qs`/`scores` hold `rows` rows.
+            unsafe {
+                tile(
+                    isa,
+                    mr,
+                    hd,
+                    k_cache.as_ptr().add(k_panel),
+                    bs,
+                    qs.as_ptr().add(r * hd),
+                    hd,
+                    scores.as_mut_ptr().add(r * NR),
+                    NR,
+                    NR,
+                    false,
+                )
+            };
+            r += mr;
+        }
+        // Online softmax; masked scores become exact zeros in P.
+        for r in 0..rows {
+            let (p, lo_r) = (pos(r), lo(r));
+            let row = &mut scores[r * NR..(r + 1) * NR];
+            let mut mx = f32::NEG_INFINITY;
+            for (j, sc) in row.iter_mut().enumerate() {
+                let kp = j0 + j;
+                if kp > p || kp < lo_r || j >= keys {
+                    *sc = f32::NEG_INFINITY;
+                } else {
+                    mx = mx.max(*sc);
+                }
+            }
+            if mx == f32::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
+            }
+            let m_new = m[r].max(mx);
+            let corr = (m[r] - m_new).exp();
+            let mut sum = 0f32;
+            for sc in row.iter_mut() {
+                *sc = (*sc - m_new).exp();
+                sum += *sc;
+            }
+            l[r] = l[r] * corr + sum;
+            if corr != 1.0 {
+                for v in &mut o[r * hd..(r + 1) * hd] {
+                    *v *= corr;
+                }
+            }
+            m[r] = m_new;
+        }
+        // O += P · V over the `keys` valid keys (never past the context:
+        // slots there may hold another sequence's stale values).
+        let v_row0 = (block * bs + sub * NR) * shape.kv_heads * hd + g * hd;
+        let mut r = 0;
+        while r < rows {
+            let mr = mr_max.min(rows - r);
+            let mut d0 = 0;
+            while d0 < hd {
+                // SAFETY: `keys` value rows from `v_row0` exist; lanes past
+                // `hd` read the next head or the pool's tail, and are not
+                // stored (`nr`).
+                unsafe {
+                    tile(
+                        isa,
+                        mr,
+                        keys,
+                        v_cache.as_ptr().add(v_row0 + d0),
+                        shape.kv_heads * hd,
+                        scores.as_ptr().add(r * NR),
+                        NR,
+                        o.as_mut_ptr().add(r * hd + d0),
+                        hd,
+                        NR.min(hd - d0),
+                        true,
+                    )
+                };
+                d0 += NR;
+            }
+            r += mr;
+        }
+        j0 += NR;
+    }
+    for r in 0..rows {
+        let dst = ((s.q_start + t0 + r / group) * nh + g * group + r % group) * hd;
+        let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
+        for d in 0..hd {
+            // SAFETY: see the function's contract.
+            unsafe { *out.0.add(dst + d) = o[r * hd + d] * inv };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::{bf16, f16};
+
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    struct Case {
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        block_size: usize,
+        /// (positions already cached, new query tokens) per sequence.
+        seqs: Vec<(usize, usize)>,
+        window: Option<usize>,
+    }
+
+    /// Dense causal attention in f64 over the full K/V of each sequence.
+    fn dense(
+        c: &Case,
+        q: &[f32],
+        keys: &[Vec<f32>],
+        vals: &[Vec<f32>],
+        q_rows: &[usize],
+    ) -> Vec<f32> {
+        let (nh, hd, nkv) = (c.heads, c.head_dim, c.kv_heads);
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut out = vec![0f32; q.len()];
+        for (si, &(cached, new)) in c.seqs.iter().enumerate() {
+            for i in 0..new {
+                let pos = cached + i;
+                let row = q_rows[si] + i;
+                for h in 0..nh {
+                    let g = h / group;
+                    let lo = c.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    let qv = &q[(row * nh + h) * hd..][..hd];
+                    let sc: Vec<f64> = (lo..=pos)
+                        .map(|j| {
+                            let kv = &keys[si][(j * nkv + g) * hd..][..hd];
+                            qv.iter()
+                                .zip(kv)
+                                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let ex: Vec<f64> = sc.iter().map(|s| (s - mx).exp()).collect();
+                    let sum: f64 = ex.iter().sum();
+                    for d in 0..hd {
+                        let v: f64 = (lo..=pos)
+                            .zip(&ex)
+                            .map(|(j, e)| e * f64::from(vals[si][(j * nkv + g) * hd + d]))
+                            .sum();
+                        out[(row * nh + h) * hd + d] = (v / sum) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn run_case<E: Elem>(isa: Isa, c: &Case, tol: f32) {
+        let (nh, nkv, hd, bs) = (c.heads, c.kv_heads, c.head_dim, c.block_size);
+        let blocks_needed: usize = c.seqs.iter().map(|(a, b)| (a + b).div_ceil(bs)).sum();
+        // A pool larger than needed, with sequences' blocks scattered in
+        // reverse order and garbage in the unused slots.
+        let shape = KvShape {
+            num_blocks: blocks_needed * 2 + 1,
+            block_size: bs,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
+        let mut k_cache = vec![E::from_f32(1e4); shape.elems()];
+        let mut v_cache = vec![E::from_f32(-3e4); shape.elems()];
+        let mut next_block = shape.num_blocks;
+        let mut tables = Vec::new();
+        let mut keys = Vec::new();
+        let mut vals = Vec::new();
+        let total_q: usize = c.seqs.iter().map(|s| s.1).sum();
+        let q = values(total_q * nh * hd, 99);
+        let mut q_rows = Vec::new();
+        let mut row = 0;
+        for (si, &(cached, new)) in c.seqs.iter().enumerate() {
+            let len = cached + new;
+            let table: Vec<u32> = (0..len.div_ceil(bs))
+                .map(|_| {
+                    next_block -= 2;
+                    next_block as u32
+                })
+                .collect();
+            // Values rounded to E, so the reference sees what the cache holds.
+            let kq: Vec<f32> = values(len * nkv * hd, 1 + si as u64)
+                .into_iter()
+                .map(|v| E::from_f32(v).to_f32())
+                .collect();
+            let vq: Vec<f32> = values(len * nkv * hd, 100 + si as u64)
+                .into_iter()
+                .map(|v| E::from_f32(v).to_f32())
+                .collect();
+            let slots: Vec<u32> = (0..len)
+                .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
+                .collect();
+            // Cached part first, then the new tokens, as the engine does.
+            let row_len = nkv * hd;
+            write_kv(
+                &shape,
+                &kq[..cached * row_len],
+                &vq[..cached * row_len],
+                &slots[..cached],
+                &mut k_cache,
+                &mut v_cache,
+            );
+            write_kv(
+                &shape,
+                &kq[cached * row_len..],
+                &vq[cached * row_len..],
+                &slots[cached..],
+                &mut k_cache,
+                &mut v_cache,
+            );
+            tables.push(table);
+            keys.push(kq);
+            vals.push(vq);
+            q_rows.push(row);
+            row += new;
+        }
+        let spans: Vec<SeqSpan<'_>> = c
+            .seqs
+            .iter()
+            .zip(&tables)
+            .zip(&q_rows)
+            .map(|((&(cached, new), table), &q_start)| SeqSpan {
+                q_start,
+                q_len: new,
+                ctx_len: cached + new,
+                block_table: table,
+            })
+            .collect();
+        let params = AttentionParams {
+            num_heads: nh,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: c.window,
+        };
+        let mut out = vec![f32::NAN; q.len()];
+        paged_attention(
+            isa, &shape, &params, &q, &k_cache, &v_cache, &spans, &mut out,
+        );
+        let want = dense(c, &q, &keys, &vals, &q_rows);
+        for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= tol,
+                "{isa:?} {:?} heads {nh}/{nkv} hd {hd} bs {bs} seqs {:?}: out[{i}] = {a}, want {b}",
+                E::DTYPE,
+                c.seqs
+            );
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        let mut cases = Vec::new();
+        // Lengths around block boundaries, decode and prefill, GQA and MHA.
+        for (heads, kv_heads, head_dim) in
+            [(4, 2, 16), (8, 2, 8), (4, 1, 64), (2, 2, 4), (16, 4, 64)]
+        {
+            for len in [1, 15, 16, 17, 49] {
+                cases.push(Case {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    block_size: 16,
+                    seqs: vec![(len - 1, 1), (0, len), (len / 2, len - len / 2)],
+                    window: None,
+                });
+            }
+        }
+        // A batch mixing decodes and chunks, larger blocks, windows.
+        cases.push(Case {
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 32,
+            block_size: 32,
+            seqs: vec![(100, 1), (0, 70), (33, 31), (64, 1), (5, 40)],
+            window: None,
+        });
+        for window in [1, 5, 16, 40] {
+            cases.push(Case {
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 16,
+                block_size: 16,
+                seqs: vec![(60, 1), (0, 50), (20, 17)],
+                window: Some(window),
+            });
+        }
+        cases
+    }
+
+    #[test]
+    fn paged_attention_equals_dense_attention() {
+        for isa in Isa::supported() {
+            for c in cases() {
+                run_case::<f32>(isa, &c, 2e-5);
+                run_case::<f16>(isa, &c, 2e-4);
+                run_case::<bf16>(isa, &c, 2e-3);
+            }
+        }
+    }
+}
