@@ -6,7 +6,8 @@
 //! the decode rate those products alone would allow.
 //!
 //! Prints, per case: our time, candle's time, and the ratio (candle / ours:
-//! above 1 means ours is faster). Environment: `BENCH_REPEAT` (default 5).
+//! above 1 means ours is faster). Environment: `BENCH_REPEAT` (default 5),
+//! `BENCH_M` (rows to try, e.g. `1,16`; default `1,4,16,64,256`).
 
 use std::time::{Duration, Instant};
 
@@ -70,35 +71,56 @@ fn main() -> candle_core::Result<()> {
         isa.name(),
         rayon::current_num_threads()
     );
-    let mats: Vec<(PackedMatrix, Tensor, usize)> = shapes()
-        .into_iter()
-        .map(|(rows, cols, count)| {
-            let w = values(rows * cols);
-            let packed = PackedMatrix::pack(&w, rows, cols, f16::from_f32);
-            let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.to_dtype(DType::F16)?;
-            Ok((packed, t, count))
-        })
-        .collect::<candle_core::Result<_>>()?;
-    let weight_bytes: usize = mats.iter().map(|(p, _, c)| p.bytes() * c).sum();
+    // One distinct matrix per layer, as in the model: 464 MB that cannot
+    // stay in the last-level cache between forwards.
+    let mut layers: Vec<Vec<PackedMatrix>> = Vec::new();
+    let mut candle: Vec<Tensor> = Vec::new();
+    for (rows, cols, count) in shapes() {
+        let w = values(rows * cols);
+        let mut copies = Vec::new();
+        for c in 0..count {
+            copies.push(PackedMatrix::pack(&w, rows, cols, |v: f32| {
+                f16::from_f32(v + c as f32 * 1e-4)
+            }));
+        }
+        layers.push(copies);
+        candle.push(Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.to_dtype(DType::F16)?);
+    }
+    let weight_bytes: usize = layers.iter().flatten().map(PackedMatrix::bytes).sum();
     println!(
         "f16 weights per forward: {:.0} MB",
         weight_bytes as f64 / 1e6
     );
 
-    for m in [1usize, 4, 16, 64, 256] {
-        let mut ours = Duration::ZERO;
+    let ms: Vec<usize> = std::env::var("BENCH_M")
+        .ok()
+        .map(|v| v.split(',').filter_map(|m| m.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16, 64, 256]);
+    for m in ms {
+        // A forward's worth of products, every layer's own weights.
+        let inputs: Vec<Vec<f32>> = layers.iter().map(|l| values(m * l[0].cols())).collect();
+        let mut outputs: Vec<Vec<f32>> =
+            layers.iter().map(|l| vec![0f32; m * l[0].rows()]).collect();
+        let ours = best_of(repeat, || {
+            let depth = layers[0].len();
+            for layer in 0..depth {
+                for (i, mats) in layers.iter().enumerate() {
+                    if let Some(w) = mats.get(layer) {
+                        matmul(isa, &inputs[i], m, w, &mut outputs[i]);
+                    }
+                }
+            }
+        });
+        // candle's fastest f16 route: f16 activations, f16 matmul (one
+        // weight per shape, repeated: it only gains from the cache).
         let mut theirs = Duration::ZERO;
-        for (packed, t, count) in &mats {
-            let x = values(m * packed.cols());
-            let mut y = vec![0f32; m * packed.rows()];
-            ours += best_of(repeat, || matmul(isa, &x, m, packed, &mut y)) * *count as u32;
-            // candle's fastest f16 route: f16 activations, f16 matmul.
-            let xt = Tensor::from_vec(x.clone(), (m, packed.cols()), &Device::Cpu)?
-                .to_dtype(DType::F16)?;
+        for ((t, mats), x) in candle.iter().zip(&layers).zip(&inputs) {
+            let xt =
+                Tensor::from_vec(x.clone(), (m, t.dim(1)?), &Device::Cpu)?.to_dtype(DType::F16)?;
             let wt = t.t()?;
             theirs += best_of(repeat, || {
                 let _ = xt.matmul(&wt).expect("candle matmul");
-            }) * *count as u32;
+            }) * mats.len() as u32;
         }
         let flops = 2.0 * m as f64 * weight_bytes as f64 / 2.0;
         println!(

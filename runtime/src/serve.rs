@@ -58,8 +58,6 @@ pub enum ServeError {
     ServerPanicked,
     #[error("loading failed: {0}")]
     LoadFailed(String),
-    #[error("cannot start {0} inference threads")]
-    Threads(usize, #[source] rayon::ThreadPoolBuildError),
 }
 
 /// Runs the server until a signal (`Ok`, exit 0) or a fatal error (`Err`).
@@ -75,13 +73,6 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
     // is refused here, before binding.
     let model = ModelDir::open(&model_path, args.served_model_name.as_deref())?;
     let build = build_info::current()?;
-    let threads = args.threads();
-    // The CPU kernels and candle's CPU ops share rayon's global pool.
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("infer-{i}"))
-        .build_global()
-        .map_err(|e| ServeError::Threads(threads, e))?;
     log_startup(&args, &model, &build, api_key.is_some());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -181,6 +172,7 @@ async fn serve(
         dtype: args.dtype,
         max_model_len: args.max_model_len.map(|n| n as usize),
         candle_ops: false,
+        threads: Some(args.threads()),
     };
     let pool = PoolOptions {
         kv_cache_memory: args.kv_cache_memory.map(|b| b.0),
@@ -188,7 +180,6 @@ async fn serve(
         max_num_seqs: args.max_num_seqs as usize,
         max_num_batched_tokens: args.max_num_batched_tokens.map(|n| n as usize),
         prefix_caching: args.prefix_caching(),
-        threads: args.threads(),
     };
     tokio::spawn(load(
         model,
@@ -369,7 +360,6 @@ struct PoolOptions {
     max_num_seqs: usize,
     max_num_batched_tokens: Option<usize>,
     prefix_caching: bool,
-    threads: usize,
 }
 
 /// Default token budget of a step: on the CPU, 512 keeps a prompt chunk's
@@ -435,7 +425,7 @@ fn start_engine(engine: &Arc<Engine>, pool: &PoolOptions, state: &AppState) -> R
     }
     info!(
         "engine: {} inference threads, {} kernels, weights {} in memory, max_num_batched_tokens={batched}",
-        pool.threads,
+        engine.threads(),
         match engine.kernels() {
             crate::models::Kernels::Cpu { isa, .. } => isa.name(),
             crate::models::Kernels::Candle => "candle",

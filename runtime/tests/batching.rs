@@ -26,6 +26,7 @@ fn load(dir: &Path, candle_ops: bool) -> Engine {
         dtype: cli::DType::F32,
         max_model_len: None,
         candle_ops,
+        threads: None,
     };
     Engine::load(dir, options).unwrap_or_else(|e| panic!("load {}: {e:?}", dir.display()))
 }
@@ -321,9 +322,10 @@ fn every_block_is_free_after_finished_cancelled_preempted_and_failed_requests() 
     }
     let out = drain(&mut core, |core, step| {
         if step % 4 == 1
-            && let Some(&id) = core.planner().running().last() {
-                core.remove(id);
-            }
+            && let Some(&id) = core.planner().running().last()
+        {
+            core.remove(id);
+        }
     });
     assert!(
         core.planner().total_preemptions() > 0,

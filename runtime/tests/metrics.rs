@@ -280,7 +280,9 @@ fn kv_cache_and_prefix_cache_metrics_follow_the_engine() {
         server.output()
     );
 
-    // 40 prompt tokens: the second identical request finds 2 full blocks.
+    // 40 prompt tokens: the second identical request finds 2 full blocks,
+    // then 7 of the 8 tokens in the first request's partial third block
+    // (the last prompt token is always computed: its logits are needed).
     let prompt: Vec<u32> = (0..40).map(|i| 10 + i * 7 % 400).collect();
     let body = json!({"model": "metrics-model", "prompt": prompt, "max_tokens": 3,
         "temperature": 0, "ignore_eos": true});

@@ -25,6 +25,7 @@ fn load(dir: &Path) -> Engine {
         dtype: cli::DType::F32,
         max_model_len: None,
         candle_ops: false,
+        threads: None,
     };
     Engine::load(dir, options).unwrap_or_else(|e| panic!("load {}: {e:?}", dir.display()))
 }

@@ -247,8 +247,8 @@ fn streams_reproduce_the_reference_with_openai_chunk_shapes() {
             // The usage chunk: no choices, the totals.
             assert_eq!(last["choices"], json!([]), "{label}");
             let n = case.output_ids.len();
-            // Earlier cases of the same template may have left whole blocks
-            // of the prompt in the prefix cache.
+            // Earlier cases of the same template may have left part of the
+            // prompt in the prefix cache.
             let cached = last["usage"]["prompt_tokens_details"]["cached_tokens"]
                 .as_u64()
                 .unwrap_or_else(|| panic!("{label}: no cached_tokens in {last}"));

@@ -63,6 +63,8 @@ pub enum LoadError {
     },
     #[error("cannot allocate the KV cache")]
     KvCache(#[source] candle_core::Error),
+    #[error("cannot start {0} inference threads")]
+    Threads(usize, #[source] rayon::ThreadPoolBuildError),
     #[error("the warm-up generation failed")]
     WarmUp(#[source] Box<EngineError>),
 }
@@ -95,6 +97,8 @@ pub struct LoadOptions {
     /// Run the CUDA code path (candle ops, tensor KV pool) even on the CPU:
     /// the reference the CPU kernels are tested against.
     pub candle_ops: bool,
+    /// Inference threads; `None`: the CPUs this process may use.
+    pub threads: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -104,6 +108,7 @@ impl Default for LoadOptions {
             dtype: cli::DType::Auto,
             max_model_len: None,
             candle_ops: false,
+            threads: None,
         }
     }
 }
@@ -158,6 +163,11 @@ const GENERATE_CHUNK: usize = 512;
 
 #[derive(Debug)]
 pub struct Engine {
+    /// The threads every step's kernels (and candle's CPU ops) run on. A
+    /// step runs *inside* the pool, so its parallel regions are forked from
+    /// a worker (a push to its own deque) instead of injected from outside
+    /// (a wake-up per region: some 80 per decode step).
+    pool: rayon::ThreadPool,
     model: CausalLm,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
@@ -212,8 +222,18 @@ impl Engine {
         } else {
             Kernels::Candle
         };
-        let model = CausalLm::load(dir, spec, &device, dtype, kernels, max_model_len)?;
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("infer-{i}"))
+            .build()
+            .map_err(|e| LoadError::Threads(threads, e))?;
+        let model =
+            pool.install(|| CausalLm::load(dir, spec, &device, dtype, kernels, max_model_len))?;
         Ok(Self {
+            pool,
             model,
             tokenizer,
             chat_template,
@@ -258,6 +278,11 @@ impl Engine {
     /// The kernels the model runs on (CPU ISA and weight dtype, or candle).
     pub fn kernels(&self) -> Kernels {
         self.model.kernels()
+    }
+
+    /// Inference threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
     }
 
     /// Bytes of weights in memory.
@@ -329,9 +354,11 @@ impl Engine {
         if let Some(&id) = batch.tokens.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(EngineError::BadTokenId { id, vocab_size });
         }
-        let logits = self.model.forward(batch, kv)?;
+        let data = self.pool.install(|| -> candle_core::Result<Vec<f32>> {
+            self.model.forward(batch, kv)?.flatten_all()?.to_vec1()
+        })?;
         Ok(Logits {
-            data: logits.flatten_all()?.to_vec1()?,
+            data,
             vocab: vocab_size,
         })
     }

@@ -4,6 +4,11 @@
 //! Why not `Vec<T>`: a panel of 16 f16 weights is 32 bytes, and the SIMD
 //! loads of the kernels never straddle a cache line only if every panel
 //! starts on a line boundary; `Vec` guarantees only `align_of::<T>()`.
+//!
+//! Large buffers (weights, the KV pool) come straight from anonymous
+//! `mmap`: page-aligned and zero without a write. (The system allocator
+//! zeroes over-aligned blocks with `memset`, touching every page at once:
+//! 8 s for a 4 GiB pool here.)
 
 use std::{
     alloc::{self, Layout},
@@ -24,10 +29,32 @@ unsafe impl Pod for u16 {}
 unsafe impl Pod for u8 {}
 
 const ALIGN: usize = 64;
+/// From this size on, buffers are mapped rather than allocated.
+const MAP_THRESHOLD: usize = 1 << 20;
 
 pub struct AlignedVec<T: Pod> {
     ptr: NonNull<T>,
     len: usize,
+}
+
+#[cfg(unix)]
+fn map_zeroed(bytes: usize) -> Option<NonNull<u8>> {
+    // SAFETY: a fresh private anonymous mapping; no address hint.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        None
+    } else {
+        NonNull::new(p.cast())
+    }
 }
 
 // SAFETY: the buffer is uniquely owned; `T: Send + Sync`.
@@ -42,6 +69,16 @@ impl<T: Pod> AlignedVec<T> {
         if layout.size() == 0 {
             return Self {
                 ptr: NonNull::dangling(),
+                len,
+            };
+        }
+        #[cfg(unix)]
+        if layout.size() >= MAP_THRESHOLD {
+            let Some(ptr) = map_zeroed(layout.size()) else {
+                alloc::handle_alloc_error(layout)
+            };
+            return Self {
+                ptr: ptr.cast(),
                 len,
             };
         }
@@ -68,6 +105,12 @@ impl<T: Pod> AlignedVec<T> {
 impl<T: Pod> Drop for AlignedVec<T> {
     fn drop(&mut self) {
         let layout = Self::layout(self.len);
+        #[cfg(unix)]
+        if layout.size() >= MAP_THRESHOLD {
+            // SAFETY: mapped in `zeroed` with this size.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), layout.size()) };
+            return;
+        }
         if layout.size() != 0 {
             // SAFETY: allocated in `zeroed` with this very layout.
             unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), layout) }
@@ -107,7 +150,7 @@ mod tests {
 
     #[test]
     fn zeroed_and_aligned() {
-        for len in [0, 1, 17, 4096] {
+        for len in [0, 1, 17, 4096, (MAP_THRESHOLD / 2) + 3] {
             let mut v = AlignedVec::<half::f16>::zeroed(len);
             assert_eq!(v.len(), len);
             assert!(v.iter().all(|x| x.to_bits() == 0));

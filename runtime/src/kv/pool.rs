@@ -11,6 +11,14 @@
 //!   same prefix revives it (it leaves the free queue) until allocation
 //!   reaches it and evicts the hash.
 //!
+//! Beyond vLLM, a freed sequence's last, partly filled block is kept too
+//! (keyed by its parent's hash, with its token ids): a later prompt that
+//! continues the same prefix — the next turn of a chat, or prompts sharing
+//! a prefix that ends mid-block — takes the block over whole and computes
+//! only what follows, as llama.cpp's token-granular slot cache would. Such
+//! a block is taken exclusively (its later slots get overwritten), so only
+//! a free one is ever reused.
+//!
 //! The queue is an intrusive doubly-linked list over block ids, so taking a
 //! revived block out of the middle is O(1).
 
@@ -45,6 +53,8 @@ const NONE: u32 = u32::MAX;
 struct Meta {
     refs: u32,
     hash: Option<BlockHash>,
+    /// Registered as a partial block under this parent key.
+    partial: Option<Option<BlockHash>>,
     prev: u32,
     next: u32,
     in_free_queue: bool,
@@ -65,6 +75,9 @@ pub struct BlockPool {
     tail: u32,
     num_free: usize,
     cached: HashMap<BlockHash, BlockId>,
+    /// Free partial blocks by parent hash (`None`: the sequence's first
+    /// block), with the token ids they hold.
+    partial: HashMap<Option<BlockHash>, Vec<(BlockId, Vec<u32>)>>,
     caching: bool,
     stats: PrefixStats,
 }
@@ -78,6 +91,7 @@ impl BlockPool {
                 Meta {
                     refs: 0,
                     hash: None,
+                    partial: None,
                     prev: NONE,
                     next: NONE,
                     in_free_queue: false,
@@ -88,6 +102,7 @@ impl BlockPool {
             tail: NONE,
             num_free: 0,
             cached: HashMap::new(),
+            partial: HashMap::new(),
             caching,
             stats: PrefixStats::default(),
         };
@@ -133,12 +148,14 @@ impl BlockPool {
         for _ in 0..n {
             let b = self.head;
             self.unlink(b);
+            self.forget_partial(b);
             let m = &mut self.meta[b as usize];
             m.refs = 1;
             if let Some(h) = m.hash.take()
-                && self.cached.get(&h) == Some(&b) {
-                    self.cached.remove(&h);
-                }
+                && self.cached.get(&h) == Some(&b)
+            {
+                self.cached.remove(&h);
+            }
             out.push(b);
         }
         Some(out)
@@ -153,7 +170,7 @@ impl BlockPool {
             assert!(m.refs > 0, "block {b} freed twice");
             m.refs -= 1;
             if m.refs == 0 {
-                if m.hash.is_none() {
+                if m.hash.is_none() && m.partial.is_none() {
                     // Nothing to revive: reuse it first.
                     self.push_front(b);
                 } else {
@@ -205,6 +222,71 @@ impl BlockPool {
         }
     }
 
+    /// Keeps a block that is about to be freed as a partial block: it holds
+    /// the keys and values of `tokens` (fewer than a block) after the
+    /// prefix whose last full block hashes to `parent`. Call before
+    /// [`BlockPool::free`].
+    pub fn register_partial(&mut self, block: BlockId, parent: Option<BlockHash>, tokens: &[u32]) {
+        if !self.caching || tokens.is_empty() || self.meta[block as usize].refs != 1 {
+            return;
+        }
+        self.forget_partial(block);
+        self.meta[block as usize].partial = Some(parent);
+        self.partial
+            .entry(parent)
+            .or_default()
+            .push((block, tokens.to_vec()));
+    }
+
+    /// The free partial block after `parent` that shares the longest run
+    /// of leading tokens with `next` (at most `max` of them), taken over
+    /// whole: it leaves the free queue and the cache. Counts the hit
+    /// tokens in the prefix statistics.
+    pub fn take_partial(
+        &mut self,
+        parent: Option<BlockHash>,
+        next: &[u32],
+        max: usize,
+    ) -> Option<(BlockId, usize)> {
+        if !self.caching {
+            return None;
+        }
+        let entries = self.partial.get(&parent)?;
+        let (block, len) = entries
+            .iter()
+            .map(|(b, t)| {
+                (
+                    *b,
+                    t.iter()
+                        .zip(next)
+                        .take_while(|(a, b)| a == b)
+                        .count()
+                        .min(max),
+                )
+            })
+            .max_by_key(|&(_, len)| len)?;
+        if len == 0 {
+            return None;
+        }
+        self.forget_partial(block);
+        self.unlink(block);
+        self.meta[block as usize].refs = 1;
+        self.stats.hits += len as u64;
+        Some((block, len))
+    }
+
+    fn forget_partial(&mut self, block: BlockId) {
+        let Some(parent) = self.meta[block as usize].partial.take() else {
+            return;
+        };
+        if let Some(list) = self.partial.get_mut(&parent) {
+            list.retain(|(b, _)| *b != block);
+            if list.is_empty() {
+                self.partial.remove(&parent);
+            }
+        }
+    }
+
     /// Whether `block` is held by a sequence (tests and invariants).
     pub fn refs(&self, block: BlockId) -> u32 {
         self.meta[block as usize].refs
@@ -213,8 +295,10 @@ impl BlockPool {
     /// Forgets every cached hash (blocks in use keep their contents).
     pub fn reset_prefix_cache(&mut self) {
         self.cached.clear();
+        self.partial.clear();
         for m in &mut self.meta {
             m.hash = None;
+            m.partial = None;
         }
     }
 
@@ -331,6 +415,37 @@ mod tests {
         // A different prefix never matches, even with the same tokens later.
         let other = hashes(&[9, 9, 3, 4], bs);
         assert!(pool.lookup(&other, bs, 4).is_empty());
+    }
+
+    #[test]
+    fn a_freed_partial_block_is_taken_over_by_a_continuing_prompt() {
+        let bs = 4;
+        let mut pool = BlockPool::new(3, true);
+        let h = hashes(&[1, 2, 3, 4], bs);
+        let a = pool.allocate(2).expect("blocks");
+        pool.register(a[0], h[0]);
+        pool.register_partial(a[1], Some(h[0]), &[5, 6, 7]);
+        pool.free(&a);
+        assert_eq!(pool.num_free(), 3);
+        // Another parent, or a first token that differs: no match.
+        assert!(pool.take_partial(None, &[5, 6, 7], 3).is_none());
+        assert!(pool.take_partial(Some(h[0]), &[9, 6], 3).is_none());
+        // The longest common run, capped by `max`.
+        let (b, len) = pool
+            .take_partial(Some(h[0]), &[5, 6, 9, 9], 3)
+            .expect("hit");
+        assert_eq!((b, len), (a[1], 2));
+        assert_eq!(pool.refs(b), 1);
+        assert_eq!(pool.num_free(), 2);
+        assert!(
+            pool.take_partial(Some(h[0]), &[5, 6], 2).is_none(),
+            "taken, so gone"
+        );
+        // An evicted partial block is forgotten too.
+        pool.register_partial(b, Some(h[0]), &[5]);
+        pool.free(&[b]);
+        let _ = pool.allocate(3).expect("all three");
+        assert!(pool.take_partial(Some(h[0]), &[5], 1).is_none());
     }
 
     #[test]

@@ -21,6 +21,22 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::kv::{BlockHash, BlockId, BlockPool};
 
+/// Frees a sequence's blocks, keeping its last partly filled (computed)
+/// block findable for a prompt that continues it.
+fn free_blocks(pool: &mut BlockPool, seq: &SeqState, bs: usize) {
+    let full = seq.num_computed / bs;
+    let tail = seq.num_computed % bs;
+    if tail > 0
+        && let Some(&block) = seq.blocks.get(full)
+    {
+        let parent = full.checked_sub(1).and_then(|b| seq.hashes.get(b).copied());
+        if full == 0 || parent.is_some() {
+            pool.register_partial(block, parent, &seq.tokens[full * bs..seq.num_computed]);
+        }
+    }
+    pool.free(&seq.blocks);
+}
+
 /// A sequence's handle in the planner.
 pub type SeqId = u64;
 
@@ -290,7 +306,7 @@ impl Planner {
 
     fn release(&mut self, id: SeqId) -> Option<SeqState> {
         let seq = self.seqs.remove(&id)?;
-        self.pool.free(&seq.blocks);
+        free_blocks(&mut self.pool, &seq, self.config.block_size);
         Some(seq)
     }
 
@@ -315,16 +331,27 @@ impl Planner {
             .lookup(&seq.hashes[..lookable], bs, seq.tokens.len());
         seq.num_computed = hit.len() * bs;
         seq.registered = hit.len();
+        seq.blocks = hit;
+        // Then the partial block a finished sequence left after the same
+        // full blocks, if it continues into this prompt.
+        let parent = seq.blocks.len().checked_sub(1).map(|b| seq.hashes[b]);
+        let rest = &seq.tokens[seq.num_computed..];
+        if let Some((block, len)) =
+            self.pool
+                .take_partial(parent, rest, (rest.len() - 1).min(bs - 1))
+        {
+            seq.blocks.push(block);
+            seq.num_computed += len;
+        }
         if seq.preemptions == 0 {
             seq.cached = seq.num_computed;
         }
-        seq.blocks = hit;
     }
 
     /// Undoes [`Planner::admit_from_cache`] for a sequence that stays waiting.
     fn unadmit(&mut self, id: SeqId) {
         let seq = self.seqs.get_mut(&id).expect("waiting sequence");
-        self.pool.free(&seq.blocks);
+        free_blocks(&mut self.pool, seq, self.config.block_size);
         seq.blocks.clear();
         seq.num_computed = 0;
         seq.registered = 0;
@@ -354,7 +381,7 @@ impl Planner {
     /// recomputed from its tokens.
     fn preempt(&mut self, id: SeqId) {
         let seq = self.seqs.get_mut(&id).expect("running sequence");
-        self.pool.free(&seq.blocks);
+        free_blocks(&mut self.pool, seq, self.config.block_size);
         seq.blocks.clear();
         seq.num_computed = 0;
         seq.registered = 0;
@@ -488,6 +515,74 @@ mod tests {
     }
 
     #[test]
+    fn waiting_sequences_hold_no_blocks_between_steps() {
+        // 4 blocks of 4 tokens. A cached 8-token prefix (2 blocks) is
+        // shared by two waiting 13-token prompts that need 4 blocks each:
+        // the first runs, the second must not keep the cached blocks it
+        // found while it waits.
+        let mut p = planner(4, 4, 100, true);
+        let prefix: Vec<u32> = (0..8).collect();
+        p.add(1, [prefix.clone(), vec![50, 51]].concat());
+        step(&mut p, 9);
+        p.remove(1);
+        p.add(2, [prefix.clone(), vec![60, 61, 62, 63, 64]].concat());
+        p.add(3, [prefix.clone(), vec![70, 71, 72, 73, 74]].concat());
+        let plan = step(&mut p, 10);
+        assert_eq!(plan.scheduled, vec![(2, 5)], "2 cached blocks + 2 new");
+        assert_eq!(p.pool().num_free(), 0);
+        assert_eq!(
+            p.pool().refs(p.get(2).expect("seq 2").blocks[0]),
+            1,
+            "seq 3 let go"
+        );
+        let waiting = p.get(3).expect("seq 3");
+        assert!(
+            waiting.blocks.is_empty() && waiting.num_computed == 0,
+            "{waiting:?}"
+        );
+        p.remove(2);
+        let plan = step(&mut p, 11);
+        assert_eq!(plan.scheduled, vec![(3, 5)], "the prefix is still cached");
+    }
+
+    #[test]
+    fn a_prompt_continuing_a_finished_sequence_takes_over_its_last_block() {
+        let mut p = planner(8, 8, 100, true);
+        // 6 tokens: one full block and 2 tokens (+ 1 sampled) in the next.
+        p.add(1, vec![1, 2, 3, 4, 5, 6]);
+        step(&mut p, 7); // computes 6, samples 7
+        step(&mut p, 8); // computes 7, samples 8
+        let last = p.get(1).expect("seq 1").blocks[1];
+        p.remove(1);
+        // The next turn: the whole conversation so far plus new tokens.
+        p.add(2, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let plan = step(&mut p, 11);
+        assert_eq!(
+            plan.scheduled,
+            vec![(2, 3)],
+            "4 cached + 3 in the partial block"
+        );
+        let s2 = p.get(2).expect("seq 2");
+        assert_eq!(s2.blocks[1], last);
+        assert_eq!(s2.cached_prompt_tokens(), 7);
+        assert_eq!(p.pool().stats().hits, 7);
+        // Seq 2 filled that block: it is a full cached block now, and a
+        // shorter prompt ending inside it recomputes its part (a full
+        // block can be shared, so it is never taken over).
+        p.remove(2);
+        p.add(3, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(step(&mut p, 12).scheduled, vec![(3, 2)]);
+        // Seq 2's own partial tail ([9, 10]) serves its continuation.
+        p.remove(3);
+        p.add(4, (1..=12).collect());
+        assert_eq!(
+            step(&mut p, 13).scheduled,
+            vec![(4, 2)],
+            "8 full + 2 partial cached"
+        );
+    }
+
+    #[test]
     fn paused_sequences_keep_their_blocks_but_take_no_budget() {
         let mut p = planner(8, 4, 100, false);
         p.add(1, vec![1; 2]);
@@ -514,9 +609,10 @@ mod tests {
             }
             // Finish or cancel a running sequence now and then.
             if round % 3 == 0
-                && let Some(&id) = p.running().first() {
-                    p.remove(id);
-                }
+                && let Some(&id) = p.running().first()
+            {
+                p.remove(id);
+            }
         }
         for id in 0..10 {
             p.remove(id);

@@ -310,7 +310,10 @@ impl SyntheticSpec {
                 ),
             );
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return invalid(
                 "num_key_value_heads",
                 format!(
