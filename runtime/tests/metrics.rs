@@ -293,7 +293,7 @@ fn kv_cache_and_prefix_cache_metrics_follow_the_engine() {
         "{first}"
     );
     assert_eq!(
-        second["usage"]["prompt_tokens_details"]["cached_tokens"], 32,
+        second["usage"]["prompt_tokens_details"]["cached_tokens"], 39,
         "{second}"
     );
     assert_eq!(first["choices"][0]["text"], second["choices"][0]["text"]);
@@ -317,7 +317,7 @@ fn kv_cache_and_prefix_cache_metrics_follow_the_engine() {
     );
     assert_eq!(
         delta(&format!("vllm:prefix_cache_hits_total{{{label}}}")),
-        32.0
+        39.0
     );
     assert_eq!(
         delta(&format!("vllm:num_preemptions_total{{{label}}}")),
