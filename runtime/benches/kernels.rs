@@ -9,7 +9,10 @@
 //! above 1 means ours is faster). Environment: `BENCH_REPEAT` (default 5),
 //! `BENCH_M` (rows to try, e.g. `1,16`; default `1,4,16,64,256`).
 
-use std::time::{Duration, Instant};
+#[path = "common/mod.rs"]
+mod common;
+
+use std::time::Duration;
 
 use appliance_server::kernels::{
     attention::{AttentionParams, KvShape, SeqSpan, paged_attention, write_kv},
@@ -17,37 +20,8 @@ use appliance_server::kernels::{
     isa::Isa,
 };
 use candle_core::{DType, Device, Tensor};
+use common::{FFN, HIDDEN, KV, LAYERS, VOCAB, best_of, values};
 use half::f16;
-
-const HIDDEN: usize = 1024;
-const FFN: usize = 2816;
-const LAYERS: usize = 16;
-const VOCAB: usize = 50257;
-const KV: usize = 256;
-
-fn values(n: usize) -> Vec<f32> {
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
-        })
-        .collect()
-}
-
-fn best_of(repeat: usize, mut f: impl FnMut()) -> Duration {
-    f();
-    (0..repeat)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
 
 /// (rows, cols, count per forward) of the bench model's products.
 fn shapes() -> Vec<(usize, usize, usize)> {
@@ -76,7 +50,7 @@ fn main() -> candle_core::Result<()> {
     let mut layers: Vec<Vec<PackedMatrix>> = Vec::new();
     let mut candle: Vec<Tensor> = Vec::new();
     for (rows, cols, count) in shapes() {
-        let w = values(rows * cols);
+        let w = values(rows * cols, 0);
         let mut copies = Vec::new();
         for c in 0..count {
             copies.push(PackedMatrix::pack(&w, rows, cols, |v: f32| {
@@ -98,7 +72,7 @@ fn main() -> candle_core::Result<()> {
         .unwrap_or_else(|| vec![1, 4, 16, 64, 256]);
     for m in ms {
         // A forward's worth of products, every layer's own weights.
-        let inputs: Vec<Vec<f32>> = layers.iter().map(|l| values(m * l[0].cols())).collect();
+        let inputs: Vec<Vec<f32>> = layers.iter().map(|l| values(m * l[0].cols(), 0)).collect();
         let mut outputs: Vec<Vec<f32>> =
             layers.iter().map(|l| vec![0f32; m * l[0].rows()]).collect();
         let ours = best_of(repeat, || {
@@ -144,7 +118,7 @@ fn main() -> candle_core::Result<()> {
     let mut v_cache = vec![f16::ZERO; shape.elems()];
     let kv_row = shape.kv_heads * shape.head_dim;
     let slots: Vec<u32> = (0..shape.num_blocks as u32 * 16).collect();
-    let kv = values(slots.len() * kv_row);
+    let kv = values(slots.len() * kv_row, 0);
     write_kv(&shape, &kv, &kv, &slots, &mut k_cache, &mut v_cache);
     let params = AttentionParams {
         num_heads: 16,
@@ -156,7 +130,7 @@ fn main() -> candle_core::Result<()> {
         ("decode 16 seqs x 192 ctx", 16, 192),
         ("decode 1 seq x 4000 ctx", 1, 4000),
     ] {
-        let q = values(seqs * 16 * 64);
+        let q = values(seqs * 16 * 64, 0);
         let spans: Vec<SeqSpan<'_>> = (0..seqs)
             .map(|i| SeqSpan {
                 q_start: i,
@@ -177,7 +151,7 @@ fn main() -> candle_core::Result<()> {
         );
     }
     for (q_len, ctx) in [(512usize, 512usize), (512, 4000)] {
-        let q = values(q_len * 16 * 64);
+        let q = values(q_len * 16 * 64, 0);
         let spans = [SeqSpan {
             q_start: 0,
             q_len,

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod build_info;
+pub mod checkpoint;
 pub mod cli;
 pub mod engine;
 pub mod healthcheck;

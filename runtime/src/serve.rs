@@ -317,7 +317,7 @@ fn load_blocking(model: &ModelDir, options: LoadOptions) -> Result<Engine, Strin
         );
     }
     info!(
-        "weights: {} safetensors file(s), {} in total ({} bytes)",
+        "weights: {} file(s), {} in total ({} bytes)",
         inv.files.len(),
         weights::human_bytes(inv.total_bytes),
         inv.total_bytes

@@ -1,5 +1,5 @@
 //! Numerical proof of the engine against the reference fixtures: for every
-//! checkpoint in `shared/fixtures/models`, the transformers (float32) prompt
+//! checkpoint in `shared/fixtures/models` and `runtime/tests/fixtures`, the transformers (float32) prompt
 //! ids, greedy continuations, finish reasons and first-position top-5 logits
 //! must be reproduced exactly (ids) or within 1e-3 (logits).
 //!
@@ -118,7 +118,7 @@ fn the_fixtures_cover_the_supported_architectures() {
         .iter()
         .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
         .collect();
-    for expected in ["llama-gqa", "mistral", "qwen2-tied"] {
+    for expected in ["llama-gqa", "mistral", "qwen2-tied", "qwen3"] {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected} in {names:?}"

@@ -145,10 +145,28 @@ fn find_source(dir: &Path, config: &Json) -> Result<Option<(String, String)>, Te
     {
         return Ok(Some(found));
     }
-    from_config_value(
+    if let Some(found) = from_config_value(
         config.get("chat_template"),
         &dir.join("tokenizer_config.json"),
-    )
+    )? {
+        return Ok(Some(found));
+    }
+    // A GGUF directory without tokenizer_config.json: the template the
+    // converter stored in the file's metadata. Unreadable GGUF headers are
+    // the weight loader's error to report, with its context.
+    let Ok(Some(files)) = crate::checkpoint::gguf::find(dir) else {
+        return Ok(None);
+    };
+    let Ok(gguf) = crate::checkpoint::gguf::Gguf::open(files) else {
+        return Ok(None);
+    };
+    const KEY: &str = "tokenizer.chat_template";
+    Ok(gguf.string(KEY).map(|t| {
+        (
+            format!("{} ({KEY})", gguf.files()[0].display()),
+            t.to_owned(),
+        )
+    }))
 }
 
 fn from_config_value(

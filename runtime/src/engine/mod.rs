@@ -181,7 +181,13 @@ impl Engine {
     /// then the weights onto the device. Does not warm up; see
     /// [`Engine::warm_up`].
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self, LoadError> {
-        let (spec, config_tokens) = ModelSpec::from_dir(dir).map_err(models::LoadError::from)?;
+        let (spec, config_tokens) =
+            match crate::checkpoint::gguf::find(dir).map_err(models::LoadError::from)? {
+                Some(files) => crate::checkpoint::gguf::Gguf::open(files)
+                    .and_then(|g| g.spec())
+                    .map_err(models::LoadError::from)?,
+                None => ModelSpec::from_dir(dir).map_err(models::LoadError::from)?,
+            };
         Self::load_resolved(dir, spec, &config_tokens, options)
     }
 

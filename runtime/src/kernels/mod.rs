@@ -10,3 +10,4 @@ pub mod aligned;
 pub mod attention;
 pub mod gemm;
 pub mod isa;
+pub mod quant;

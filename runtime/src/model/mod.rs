@@ -16,7 +16,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::models::{ConfigError, ConfigTokens, ModelSpec};
+use crate::{
+    checkpoint::gguf::{self, Gguf, GgufError},
+    models::{ConfigError, ConfigTokens, ModelSpec},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -24,7 +27,7 @@ pub enum ModelError {
     NotFound { path: PathBuf },
     #[error("model path {} is not a directory", path.display())]
     NotADirectory { path: PathBuf },
-    #[error("model directory {} has no config.json (expected {})", dir.display(), config.display())]
+    #[error("model directory {} has no config.json (expected {}) and no .gguf file", dir.display(), config.display())]
     MissingConfig { dir: PathBuf, config: PathBuf },
     #[error("cannot read {}", path.display())]
     Io {
@@ -49,6 +52,8 @@ pub enum ModelError {
     /// activation, head layout): refused before the port is bound.
     #[error(transparent)]
     Spec(#[from] ConfigError),
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
 }
 
 /// The subset of `config.json` this server relies on. Unknown fields are
@@ -92,6 +97,35 @@ impl ModelDir {
             });
         }
 
+        let (config, spec, config_tokens) = match gguf::find(path)? {
+            // A GGUF file carries its own shape; config.json, if any, is
+            // not what the weights were made from.
+            Some(files) => {
+                let gguf = Gguf::open(files)?;
+                let (name, _) = gguf.architecture()?;
+                let (spec, tokens) = gguf.spec()?;
+                let config = ModelConfig {
+                    model_type: Some(name),
+                    architectures: Vec::new(),
+                };
+                (config, spec, tokens)
+            }
+            None => Self::read_config(path)?,
+        };
+        let served_name = match served_name {
+            Some(name) => name.to_owned(),
+            None => default_name(path)?,
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            served_name,
+            config,
+            spec,
+            config_tokens,
+        })
+    }
+
+    fn read_config(path: &Path) -> Result<(ModelConfig, ModelSpec, ConfigTokens), ModelError> {
         let config_path = path.join("config.json");
         let raw = fs::read(&config_path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => ModelError::MissingConfig {
@@ -112,18 +146,7 @@ impl ModelDir {
             return Err(ModelError::UnknownArchitecture { path: config_path });
         }
         let (spec, config_tokens) = ModelSpec::parse(&raw, &config_path)?;
-
-        let served_name = match served_name {
-            Some(name) => name.to_owned(),
-            None => default_name(path)?,
-        };
-        Ok(Self {
-            path: path.to_owned(),
-            served_name,
-            config,
-            spec,
-            config_tokens,
-        })
+        Ok((config, spec, config_tokens))
     }
 }
 

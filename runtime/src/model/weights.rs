@@ -1,4 +1,4 @@
-//! Inventory of a model directory's `*.safetensors` files.
+//! Inventory of a model directory's weight files (`*.safetensors`, `*.gguf`).
 //!
 //! Runs before the engine loads: it proves the weights are present and
 //! readable (a dangling shard symlink fails here, naming the link) and logs
@@ -25,7 +25,7 @@ pub struct WeightInventory {
     pub total_bytes: u64,
 }
 
-/// Lists `dir/*.safetensors` (not recursive: sharded checkpoints keep their
+/// Lists `dir/*.safetensors` and `dir/*.gguf` (not recursive: sharded checkpoints keep their
 /// shards next to `config.json`). Symlinks are followed, because Hugging
 /// Face cache layouts link shards to content-addressed blobs.
 pub fn inventory(dir: &Path) -> Result<WeightInventory, ModelError> {
@@ -34,7 +34,10 @@ pub fn inventory(dir: &Path) -> Result<WeightInventory, ModelError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir.to_owned()))? {
         let entry = entry.map_err(io_err(dir.to_owned()))?;
         let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        if !matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("safetensors" | "gguf")
+        ) {
             continue;
         }
         let meta = fs::metadata(&path).map_err(io_err(path.clone()))?;

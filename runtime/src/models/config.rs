@@ -28,7 +28,7 @@ pub enum ConfigError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{}: unsupported architecture {found:?} (supported: Llama, Mistral, Qwen2)", path.display())]
+    #[error("{}: unsupported architecture {found:?} (supported: Llama, Mistral, Qwen2, Qwen3)", path.display())]
     UnsupportedArchitecture { path: PathBuf, found: String },
     #[error("{}: unsupported setting: {what}", path.display())]
     Unsupported { path: PathBuf, what: String },
@@ -41,6 +41,8 @@ pub enum Architecture {
     Llama,
     Mistral,
     Qwen2,
+    /// Qwen2 without biases, with an RMSNorm over each head of q and k.
+    Qwen3,
 }
 
 /// How RoPE frequencies are adjusted for long contexts.
@@ -81,6 +83,8 @@ pub struct ModelSpec {
     /// Bias on the output projection (Llama's `attention_bias` only).
     pub o_bias: bool,
     pub mlp_bias: bool,
+    /// RMSNorm over each head of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
     /// Mistral-style sliding-window attention span, if any.
     pub sliding_window: Option<usize>,
     /// The dtype the checkpoint was saved in, if the config says.
@@ -219,7 +223,7 @@ impl ModelSpec {
 
         let sliding_window = match architecture {
             Architecture::Mistral => cfg.sliding_window,
-            Architecture::Qwen2 if cfg.use_sliding_window == Some(true) => {
+            Architecture::Qwen2 | Architecture::Qwen3 if cfg.use_sliding_window == Some(true) => {
                 return Err(unsupported(
                     "use_sliding_window = true for Qwen2 (per-layer windows are not implemented)"
                         .into(),
@@ -246,6 +250,7 @@ impl ModelSpec {
             qkv_bias: architecture == Architecture::Qwen2 || attention_bias,
             o_bias: architecture == Architecture::Llama && attention_bias,
             mlp_bias: architecture == Architecture::Llama && cfg.mlp_bias.unwrap_or(false),
+            qk_norm: architecture == Architecture::Qwen3,
             sliding_window,
             checkpoint_dtype: dtype_name.and_then(parse_dtype),
         };
@@ -262,12 +267,14 @@ fn architecture(cfg: &RawConfig) -> Option<Architecture> {
         "LlamaForCausalLM" => Some(Architecture::Llama),
         "MistralForCausalLM" => Some(Architecture::Mistral),
         "Qwen2ForCausalLM" => Some(Architecture::Qwen2),
+        "Qwen3ForCausalLM" => Some(Architecture::Qwen3),
         _ => None,
     };
     let from_type = |name: &str| match name {
         "llama" => Some(Architecture::Llama),
         "mistral" => Some(Architecture::Mistral),
         "qwen2" => Some(Architecture::Qwen2),
+        "qwen3" => Some(Architecture::Qwen3),
         _ => None,
     };
     match cfg.architectures.first() {

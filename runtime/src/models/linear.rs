@@ -6,12 +6,18 @@
 //! one, gate/up into one), so a step streams each input once and makes one
 //! parallel region instead of three.
 
-use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor, quantized::QMatMul};
 use half::{bf16, f16};
 
-use crate::kernels::{
-    gemm::{PackedMatrix, WeightDType, matmul},
-    isa::Isa,
+use crate::{
+    checkpoint::LinearWeight,
+    kernels::{
+        gemm::{PackedMatrix, WeightDType, matmul},
+        isa::Isa,
+        quant::{QuantMatrix, qmatmul},
+    },
 };
 
 /// How a loaded model computes: the CPU kernels, or candle ops on the
@@ -22,6 +28,9 @@ pub enum Kernels {
     Candle,
 }
 
+/// One projection as loaded: its weight and optional bias.
+pub type Part = (LinearWeight, Option<Tensor>);
+
 #[derive(Debug)]
 pub enum Linear {
     Packed {
@@ -30,45 +39,116 @@ pub enum Linear {
         isa: Isa,
     },
     Dense(candle_nn::Linear),
+    /// GGML blocks multiplied by the CPU kernels.
+    Quant {
+        w: Arc<QuantMatrix>,
+        bias: Option<Tensor>,
+        isa: Isa,
+    },
+    /// GGML blocks multiplied by candle (CUDA's MMQ/MMVQ kernels).
+    QMatMul {
+        w: QMatMul,
+        bias: Option<Tensor>,
+    },
+    /// Projections that cannot share one matrix (a Q4_K_M file keeps
+    /// `attn_v` in Q6_K next to Q4_K `attn_q`): outputs side by side.
+    Split(Vec<Linear>),
 }
 
 impl Linear {
-    /// Builds the layer from `(out, in)` weight tensors stacked along `out`
-    /// (a fused projection when there are several) and their optional
+    /// Builds the layer from `(out, in)` weights stacked along `out` (a
+    /// fused projection when there are several) and their optional
     /// biases, in the form `kernels` asks for.
-    pub fn fused(parts: &[(Tensor, Option<Tensor>)], kernels: Kernels) -> Result<Self> {
-        let weights: Vec<&Tensor> = parts.iter().map(|(w, _)| w).collect();
-        let w = if weights.len() == 1 {
-            weights[0].clone()
-        } else {
-            Tensor::cat(&weights, 0)?
-        };
-        let bias = if parts.iter().any(|(_, b)| b.is_some()) {
+    pub fn fused(parts: Vec<Part>, kernels: Kernels) -> Result<Self> {
+        let all_dense = parts
+            .iter()
+            .all(|(w, _)| matches!(w, LinearWeight::Dense(_)));
+        let bias = |parts: &[Part]| -> Result<Option<Tensor>> {
+            if parts.iter().all(|(_, b)| b.is_none()) {
+                return Ok(None);
+            }
             let biases = parts
                 .iter()
                 .map(|(w, b)| match b {
                     Some(b) => Ok(b.clone()),
-                    None => Tensor::zeros(w.dim(0)?, w.dtype(), w.device()),
+                    None => Tensor::zeros(w.rows()?, DType::F32, &Device::Cpu),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Some(Tensor::cat(&biases, 0)?)
-        } else {
-            None
+            Ok(Some(Tensor::cat(&biases, 0)?))
         };
-        match kernels {
-            Kernels::Candle => Ok(Self::Dense(candle_nn::Linear::new(w, bias))),
-            Kernels::Cpu { isa, weights } => Ok(Self::Packed {
-                w: pack(&w, weights)?,
-                bias: bias.map(|b| b.to_dtype(DType::F32)).transpose()?,
-                isa,
-            }),
+        if all_dense {
+            let weights: Vec<Tensor> = parts
+                .iter()
+                .map(|(w, _)| match w {
+                    LinearWeight::Dense(t) => t.clone(),
+                    _ => unreachable!("all dense"),
+                })
+                .collect();
+            let w = if weights.len() == 1 {
+                weights[0].clone()
+            } else {
+                Tensor::cat(&weights, 0)?
+            };
+            let b = match bias(&parts)? {
+                Some(b) => Some(b.to_dtype(w.dtype())?.to_device(w.device())?),
+                None => None,
+            };
+            return match kernels {
+                Kernels::Candle => Ok(Self::Dense(candle_nn::Linear::new(w, b))),
+                Kernels::Cpu { isa, weights } => Ok(Self::Packed {
+                    w: pack(&w, weights)?,
+                    bias: b.map(|b| b.to_dtype(DType::F32)).transpose()?,
+                    isa,
+                }),
+            };
         }
+        let quants: Option<Vec<&QuantMatrix>> = parts
+            .iter()
+            .map(|(w, _)| match w {
+                LinearWeight::Quant(q) => Some(&**q),
+                _ => None,
+            })
+            .collect();
+        if let (Some(quants), Kernels::Cpu { isa, .. }) = (quants, kernels) {
+            let b = bias(&parts)?.map(|b| b.to_dtype(DType::F32)).transpose()?;
+            let w = if let [(LinearWeight::Quant(one), _)] = parts.as_slice() {
+                Some(one.clone())
+            } else {
+                QuantMatrix::concat(&quants).map(Arc::new)
+            };
+            if let Some(w) = w {
+                return Ok(Self::Quant { w, bias: b, isa });
+            }
+        }
+        if parts.len() == 1 {
+            let Some((LinearWeight::QTensor(q), b)) = parts.into_iter().next() else {
+                candle_core::bail!(
+                    "linear: a quantized weight for the CPU kernels needs Kernels::Cpu"
+                );
+            };
+            return Ok(Self::QMatMul {
+                w: QMatMul::from_arc(q)?,
+                bias: b,
+            });
+        }
+        Ok(Self::Split(
+            parts
+                .into_iter()
+                .map(|p| Self::fused(vec![p], kernels))
+                .collect::<Result<_>>()?,
+        ))
     }
 
     pub fn out_features(&self) -> Result<usize> {
         match self {
             Self::Packed { w, .. } => Ok(w.rows()),
             Self::Dense(l) => l.weight().dim(0),
+            Self::Quant { w, .. } => Ok(w.rows()),
+            Self::QMatMul { w, .. } => match w {
+                QMatMul::QTensor(q) => q.shape().dim(0),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0),
+            },
+            Self::Split(parts) => parts.iter().map(|p| p.out_features()).sum(),
         }
     }
 
@@ -77,6 +157,14 @@ impl Linear {
         match self {
             Self::Packed { w, .. } => w.bytes(),
             Self::Dense(l) => l.weight().elem_count() * l.weight().dtype().size_in_bytes(),
+            Self::Quant { w, .. } => w.bytes(),
+            Self::QMatMul { w, .. } => match w {
+                QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                    t.elem_count() * t.dtype().size_in_bytes()
+                }
+            },
+            Self::Split(parts) => parts.iter().map(Self::bytes).sum(),
         }
     }
 
@@ -85,19 +173,51 @@ impl Linear {
         match self {
             Self::Dense(l) => l.forward(x),
             Self::Packed { w, bias, isa } => {
-                let (m, k) = x.dims2()?;
-                if k != w.cols() {
-                    candle_core::bail!("linear: input has {k} features, weight {}", w.cols());
-                }
-                let mut y = vec![0f32; m * w.rows()];
-                with_cpu_f32(x, |xs| matmul(*isa, xs, m, w, &mut y))?;
-                let y = Tensor::from_vec(y, (m, w.rows()), &Device::Cpu)?;
+                cpu_product(x, w.rows(), w.cols(), bias.as_ref(), |xs, m, y| {
+                    matmul(*isa, xs, m, w, y)
+                })
+            }
+            Self::Quant { w, bias, isa } => {
+                cpu_product(x, w.rows(), w.cols(), bias.as_ref(), |xs, m, y| {
+                    qmatmul(*isa, xs, m, w, y)
+                })
+            }
+            Self::QMatMul { w, bias } => {
+                let y = w.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
                 match bias {
-                    Some(b) => y.broadcast_add(b),
+                    Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
                     None => Ok(y),
                 }
             }
+            Self::Split(parts) => {
+                let ys = parts
+                    .iter()
+                    .map(|p| p.forward(x))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&ys, 1)
+            }
         }
+    }
+}
+
+/// `x · Wᵀ (+ bias)` for a `rows × cols` weight by a CPU kernel `f(x, m, y)`.
+fn cpu_product(
+    x: &Tensor,
+    rows: usize,
+    cols: usize,
+    bias: Option<&Tensor>,
+    f: impl FnOnce(&[f32], usize, &mut [f32]),
+) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    if k != cols {
+        candle_core::bail!("linear: input has {k} features, weight {cols}");
+    }
+    let mut y = vec![0f32; m * rows];
+    with_cpu_f32(x, |xs| f(xs, m, &mut y))?;
+    let y = Tensor::from_vec(y, (m, rows), &Device::Cpu)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
     }
 }
 

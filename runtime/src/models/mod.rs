@@ -3,7 +3,8 @@
 //!
 //! [`CausalLm::load`] turns a Hugging Face directory (`config.json` plus a
 //! single `model.safetensors` or shards listed in
-//! `model.safetensors.index.json`) into immutable weights on a device. Every
+//! `model.safetensors.index.json`), or a directory holding a GGUF file (or
+//! its shards), into immutable weights on a device. Every
 //! failure names the file it came from, because "cannot load the model" is
 //! useless to an operator staring at a crash-looping container.
 
@@ -29,7 +30,14 @@ pub use config::{Architecture, ConfigError, ConfigTokens, ModelSpec};
 pub use linear::Kernels;
 pub use transformer::Transformer;
 
-use crate::{kernels::attention::KvShape, kv::KvCache};
+use crate::{
+    checkpoint::{
+        Safetensors,
+        gguf::{self, Gguf, GgufWeights},
+    },
+    kernels::attention::KvShape,
+    kv::KvCache,
+};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -54,6 +62,8 @@ pub enum LoadError {
     },
     #[error("shard {} listed in {} is missing", shard.display(), index.display())]
     MissingShard { index: PathBuf, shard: PathBuf },
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
     #[error("cannot load weights from {files}")]
     Weights {
         files: String,
@@ -121,6 +131,25 @@ impl CausalLm {
         kernels: Kernels,
         max_positions: usize,
     ) -> Result<Self, LoadError> {
+        if let Some(files) = gguf::find(dir)? {
+            let gguf = Gguf::open(files)?;
+            let names = gguf
+                .files()
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let cpu = matches!(kernels, Kernels::Cpu { .. });
+            let weights = GgufWeights::new(&gguf, &spec, device, dtype, cpu);
+            let model =
+                Transformer::load(&spec, &weights, max_positions, kernels).map_err(|source| {
+                    LoadError::Weights {
+                        files: names,
+                        source,
+                    }
+                })?;
+            return Ok(Self { spec, dtype, model });
+        }
         let files = weight_files(dir)?;
         let wrap = |source| LoadError::Weights {
             files: files
@@ -137,7 +166,8 @@ impl CausalLm {
         // `vb` at the end of this function: packed weights are copies.
         let vb =
             unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(wrap)?;
-        let model = Transformer::load(&spec, vb, max_positions, kernels).map_err(wrap)?;
+        let model =
+            Transformer::load(&spec, &Safetensors(vb), max_positions, kernels).map_err(wrap)?;
         Ok(Self { spec, dtype, model })
     }
 

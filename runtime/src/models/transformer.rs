@@ -1,4 +1,4 @@
-//! The decoder shared by Llama, Mistral and Qwen2: pre-norm RMSNorm blocks
+//! The decoder shared by Llama, Mistral, Qwen2 and Qwen3: pre-norm RMSNorm blocks
 //! with rotary grouped-query attention and a SwiGLU MLP, run one packed
 //! batch at a time.
 //!
@@ -13,16 +13,16 @@
 //! registers) and the model dtype on a GPU.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
-use candle_nn::VarBuilder;
 
 use super::{
     attention::{TensorPlan, attend},
     batch::Batch,
     config::ModelSpec,
-    linear::{Kernels, Linear},
+    linear::{Kernels, Linear, Part},
     rope::RopeTables,
 };
 use crate::{
+    checkpoint::Weights,
     kernels::{attention::AttentionParams, isa::Isa},
     kv::KvCache,
 };
@@ -32,6 +32,8 @@ struct Block {
     attn_norm: Tensor,
     /// q, k and v fused: `heads + 2 · kv_heads` head-sized outputs.
     qkv: Linear,
+    /// Qwen3's RMSNorm weights over each head of q and of k.
+    qk_norm: Option<(Tensor, Tensor)>,
     o: Linear,
     mlp_norm: Tensor,
     /// gate and up fused: `2 · intermediate` outputs.
@@ -59,79 +61,87 @@ pub struct Transformer {
 
 impl Transformer {
     /// Loads Hugging Face tensor names (`model.layers.N.self_attn.q_proj`,
-    /// ...) from `vb` (in the weight dtype); RoPE tables cover
+    /// ...) from `w` (in the weight dtype); RoPE tables cover
     /// `max_positions`.
     pub fn load(
         spec: &ModelSpec,
-        vb: VarBuilder,
+        w: &dyn Weights,
         max_positions: usize,
         kernels: Kernels,
     ) -> Result<Self> {
         let act = match kernels {
             Kernels::Cpu { .. } => DType::F32,
-            Kernels::Candle => vb.dtype(),
+            Kernels::Candle => w.dtype(),
         };
         let (h, hd) = (spec.hidden_size, spec.head_dim);
-        let m = vb.pp("model");
-        let embed = m.pp("embed_tokens").get((spec.vocab_size, h), "weight")?;
-        let norm_w = |vb: VarBuilder| vb.get(h, "weight")?.to_dtype(act);
-        let proj = |vb: VarBuilder,
-                    out: usize,
-                    inp: usize,
-                    bias: bool|
-         -> Result<(Tensor, Option<Tensor>)> {
-            let w = vb.get((out, inp), "weight")?;
+        let embed_name = "model.embed_tokens.weight";
+        let embed = w.tensor(embed_name, &[spec.vocab_size, h])?;
+        let norm_w = |name: String, n: usize| w.tensor(&name, &[n])?.to_dtype(act);
+        let proj = |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Part> {
+            let weight = w.linear(&format!("{prefix}.weight"), out, inp)?;
             let b = if bias {
-                Some(vb.get(out, "bias")?)
+                Some(w.tensor(&format!("{prefix}.bias"), &[out])?)
             } else {
                 None
             };
-            Ok((w, b))
+            Ok((weight, b))
         };
         let mut blocks = Vec::with_capacity(spec.num_layers);
         for i in 0..spec.num_layers {
-            let l = m.pp(format!("layers.{i}"));
-            let a = l.pp("self_attn");
+            let l = format!("model.layers.{i}");
+            let a = format!("{l}.self_attn");
             let (q, kv) = (spec.num_heads * hd, spec.num_kv_heads * hd);
             let qkv = Linear::fused(
-                &[
-                    proj(a.pp("q_proj"), q, h, spec.qkv_bias)?,
-                    proj(a.pp("k_proj"), kv, h, spec.qkv_bias)?,
-                    proj(a.pp("v_proj"), kv, h, spec.qkv_bias)?,
+                vec![
+                    proj(&format!("{a}.q_proj"), q, h, spec.qkv_bias)?,
+                    proj(&format!("{a}.k_proj"), kv, h, spec.qkv_bias)?,
+                    proj(&format!("{a}.v_proj"), kv, h, spec.qkv_bias)?,
                 ],
                 kernels,
             )?;
-            let o = Linear::fused(&[proj(a.pp("o_proj"), h, q, spec.o_bias)?], kernels)?;
-            let mlp = l.pp("mlp");
+            let o = Linear::fused(
+                vec![proj(&format!("{a}.o_proj"), h, q, spec.o_bias)?],
+                kernels,
+            )?;
+            let mlp = format!("{l}.mlp");
             let i_size = spec.intermediate_size;
             let gate_up = Linear::fused(
-                &[
-                    proj(mlp.pp("gate_proj"), i_size, h, spec.mlp_bias)?,
-                    proj(mlp.pp("up_proj"), i_size, h, spec.mlp_bias)?,
+                vec![
+                    proj(&format!("{mlp}.gate_proj"), i_size, h, spec.mlp_bias)?,
+                    proj(&format!("{mlp}.up_proj"), i_size, h, spec.mlp_bias)?,
                 ],
                 kernels,
             )?;
             let down = Linear::fused(
-                &[proj(mlp.pp("down_proj"), h, i_size, spec.mlp_bias)?],
+                vec![proj(&format!("{mlp}.down_proj"), h, i_size, spec.mlp_bias)?],
                 kernels,
             )?;
+            let qk_norm = if spec.qk_norm {
+                Some((
+                    norm_w(format!("{a}.q_norm.weight"), hd)?,
+                    norm_w(format!("{a}.k_norm.weight"), hd)?,
+                ))
+            } else {
+                None
+            };
             blocks.push(Block {
-                attn_norm: norm_w(l.pp("input_layernorm"))?,
+                attn_norm: norm_w(format!("{l}.input_layernorm.weight"), h)?,
                 qkv,
+                qk_norm,
                 o,
-                mlp_norm: norm_w(l.pp("post_attention_layernorm"))?,
+                mlp_norm: norm_w(format!("{l}.post_attention_layernorm.weight"), h)?,
                 gate_up,
                 down,
             });
         }
-        let norm = norm_w(m.pp("norm"))?;
+        let norm = norm_w("model.norm.weight".to_owned(), h)?;
         let lm_head = if spec.tie_word_embeddings {
-            Linear::fused(&[(embed.clone(), None)], kernels)?
-        } else {
             Linear::fused(
-                &[proj(vb.pp("lm_head"), spec.vocab_size, h, false)?],
+                vec![(w.linear(embed_name, spec.vocab_size, h)?, None)],
                 kernels,
             )?
+        } else {
+            Linear::fused(vec![proj("lm_head", spec.vocab_size, h, false)?], kernels)?
         };
         let rope = RopeTables::new(
             hd,
@@ -139,7 +149,7 @@ impl Transformer {
             spec.rope_scaling,
             max_positions,
             act,
-            vb.device(),
+            w.device(),
         )?;
         Ok(Self {
             embed,
@@ -219,8 +229,13 @@ impl Transformer {
                 qkv.narrow(1, from * hd, heads * hd)?
                     .reshape((1, t, heads, hd))
             };
-            let q = candle_nn::rotary_emb::rope_thd(&split(0, nh)?.contiguous()?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_thd(&split(nh, nkv)?.contiguous()?, &cos, &sin)?;
+            let (mut q, mut k) = (split(0, nh)?.contiguous()?, split(nh, nkv)?.contiguous()?);
+            if let Some((qn, kn)) = &b.qk_norm {
+                q = candle_nn::ops::rms_norm(&q, qn, self.eps as f32)?;
+                k = candle_nn::ops::rms_norm(&k, kn, self.eps as f32)?;
+            }
+            let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?;
             let v = split(nh + nkv, nkv)?.contiguous()?;
             let a = attend(
                 kv,

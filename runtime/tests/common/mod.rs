@@ -504,8 +504,9 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/models")
 }
 
-/// The reference checkpoints (`../shared/fixtures/models/*` with a `reference.json`), sorted.
-/// Panics, failing the test, when they are missing: numerics are never silently skipped.
+/// The reference checkpoints (`../shared/fixtures/models/*`, plus the project's own in
+/// `runtime/tests/fixtures/*`, each with a `reference.json`), sorted by name.
+/// Panics, failing the test, when the shared ones are missing: numerics are never silently skipped.
 pub fn fixture_checkpoints() -> Vec<PathBuf> {
     let dir = fixtures_dir();
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
@@ -514,11 +515,15 @@ pub fn fixture_checkpoints() -> Vec<PathBuf> {
             dir.display()
         )
     });
+    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let own = std::fs::read_dir(&own)
+        .unwrap_or_else(|e| panic!("project fixtures missing at {} ({e})", own.display()));
     let mut dirs: Vec<PathBuf> = entries
+        .chain(own)
         .map(|e| e.expect("fixture entry").path())
         .filter(|p| p.join("reference.json").is_file())
         .collect();
-    dirs.sort();
+    dirs.sort_by_key(|p| p.file_name().map(|n| n.to_owned()));
     assert!(!dirs.is_empty(), "no checkpoints in {}", dir.display());
     dirs
 }
