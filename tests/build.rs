@@ -594,3 +594,48 @@ fn only_indexed_shards_are_packaged_and_a_missing_shard_fails() {
     );
     assert!(!dir.path().join("bad.tar").exists() && !dir.path().join("bad.tar.tmp").exists());
 }
+
+/// A GGUF model directory (the llama-gqa fixture as Q8_0, written by
+/// `scripts/fixture-to-gguf.py` with gguf-py, plus its `tokenizer.json`) packs
+/// without a `config.json`; without `tokenizer.json` it is refused, naming it.
+#[test]
+fn a_gguf_model_directory_is_packaged_and_needs_its_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    let model = dir.path().join("llama-gqa-gguf");
+    std::fs::create_dir(&model).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixture-to-gguf.py");
+    let status = Command::new("python3")
+        .arg(&script)
+        .arg(&fixture)
+        .arg(model.join("llama-gqa-q8_0.gguf"))
+        .args(["--type", "q8_0"])
+        .status()
+        .expect("python3 (gguf-py: scripts/install-test-deps)");
+    assert!(status.success());
+    let write = |files: &str| {
+        let text = format!(
+            "[image]\nname = \"registry.local/llm/gguf\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
+             [model]\npath = \"{}\"\nfiles = [{files}]\n",
+            model.display()
+        );
+        let path = dir.path().join("manifest.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let m = write("\"*.gguf\"");
+    let out = appliance(&["build", m.to_str().unwrap()], dir.path());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("tokenizer.json"), "{}", stderr(&out));
+    assert!(!dir.path().join("dist/gguf-0.1.0.tar").exists());
+
+    std::fs::copy(fixture.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
+    let m = write("\"*.gguf\", \"tokenizer.json\"");
+    let out = appliance(&["build", m.to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entries = layer_entries(&dir.path().join("dist/gguf-0.1.0.tar"));
+    for file in ["llama-gqa-q8_0.gguf", "tokenizer.json"] {
+        let e = &entries[&format!("models/llama-gqa-gguf/{file}")];
+        assert_eq!(e.bytes, std::fs::read(model.join(file)).unwrap(), "{file}");
+    }
+}

@@ -58,8 +58,14 @@ pub enum FetchError {
     NotAFile { path: PathBuf },
     #[error("No file in `{dir}` matches `model.files` ({globs})")]
     NoFiles { dir: PathBuf, globs: String },
-    #[error("Model directory `{dir}` has no `config.json`; is it a Hugging Face model directory?")]
+    #[error(
+        "Model directory `{dir}` has neither `config.json` nor a `.gguf` file among the selected files; is it a Hugging Face or GGUF model directory?"
+    )]
     NoConfig { dir: PathBuf },
+    #[error(
+        "Model directory `{dir}`: a GGUF model needs `tokenizer.json` beside it (the server does not read tokenizers from GGUF metadata yet); add it to `model.files`"
+    )]
+    GgufWithoutTokenizer { dir: PathBuf },
     #[error("`{}`: {message}", dir.join(SHARD_INDEX).display())]
     ShardIndex { dir: PathBuf, message: String },
     #[error("Failed to generate the synthetic model in `{dir}`")]
@@ -143,10 +149,18 @@ pub fn list_model_files(dir: &Path, globs: &[String]) -> Result<Vec<PlannedFile>
             globs: globs.join(", "),
         });
     }
-    if !files.iter().any(|f| f.rel_path == "config.json") {
-        return Err(FetchError::NoConfig {
-            dir: dir.to_path_buf(),
-        });
+    match model_layout(files.iter().map(|f| f.rel_path.as_str())) {
+        Layout::Ok => {}
+        Layout::NoConfig => {
+            return Err(FetchError::NoConfig {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Layout::GgufWithoutTokenizer => {
+            return Err(FetchError::GgufWithoutTokenizer {
+                dir: dir.to_path_buf(),
+            });
+        }
     }
     if files.iter().any(|f| f.rel_path == SHARD_INDEX) {
         let index_err = |message| FetchError::ShardIndex {
@@ -158,6 +172,35 @@ pub fn list_model_files(dir: &Path, globs: &[String]) -> Result<Vec<PlannedFile>
         files = keep_indexed_shards(files, |f| &f.rel_path, &index).map_err(index_err)?;
     }
     Ok(files)
+}
+
+/// Whether the selected files make a model the server can load.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    Ok,
+    NoConfig,
+    GgufWithoutTokenizer,
+}
+
+/// A Hugging Face layout (`config.json`), or a GGUF file at the top level
+/// with the `tokenizer.json` the server reads beside it (what GGUF
+/// repositories and Ollama-style directories hold: no `config.json`).
+pub(crate) fn model_layout<'a>(paths: impl Iterator<Item = &'a str> + Clone) -> Layout {
+    let has = |name: &str| paths.clone().any(|p| p == name);
+    if has("config.json") {
+        return Layout::Ok;
+    }
+    if !paths
+        .clone()
+        .any(|p| !p.contains('/') && p.ends_with(".gguf"))
+    {
+        return Layout::NoConfig;
+    }
+    if has("tokenizer.json") {
+        Layout::Ok
+    } else {
+        Layout::GgufWithoutTokenizer
+    }
 }
 
 /// The index of a sharded safetensors checkpoint: which shard holds each tensor.
@@ -285,6 +328,29 @@ mod tests {
     use super::*;
 
     const INDEX: &str = r#"{"metadata":{},"weight_map":{"a":"m-2.safetensors","b":"m-1.safetensors","c":"m-2.safetensors"}}"#;
+
+    #[test]
+    fn a_gguf_file_with_a_tokenizer_is_a_model_without_config_json() {
+        let layout = |files: &[&str]| model_layout(files.iter().copied());
+        assert_eq!(layout(&["config.json", "model.safetensors"]), Layout::Ok);
+        assert_eq!(layout(&["m-q4_k_m.gguf", "tokenizer.json"]), Layout::Ok);
+        assert_eq!(layout(&["m-q4_k_m.gguf"]), Layout::GgufWithoutTokenizer);
+        assert_eq!(layout(&["sub/m.gguf", "tokenizer.json"]), Layout::NoConfig);
+        assert_eq!(layout(&["tokenizer.json", "README.md"]), Layout::NoConfig);
+    }
+
+    #[test]
+    fn a_gguf_directory_lists_and_one_without_tokenizer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model-q8_0.gguf"), b"GGUF").unwrap();
+        let all = ["*".to_string()];
+        let err = list_model_files(dir.path(), &all).unwrap_err();
+        assert!(err.to_string().contains("tokenizer.json"), "{err}");
+        std::fs::write(dir.path().join("tokenizer.json"), b"{}").unwrap();
+        let files = list_model_files(dir.path(), &all).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.rel_path.as_str()).collect();
+        assert_eq!(names, ["model-q8_0.gguf", "tokenizer.json"]);
+    }
 
     #[test]
     fn keeps_the_indexed_shards_and_everything_but_other_weights() {

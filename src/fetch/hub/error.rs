@@ -121,8 +121,14 @@ pub enum HubError {
         commit: String,
         globs: String,
     },
-    #[error("`{repo}` at commit {commit} has no `config.json` among the selected files")]
+    #[error(
+        "`{repo}` at commit {commit} has neither `config.json` nor a top-level `.gguf` file among the selected files"
+    )]
     NoConfig { repo: String, commit: String },
+    #[error(
+        "`{repo}` at commit {commit}: a GGUF model needs `tokenizer.json` among the selected files (the server does not read tokenizers from GGUF metadata yet)"
+    )]
+    GgufWithoutTokenizer { repo: String, commit: String },
     #[error("`{file}` of `{repo}` at commit {commit} {message}")]
     ShardIndex {
         repo: String,

@@ -623,7 +623,7 @@ fn check_selection<'a>(
     repo: &str,
     commit: &str,
     globs: &[String],
-    mut paths: impl Iterator<Item = &'a str> + Clone,
+    paths: impl Iterator<Item = &'a str> + Clone,
 ) -> Result<(), HubError> {
     if paths.clone().next().is_none() {
         return Err(HubError::NoFiles {
@@ -632,13 +632,17 @@ fn check_selection<'a>(
             globs: globs.join(", "),
         });
     }
-    if !paths.any(|p| p == "config.json") {
-        return Err(HubError::NoConfig {
+    match super::model_layout(paths) {
+        super::Layout::Ok => Ok(()),
+        super::Layout::NoConfig => Err(HubError::NoConfig {
             repo: repo.into(),
             commit: commit.into(),
-        });
+        }),
+        super::Layout::GgufWithoutTokenizer => Err(HubError::GgufWithoutTokenizer {
+            repo: repo.into(),
+            commit: commit.into(),
+        }),
     }
-    Ok(())
 }
 
 fn list_snapshot(dir: &Path, prefix: &str, out: &mut Vec<String>) {
