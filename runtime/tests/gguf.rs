@@ -154,6 +154,34 @@ fn q8_0_gguf_versions_give_the_ids_llama_cpp_gives_on_the_same_file() {
     assert!(checked > 0, "no recorded cases");
 }
 
+/// A GGUF directory with no `tokenizer_config.json` or `chat_template.jinja`
+/// renders chats with the template stored in the file's metadata
+/// (`tokenizer.chat_template`): the reference chat cases' prompt ids.
+#[test]
+fn the_chat_template_comes_from_gguf_metadata_when_no_file_has_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut checked = 0;
+    for fixture in fixture_checkpoints() {
+        let dir = gguf_dir(&fixture, "f32", tmp.path());
+        for f in ["tokenizer_config.json", "chat_template.jinja"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        let engine = load(&dir, cli::DType::F32);
+        for case in fixture_reference(&fixture)
+            .cases
+            .iter()
+            .filter(|c| c.kind == "chat")
+        {
+            let ids = engine
+                .encode_chat(&case.prompt, None, true)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", dir.display()));
+            assert_eq!(ids, case.input_ids, "{}", dir.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no chat cases");
+}
+
 /// Runs the server binary on `dir` and returns its exit status and stderr.
 fn start_server(dir: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_appliance-server"))

@@ -25,7 +25,7 @@ use candle_core::{
     quantized::{
         GgmlDType, QTensor,
         ggml_file::qtensor_from_ggml,
-        gguf_file::{Content, Value},
+        gguf_file::{Content, TensorInfo, Value},
     },
 };
 
@@ -132,6 +132,16 @@ pub fn find(dir: &Path) -> std::result::Result<Option<Vec<PathBuf>>, GgufError> 
     }
 }
 
+/// The parsed headers of the GGUF file(s) in `dir`, if it has any.
+pub fn open_dir(dir: &Path) -> std::result::Result<Option<Gguf>, GgufError> {
+    find(dir)?.map(Gguf::open).transpose()
+}
+
+/// Bytes a tensor's data takes in the file.
+fn tensor_bytes(info: &TensorInfo) -> usize {
+    info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
+}
+
 /// Parsed GGUF headers: metadata of the first file, tensors of all.
 pub struct Gguf {
     files: Vec<PathBuf>,
@@ -169,9 +179,7 @@ impl Gguf {
                 },
             })?;
             for (name, info) in &content.tensor_infos {
-                let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
-                    * info.ggml_dtype.type_size();
-                let needed = content.tensor_data_offset + info.offset + bytes as u64;
+                let needed = content.tensor_data_offset + info.offset + tensor_bytes(info) as u64;
                 if needed > size {
                     return Err(GgufError::Truncated {
                         path: path.clone(),
@@ -361,28 +369,28 @@ impl Gguf {
         Some((&info.shape, info.ggml_dtype))
     }
 
+    /// The index into `files` of the file holding tensor `name`.
+    fn file_of(&self, name: &str) -> Result<usize> {
+        self.index
+            .get(name)
+            .copied()
+            .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} is not in the GGUF")))
+    }
+
     /// The raw bytes of tensor `name`.
     fn bytes(&self, name: &str) -> Result<Vec<u8>> {
-        let file = *self
-            .index
-            .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} is not in the GGUF")))?;
+        let file = self.file_of(name)?;
         let content = &self.contents[file];
         let info = &content.tensor_infos[name];
-        let len =
-            info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
         let mut f = File::open(&self.files[file])?;
         f.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))?;
-        let mut buf = vec![0u8; len];
+        let mut buf = vec![0u8; tensor_bytes(info)];
         f.read_exact(&mut buf)?;
         Ok(buf)
     }
 
     fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
-        let file = *self
-            .index
-            .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("tensor {name} is not in the GGUF")))?;
+        let file = self.file_of(name)?;
         let mut f = File::open(&self.files[file])?;
         self.contents[file].tensor(&mut f, name, device)
     }
@@ -393,11 +401,11 @@ impl Gguf {
 fn unknown_tensor_type(path: &Path) -> Option<(String, u32)> {
     use std::io::BufReader;
     let mut r = BufReader::new(File::open(path).ok()?);
-    let u32_ = |r: &mut BufReader<File>| -> Option<u32> {
+    fn u32_(r: &mut BufReader<File>) -> Option<u32> {
         let mut b = [0u8; 4];
         r.read_exact(&mut b).ok()?;
         Some(u32::from_le_bytes(b))
-    };
+    }
     fn u64_(r: &mut BufReader<File>) -> Option<u64> {
         let mut b = [0u8; 8];
         r.read_exact(&mut b).ok()?;
@@ -423,9 +431,7 @@ fn unknown_tensor_type(path: &Path) -> Option<(String, u32)> {
                 return skip(r, n);
             }
             9 => {
-                let mut b = [0u8; 4];
-                r.read_exact(&mut b).ok()?;
-                let elem = u32::from_le_bytes(b);
+                let elem = u32_(r)?;
                 let n = u64_(r)?;
                 for _ in 0..n {
                     value(r, elem)?;

@@ -19,6 +19,7 @@ use minijinja::{Environment, Error, ErrorKind, Value, value::Kwargs};
 use serde_json::Value as Json;
 
 use super::tokenizer::{TokenizerConfig, TokenizerError, read_json_if_present};
+use crate::checkpoint::gguf::Gguf;
 
 const NAME: &str = "chat";
 
@@ -57,8 +58,14 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// Finds and compiles the template of the model in `dir`; `Ok(None)` if
     /// the model has none (base models), which only chat requests mind.
-    pub fn load(dir: &Path, config: &TokenizerConfig) -> Result<Option<Self>, TemplateError> {
-        let Some((origin, source)) = find_source(dir, &config.raw)? else {
+    /// `gguf`: the model's GGUF headers, whose `tokenizer.chat_template` is
+    /// the last place looked.
+    pub fn load(
+        dir: &Path,
+        config: &TokenizerConfig,
+        gguf: Option<&Gguf>,
+    ) -> Result<Option<Self>, TemplateError> {
+        let Some((origin, source)) = find_source(dir, &config.raw, gguf)? else {
             return Ok(None);
         };
         let mut env = Environment::new();
@@ -127,7 +134,11 @@ fn render_message(e: &Error) -> String {
     e.detail().map_or_else(|| e.to_string(), str::to_owned)
 }
 
-fn find_source(dir: &Path, config: &Json) -> Result<Option<(String, String)>, TemplateError> {
+fn find_source(
+    dir: &Path,
+    config: &Json,
+    gguf: Option<&Gguf>,
+) -> Result<Option<(String, String)>, TemplateError> {
     let jinja = dir.join("chat_template.jinja");
     match fs::read_to_string(&jinja) {
         Ok(source) => return Ok(Some((jinja.display().to_string(), source))),
@@ -152,20 +163,14 @@ fn find_source(dir: &Path, config: &Json) -> Result<Option<(String, String)>, Te
         return Ok(Some(found));
     }
     // A GGUF directory without tokenizer_config.json: the template the
-    // converter stored in the file's metadata. Unreadable GGUF headers are
-    // the weight loader's error to report, with its context.
-    let Ok(Some(files)) = crate::checkpoint::gguf::find(dir) else {
-        return Ok(None);
-    };
-    let Ok(gguf) = crate::checkpoint::gguf::Gguf::open(files) else {
-        return Ok(None);
-    };
+    // converter stored in the file's metadata.
     const KEY: &str = "tokenizer.chat_template";
-    Ok(gguf.string(KEY).map(|t| {
-        (
+    Ok(gguf.and_then(|gguf| {
+        let t = gguf.string(KEY)?;
+        Some((
             format!("{} ({KEY})", gguf.files()[0].display()),
             t.to_owned(),
-        )
+        ))
     }))
 }
 

@@ -34,6 +34,7 @@ pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{Tokenizer, TokenizerConfig, TokenizerError};
 
 use crate::{
+    checkpoint::gguf::{self, Gguf},
     cli,
     kernels::{gemm::WeightDType, isa::Isa},
     kv::{DEFAULT_BLOCK_SIZE, KvCache},
@@ -181,20 +182,31 @@ impl Engine {
     /// then the weights onto the device. Does not warm up; see
     /// [`Engine::warm_up`].
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self, LoadError> {
-        let (spec, config_tokens) =
-            match crate::checkpoint::gguf::find(dir).map_err(models::LoadError::from)? {
-                Some(files) => crate::checkpoint::gguf::Gguf::open(files)
-                    .and_then(|g| g.spec())
-                    .map_err(models::LoadError::from)?,
-                None => ModelSpec::from_dir(dir).map_err(models::LoadError::from)?,
-            };
-        Self::load_resolved(dir, spec, &config_tokens, options)
+        let gguf = gguf::open_dir(dir).map_err(models::LoadError::from)?;
+        let (spec, config_tokens) = match &gguf {
+            Some(g) => g.spec().map_err(models::LoadError::from)?,
+            None => ModelSpec::from_dir(dir).map_err(models::LoadError::from)?,
+        };
+        Self::load_with(dir, gguf.as_ref(), spec, &config_tokens, options)
     }
 
     /// [`Engine::load`] with `config.json` already resolved (the server
     /// reads it once, at its startup check: `crate::model::ModelDir`).
     pub fn load_resolved(
         dir: &Path,
+        spec: ModelSpec,
+        config_tokens: &models::ConfigTokens,
+        options: LoadOptions,
+    ) -> Result<Self, LoadError> {
+        let gguf = gguf::open_dir(dir).map_err(models::LoadError::from)?;
+        Self::load_with(dir, gguf.as_ref(), spec, config_tokens, options)
+    }
+
+    /// Loads with the directory's GGUF headers (if any) parsed once, for
+    /// both the chat template and the weights.
+    fn load_with(
+        dir: &Path,
+        gguf: Option<&Gguf>,
         spec: ModelSpec,
         config_tokens: &models::ConfigTokens,
         options: LoadOptions,
@@ -212,7 +224,7 @@ impl Engine {
         };
         let tok_config = TokenizerConfig::load(dir)?;
         let tokenizer = Tokenizer::load(dir, &tok_config, &config_tokens.eos)?;
-        let chat_template = ChatTemplate::load(dir, &tok_config)?;
+        let chat_template = ChatTemplate::load(dir, &tok_config, gguf)?;
         let generation_defaults = GenerationDefaults::load(dir)?;
         let device = device::select_device(options.device)?;
         let dtype = device::select_dtype(options.dtype, spec.checkpoint_dtype, &device);
@@ -236,8 +248,8 @@ impl Engine {
             .thread_name(|i| format!("infer-{i}"))
             .build()
             .map_err(|e| LoadError::Threads(threads, e))?;
-        let model =
-            pool.install(|| CausalLm::load(dir, spec, &device, dtype, kernels, max_model_len))?;
+        let model = pool
+            .install(|| CausalLm::load(dir, gguf, spec, &device, dtype, kernels, max_model_len))?;
         Ok(Self {
             pool,
             model,

@@ -17,7 +17,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    checkpoint::gguf::{self, Gguf, GgufError},
+    checkpoint::gguf::{self, GgufError},
     models::{ConfigError, ConfigTokens, ModelSpec},
 };
 
@@ -97,11 +97,10 @@ impl ModelDir {
             });
         }
 
-        let (config, spec, config_tokens) = match gguf::find(path)? {
+        let (config, spec, config_tokens) = match gguf::open_dir(path)? {
             // A GGUF file carries its own shape; config.json, if any, is
             // not what the weights were made from.
-            Some(files) => {
-                let gguf = Gguf::open(files)?;
+            Some(gguf) => {
                 let (name, _) = gguf.architecture()?;
                 let (spec, tokens) = gguf.spec()?;
                 let config = ModelConfig {

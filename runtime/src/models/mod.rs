@@ -123,16 +123,19 @@ pub struct CausalLm {
 impl CausalLm {
     /// Loads `dir` onto `device`: weights in `dtype` (the kernels keep
     /// them packed in it on the CPU), RoPE tables for `max_positions`.
+    /// `gguf`: the headers of the directory's GGUF file(s), when it holds
+    /// GGUF instead of safetensors.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         dir: &Path,
+        gguf: Option<&Gguf>,
         spec: ModelSpec,
         device: &Device,
         dtype: DType,
         kernels: Kernels,
         max_positions: usize,
     ) -> Result<Self, LoadError> {
-        if let Some(files) = gguf::find(dir)? {
-            let gguf = Gguf::open(files)?;
+        if let Some(gguf) = gguf {
             let names = gguf
                 .files()
                 .iter()
@@ -140,7 +143,7 @@ impl CausalLm {
                 .collect::<Vec<_>>()
                 .join(", ");
             let cpu = matches!(kernels, Kernels::Cpu { .. });
-            let weights = GgufWeights::new(&gguf, &spec, device, dtype, cpu);
+            let weights = GgufWeights::new(gguf, &spec, device, dtype, cpu);
             let model =
                 Transformer::load(&spec, &weights, max_positions, kernels).map_err(|source| {
                     LoadError::Weights {

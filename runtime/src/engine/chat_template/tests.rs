@@ -18,7 +18,7 @@ fn config(v: Json) -> TokenizerConfig {
 fn template(source: &str) -> ChatTemplate {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(json!({"chat_template": source, "bos_token": "<s>", "eos_token": "</s>"}));
-    ChatTemplate::load(dir.path(), &cfg)
+    ChatTemplate::load(dir.path(), &cfg, None)
         .expect("compiles")
         .expect("has a template")
 }
@@ -30,13 +30,13 @@ fn named_templates_use_default_and_files_take_precedence() {
         {"name": "tool_use", "template": "T"},
         {"name": "default", "template": "D{{ bos_token }}"},
     ], "bos_token": "<s>"});
-    let t = ChatTemplate::load(dir.path(), &config(named.clone()))
+    let t = ChatTemplate::load(dir.path(), &config(named.clone()), None)
         .expect("ok")
         .expect("some");
     assert_eq!(t.render(&json!([]), None, false).expect("render"), "D<s>");
 
     fs::write(dir.path().join("chat_template.jinja"), "F\n").expect("write");
-    let t = ChatTemplate::load(dir.path(), &config(named))
+    let t = ChatTemplate::load(dir.path(), &config(named), None)
         .expect("ok")
         .expect("some");
     // Jinja drops a single trailing newline, as transformers' does.
@@ -44,10 +44,10 @@ fn named_templates_use_default_and_files_take_precedence() {
 
     let no_default = json!({"chat_template": [{"name": "tool_use", "template": "T"}]});
     let empty = tempfile::tempdir().expect("tempdir");
-    let err = ChatTemplate::load(empty.path(), &config(no_default)).expect_err("no default");
+    let err = ChatTemplate::load(empty.path(), &config(no_default), None).expect_err("no default");
     assert!(err.to_string().contains("default"), "{err}");
     assert!(
-        ChatTemplate::load(empty.path(), &config(json!({})))
+        ChatTemplate::load(empty.path(), &config(json!({})), None)
             .expect("ok")
             .is_none()
     );
