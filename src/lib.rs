@@ -20,6 +20,7 @@ pub mod layers;
 pub mod lock;
 pub mod manifest;
 pub mod progress;
+pub mod quantize;
 pub mod secret;
 pub mod server_binary;
 pub mod sign;

@@ -1,7 +1,8 @@
 //! Defines the lock file (`<manifest>.lock`): the exact model bytes a manifest resolved to.
 //!
-//! The lock is what auditors and the signing stage read: which Hub repository, which commit a
-//! branch or tag resolved to, and the size and sha256 of every packaged file. It is TOML in a
+//! The lock is what auditors and the signing stage read: for each Hub source (the model, and a
+//! companion tokenizer source), which repository, which commit a branch or tag resolved to, and
+//! the size and sha256 of every packaged file. It is TOML in a
 //! stable order (files sorted by path), so a re-lock that changes nothing changes no byte and a
 //! diff in review shows exactly what moved. It never holds a token, a host path or a time stamp.
 
@@ -22,10 +23,45 @@ pub struct LockFile {
     pub version: u32,
     /// `appliance <version>` that wrote it (informative; not compared by `--locked`).
     pub tool: String,
-    pub model: LockedModel,
+    /// Absent when the model is local and only its tokenizer comes from the Hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<LockedModel>,
+    /// `model.tokenizer` from the Hub. Optional, so locks written before companion tokenizer
+    /// sources existed still read, and a lock without one renders byte for byte as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<LockedModel>,
 }
 
-/// A Hub model pinned to a commit.
+/// Which source of the manifest a lock section records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockedSource {
+    /// `[model] hf`, the `[model]` section.
+    Model,
+    /// `model.tokenizer = { hf = ... }`, the `[tokenizer]` section.
+    Tokenizer,
+}
+
+impl LockedSource {
+    pub const ALL: [LockedSource; 2] = [Self::Model, Self::Tokenizer];
+
+    /// The manifest field, as messages name the source.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Tokenizer => "model.tokenizer",
+        }
+    }
+
+    /// The lock file's table.
+    fn section(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Tokenizer => "tokenizer",
+        }
+    }
+}
+
+/// A Hub source (the model or its companion tokenizer) pinned to a commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockedModel {
@@ -72,11 +108,20 @@ pub enum LockError {
 }
 
 impl LockFile {
-    pub fn new(model: LockedModel) -> Self {
+    pub fn new(model: Option<LockedModel>, tokenizer: Option<LockedModel>) -> Self {
         Self {
             version: LOCK_VERSION,
             tool: format!("appliance {}", env!("CARGO_PKG_VERSION")),
             model,
+            tokenizer,
+        }
+    }
+
+    /// The section recording `source`, if the lock has one.
+    pub fn get(&self, source: LockedSource) -> Option<&LockedModel> {
+        match source {
+            LockedSource::Model => self.model.as_ref(),
+            LockedSource::Tokenizer => self.tokenizer.as_ref(),
         }
     }
 
@@ -103,20 +148,33 @@ impl LockFile {
                 lock.version
             )));
         }
-        if let Some(bad) = lock.model.files.iter().find(|f| {
-            f.path
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        }) {
-            return Err(parse_err(format!(
-                "`{}` is not a relative path inside the model directory",
-                bad.path
-            )));
+        if lock.model.is_none() && lock.tokenizer.is_none() {
+            return Err(parse_err(
+                "it records no source (neither `[model]` nor `[tokenizer]`)".into(),
+            ));
         }
-        let mut sorted = lock.model.files.clone();
-        sorted.sort_by(|a, b| a.path.cmp(&b.path));
-        if sorted != lock.model.files {
-            return Err(parse_err("`model.files` is not sorted by path".into()));
+        for source in LockedSource::ALL {
+            let Some(section) = lock.get(source) else {
+                continue;
+            };
+            if let Some(bad) = section.files.iter().find(|f| {
+                f.path
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
+            }) {
+                return Err(parse_err(format!(
+                    "`{}` is not a relative path inside the model directory",
+                    bad.path
+                )));
+            }
+            let mut sorted = section.files.clone();
+            sorted.sort_by(|a, b| a.path.cmp(&b.path));
+            if sorted != section.files {
+                return Err(parse_err(format!(
+                    "`{}.files` is not sorted by path",
+                    source.section()
+                )));
+            }
         }
         Ok(Some(lock))
     }
@@ -142,40 +200,61 @@ impl LockFile {
     }
 
     /// What differs between `self` (on disk) and `other` (what the build resolved), one line
-    /// per difference; empty when they agree. The `tool` line is not compared.
+    /// per difference, each naming its source (`model` or `model.tokenizer`); empty when they
+    /// agree. The `tool` line is not compared.
     pub fn differences(&self, other: &LockFile) -> Vec<String> {
-        let (a, b) = (&self.model, &other.model);
         let mut out = Vec::new();
-        let mut field = |name: &str, x: String, y: String| {
-            if x != y {
-                out.push(format!("{name}: locked `{x}`, now `{y}`"));
-            }
-        };
-        field("repo", a.repo.clone(), b.repo.clone());
-        field("revision", a.revision.clone(), b.revision.clone());
-        field("commit", a.commit.clone(), b.commit.clone());
-        field("files globs", a.globs.join(", "), b.globs.join(", "));
-        for f in &a.files {
-            match b.files.iter().find(|g| g.path == f.path) {
-                None => out.push(format!("`{}`: locked, no longer selected", f.path)),
-                Some(g) if g != f => out.push(format!(
-                    "`{}`: locked {} ({} bytes), now {} ({} bytes)",
-                    f.path,
-                    f.sha256.hex(),
-                    f.size,
-                    g.sha256.hex(),
-                    g.size
+        for source in LockedSource::ALL {
+            let name = source.field();
+            match (self.get(source), other.get(source)) {
+                (None, None) => {}
+                (Some(a), None) => out.push(format!(
+                    "`{name}`: `{}` is locked, but the manifest no longer has it as a Hub source",
+                    a.repo
                 )),
-                Some(_) => {}
-            }
-        }
-        for g in &b.files {
-            if !a.files.iter().any(|f| f.path == g.path) {
-                out.push(format!("`{}`: new, not in the lock", g.path));
+                (None, Some(b)) => out.push(format!("`{name}`: `{}` is not in the lock", b.repo)),
+                (Some(a), Some(b)) => out.extend(
+                    section_differences(a, b)
+                        .into_iter()
+                        .map(|d| format!("`{name}` {d}")),
+                ),
             }
         }
         out
     }
+}
+
+fn section_differences(a: &LockedModel, b: &LockedModel) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut field = |name: &str, x: String, y: String| {
+        if x != y {
+            out.push(format!("{name}: locked `{x}`, now `{y}`"));
+        }
+    };
+    field("repo", a.repo.clone(), b.repo.clone());
+    field("revision", a.revision.clone(), b.revision.clone());
+    field("commit", a.commit.clone(), b.commit.clone());
+    field("files globs", a.globs.join(", "), b.globs.join(", "));
+    for f in &a.files {
+        match b.files.iter().find(|g| g.path == f.path) {
+            None => out.push(format!("`{}`: locked, no longer selected", f.path)),
+            Some(g) if g != f => out.push(format!(
+                "`{}`: locked {} ({} bytes), now {} ({} bytes)",
+                f.path,
+                f.sha256.hex(),
+                f.size,
+                g.sha256.hex(),
+                g.size
+            )),
+            Some(_) => {}
+        }
+    }
+    for g in &b.files {
+        if !a.files.iter().any(|f| f.path == g.path) {
+            out.push(format!("`{}`: new, not in the lock", g.path));
+        }
+    }
+    out
 }
 
 impl LockedModel {
@@ -217,8 +296,12 @@ mod tests {
     use super::*;
 
     fn sample() -> LockFile {
-        LockFile::new(LockedModel {
-            repo: "org/m".into(),
+        LockFile::new(Some(section("org/m")), None)
+    }
+
+    fn section(repo: &str) -> LockedModel {
+        LockedModel {
+            repo: repo.into(),
             revision: "main".into(),
             commit: "a".repeat(40),
             globs: vec!["*.json".into()],
@@ -234,7 +317,7 @@ mod tests {
                     sha256: Sha256Digest::of(b""),
                 },
             ],
-        })
+        }
     }
 
     #[test]
@@ -256,15 +339,66 @@ mod tests {
     fn lock_differences_name_each_changed_file() {
         let a = sample();
         let mut b = sample();
-        b.model.commit = "b".repeat(40);
-        b.model.files[0].sha256 = Sha256Digest::of(b"xyz");
-        b.model.files.pop();
+        let m = b.model.as_mut().unwrap();
+        m.commit = "b".repeat(40);
+        m.files[0].sha256 = Sha256Digest::of(b"xyz");
+        m.files.pop();
         let diffs = a.differences(&b);
         assert_eq!(diffs.len(), 3, "{diffs:?}");
-        assert!(diffs[0].starts_with("commit"));
+        assert!(diffs[0].starts_with("`model` commit"), "{diffs:?}");
         assert!(diffs[1].contains("`a.json`"));
         assert!(diffs[2].contains("`b.json`: locked, no longer selected"));
         assert!(a.differences(&sample()).is_empty());
+    }
+
+    /// Drift in the tokenizer section is reported as the tokenizer's, never the model's.
+    #[test]
+    fn lock_differences_name_the_tokenizer_source() {
+        let a = LockFile::new(Some(section("org/m")), Some(section("org/t")));
+        let mut b = a.clone();
+        b.tokenizer.as_mut().unwrap().commit = "c".repeat(40);
+        let diffs = a.differences(&b);
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert!(
+            diffs[0].starts_with("`model.tokenizer` commit"),
+            "{diffs:?}"
+        );
+        let diffs = a.differences(&sample());
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert!(
+            diffs[0].contains("`model.tokenizer`: `org/t` is locked"),
+            "{diffs:?}"
+        );
+        assert!(sample().differences(&a)[0].contains("`org/t` is not in the lock"));
+    }
+
+    /// A lock written before companion tokenizer sources reads, and renders byte for byte.
+    #[test]
+    fn a_lock_without_a_tokenizer_section_reads_and_renders_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.lock");
+        let sha = Sha256Digest::of(b"abc").hex();
+        let old = format!(
+            "version = 1\ntool = \"appliance 0.1.0\"\n\n[model]\nrepo = \"org/m\"\nrevision = \"main\"\n\
+             commit = \"{}\"\nglobs = [\"*.json\"]\n\n[[model.files]]\npath = \"a.json\"\nsize = 3\n\
+             sha256 = \"{sha}\"\n",
+            "a".repeat(40)
+        );
+        std::fs::write(&path, &old).unwrap();
+        let lock = LockFile::read_optional(&path).unwrap().unwrap();
+        assert!(lock.tokenizer.is_none());
+        assert!(!lock.render().contains("tokenizer"));
+        assert!(lock.render().ends_with(&old), "{}", lock.render());
+
+        let both = LockFile::new(Some(section("org/m")), Some(section("org/t")));
+        both.write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("[tokenizer]\nrepo = \"org/t\""), "{text}");
+        assert!(text.contains("[[tokenizer.files]]"), "{text}");
+        assert_eq!(LockFile::read_optional(&path).unwrap().unwrap(), both);
+        let only = LockFile::new(None, Some(section("org/t")));
+        only.write(&path).unwrap();
+        assert_eq!(LockFile::read_optional(&path).unwrap().unwrap(), only);
     }
 
     #[test]
@@ -276,7 +410,7 @@ mod tests {
                 .is_none()
         );
         let mut lock = sample();
-        lock.model.files.reverse();
+        lock.model.as_mut().unwrap().files.reverse();
         let path = dir.path().join("y.lock");
         std::fs::write(&path, lock.render()).unwrap();
         let err = LockFile::read_optional(&path).unwrap_err().to_string();

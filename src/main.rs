@@ -112,13 +112,16 @@ fn run(cli: Cli) -> Result<()> {
             let fetcher = HubFetcher::new(hub_settings(&hub, verify_cache));
             let done = fetch::fetch(&manifest, &fetcher, locked, &reporter, &reporter)?;
             if !quiet {
-                eprintln!(
-                    "Fetched {} files ({}) of commit {} into {}",
-                    done.snapshot.files.len(),
-                    human_bytes(done.snapshot.files.iter().map(|f| f.size).sum()),
-                    done.snapshot.commit,
-                    fetcher.settings().cache_dir.display()
-                );
+                for source in &done.sources {
+                    eprintln!(
+                        "Fetched {} files ({}) of {} at commit {} into {}",
+                        source.snapshot.files.len(),
+                        human_bytes(source.snapshot.files.iter().map(|f| f.size).sum()),
+                        source.repo,
+                        source.snapshot.commit,
+                        fetcher.settings().cache_dir.display()
+                    );
+                }
             }
             Ok(())
         }
@@ -233,6 +236,15 @@ fn render(s: &ImageSummary) -> String {
     if let Some(m) = &s.model {
         let _ = writeln!(out, "Model:        {} at {} ({})", m.name, m.path, m.source);
         let _ = writeln!(out, "Revision:     {}", m.revision);
+        if let Some(f) = &m.format {
+            let _ = writeln!(
+                out,
+                "Weights:      {}, architecture {}, quantization {}",
+                f.weights.as_str(),
+                f.architecture.as_deref().unwrap_or("unknown"),
+                f.quantization.as_deref().unwrap_or("unknown")
+            );
+        }
         let _ = writeln!(out, "\n{:<64}  {:>12}  FILE", "SHA256", "SIZE");
         for f in &m.files {
             let _ = writeln!(out, "{:<64}  {:>12}  {}", f.sha256, f.size, f.path);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fetch::{ModelFormat, WeightFormat};
 use crate::image::Healthcheck;
 
 /// Label keys the builder owns; a manifest may not set them.
@@ -20,6 +21,12 @@ pub mod labels {
     /// sha256 of the `sha256sum`-style listing of the model files (see `files_digest`).
     pub const MODEL_FILES_SHA256: &str = "appliance.model.files.sha256";
     pub const MODEL_SYNTHETIC: &str = "appliance.model.synthetic";
+    /// `gguf` or `safetensors`: the weights the server loads.
+    pub const MODEL_FORMAT: &str = "appliance.model.format";
+    /// `general.architecture` of a GGUF file, `model_type` of config.json (`llama`, `qwen2`).
+    pub const MODEL_ARCHITECTURE: &str = "appliance.model.architecture";
+    /// llama.cpp's file type name (`Q4_K_M`), or the safetensors dtype (`BF16`).
+    pub const MODEL_QUANTIZATION: &str = "appliance.model.quantization";
     pub const SERVER_VERSION: &str = "appliance.server.version";
     pub const SERVER_FEATURES: &str = "appliance.server.features";
     pub const SERVER_SHA256: &str = "appliance.server.sha256";
@@ -68,6 +75,10 @@ pub struct ModelSummary {
     pub source: String,
     pub revision: String,
     pub files: Vec<ModelFileSummary>,
+    /// Absent for images built before the builder read it, and for weights that are neither
+    /// GGUF nor safetensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ModelFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -99,6 +110,59 @@ impl ModelSummary {
             source: labels.get(labels::MODEL_SOURCE)?.clone(),
             revision: labels.get(labels::MODEL_REVISION)?.clone(),
             files: serde_json::from_str(labels.get(labels::MODEL_FILES)?).ok()?,
+            format: labels
+                .get(labels::MODEL_FORMAT)
+                .and_then(|f| WeightFormat::parse(f))
+                .map(|weights| ModelFormat {
+                    weights,
+                    architecture: labels.get(labels::MODEL_ARCHITECTURE).cloned(),
+                    quantization: labels.get(labels::MODEL_QUANTIZATION).cloned(),
+                }),
         })
+    }
+}
+
+impl ModelFormat {
+    /// The labels that record it; [`ModelSummary::from_labels`] reads them back.
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![(labels::MODEL_FORMAT, self.weights.as_str().to_string())];
+        if let Some(architecture) = &self.architecture {
+            out.push((labels::MODEL_ARCHITECTURE, architecture.clone()));
+        }
+        if let Some(quantization) = &self.quantization {
+            out.push((labels::MODEL_QUANTIZATION, quantization.clone()));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_format_round_trips_through_labels() {
+        let format = ModelFormat {
+            weights: WeightFormat::Gguf,
+            architecture: Some("qwen2".into()),
+            quantization: Some("Q4_K_M".into()),
+        };
+        let mut map: BTreeMap<String, String> = [
+            (labels::MODEL_NAME, "m"),
+            (labels::MODEL_PATH, "/models/m"),
+            (labels::MODEL_SOURCE, "path:m"),
+            (labels::MODEL_REVISION, "r"),
+            (labels::MODEL_FILES, "[]"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(ModelSummary::from_labels(&map).unwrap().format, None);
+        map.extend(format.labels().into_iter().map(|(k, v)| (k.to_string(), v)));
+        assert_eq!(map[labels::MODEL_QUANTIZATION], "Q4_K_M");
+        assert_eq!(
+            ModelSummary::from_labels(&map).unwrap().format,
+            Some(format)
+        );
     }
 }

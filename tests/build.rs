@@ -596,19 +596,23 @@ fn only_indexed_shards_are_packaged_and_a_missing_shard_fails() {
 }
 
 /// A GGUF model directory (the llama-gqa fixture as Q8_0, written by
-/// `scripts/fixture-to-gguf.py` with gguf-py, plus its `tokenizer.json`) packs
-/// without a `config.json`; without `tokenizer.json` it is refused, naming it.
+/// `scripts/fixture-to-gguf.py` with gguf-py) packs without a `config.json`, and without a
+/// `tokenizer.json` too: the server builds the tokenizer from the GGUF's `tokenizer.ggml.*`
+/// metadata. A GGUF whose metadata lacks `tokenizer.ggml.tokens` (removed with gguf-py's
+/// `gguf_new_metadata`) is refused, naming the file and the key, and nothing is written; with
+/// `tokenizer.json` beside it, it builds.
 #[test]
-fn a_gguf_model_directory_is_packaged_and_needs_its_tokenizer() {
+fn a_gguf_model_directory_builds_without_tokenizer_json_when_its_metadata_has_one() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = shared_fixtures().join("models/llama-gqa");
     let model = dir.path().join("llama-gqa-gguf");
     std::fs::create_dir(&model).unwrap();
+    let gguf = model.join("llama-gqa-q8_0.gguf");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixture-to-gguf.py");
     let status = Command::new("python3")
         .arg(&script)
         .arg(&fixture)
-        .arg(model.join("llama-gqa-q8_0.gguf"))
+        .arg(&gguf)
         .args(["--type", "q8_0"])
         .status()
         .expect("python3 (gguf-py: scripts/install-test-deps)");
@@ -623,19 +627,326 @@ fn a_gguf_model_directory_is_packaged_and_needs_its_tokenizer() {
         std::fs::write(&path, text).unwrap();
         path
     };
+    let tarball = dir.path().join("dist/gguf-0.1.0.tar");
     let m = write("\"*.gguf\"");
     let out = appliance(&["build", m.to_str().unwrap()], dir.path());
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("tokenizer.json"), "{}", stderr(&out));
-    assert!(!dir.path().join("dist/gguf-0.1.0.tar").exists());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entries = layer_entries(&tarball);
+    let packed: Vec<&str> = entries
+        .iter()
+        .filter(|(path, e)| path.starts_with("models/") && e.kind.is_file())
+        .map(|(path, _)| path.as_str())
+        .collect();
+    assert_eq!(packed, ["models/llama-gqa-gguf/llama-gqa-q8_0.gguf"]);
+    std::fs::remove_file(&tarball).unwrap();
+
+    // The same file without its token list: refused before anything is written.
+    let full = dir.path().join("full.gguf");
+    std::fs::rename(&gguf, &full).unwrap();
+    let strip = Command::new("python3")
+        .args(["-m", "gguf.scripts.gguf_new_metadata"])
+        .arg(&full)
+        .arg(&gguf)
+        .args(["--remove-metadata", "tokenizer.ggml.tokens", "--force"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("python3 (gguf-py: scripts/install-test-deps)");
+    assert!(strip.status.success(), "{}", stderr(&strip));
+    let out = appliance(&["build", m.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{}: no `tokenizer.json` is packaged beside this GGUF, and the server cannot build the tokenizer from its metadata: `tokenizer.ggml.tokens` is missing",
+            gguf.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("`tokenizer = { hf = \"org/repo\" }`"), "{err}");
+    assert!(!tarball.exists() && !dir.path().join("dist/gguf-0.1.0.tar.tmp").exists());
 
     std::fs::copy(fixture.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
     let m = write("\"*.gguf\", \"tokenizer.json\"");
     let out = appliance(&["build", m.to_str().unwrap()], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
-    let entries = layer_entries(&dir.path().join("dist/gguf-0.1.0.tar"));
+    let entries = layer_entries(&tarball);
     for file in ["llama-gqa-q8_0.gguf", "tokenizer.json"] {
         let e = &entries[&format!("models/llama-gqa-gguf/{file}")];
         assert_eq!(e.bytes, std::fs::read(model.join(file)).unwrap(), "{file}");
+    }
+}
+
+/// A GGUF model directory: the llama-gqa fixture as `quant` (written by
+/// `scripts/fixture-to-gguf.py`) and its `tokenizer.json`, in `dir/name`.
+fn gguf_model_dir(dir: &Path, name: &str, quant: &str) -> PathBuf {
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    let model = dir.join(name);
+    std::fs::create_dir(&model).unwrap();
+    let status = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixture-to-gguf.py"))
+        .arg(&fixture)
+        .arg(model.join(format!("llama-gqa-{quant}.gguf")))
+        .args(["--type", quant])
+        .status()
+        .expect("python3 (gguf-py: scripts/install-test-deps)");
+    assert!(status.success());
+    std::fs::copy(fixture.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
+    model
+}
+
+/// A manifest packaging `model` (every file in it), written into `dir`.
+fn gguf_manifest(dir: &Path, model: &Path) -> PathBuf {
+    let path = dir.join("manifest.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[image]\nname = \"registry.local/llm/gguf\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
+             [model]\npath = \"{}\"\nfiles = [\"*.gguf\", \"tokenizer.json\"]\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// What the weights are is read from the GGUF header at build time and recorded: labels,
+/// `build --json`, `inspect` and `inspect --json` name the format, `general.architecture` and
+/// the file type; a safetensors checkpoint gets the same from its config.json.
+#[test]
+fn a_gguf_image_names_its_architecture_and_quantization() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gguf_model_dir(dir.path(), "llama-gqa-gguf", "q8_0");
+    let m = gguf_manifest(dir.path(), &model);
+    let out = appliance(&["build", m.to_str().unwrap(), "--json"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tarball = built["output"].as_str().unwrap();
+    let labels = &built["image"]["labels"];
+    assert_eq!(labels["appliance.model.format"], "gguf");
+    assert_eq!(labels["appliance.model.architecture"], "llama");
+    assert_eq!(labels["appliance.model.quantization"], "Q8_0");
+
+    let inspected = appliance(&["inspect", tarball, "--json"], dir.path());
+    assert!(inspected.status.success(), "{}", stderr(&inspected));
+    let inspected: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(built["image"], inspected);
+    assert_eq!(
+        inspected["model"]["format"],
+        serde_json::json!({"weights": "gguf", "architecture": "llama", "quantization": "Q8_0"})
+    );
+    let human = appliance(&["inspect", tarball], dir.path());
+    let human = String::from_utf8(human.stdout).unwrap();
+    assert!(
+        human.contains("Weights:      gguf, architecture llama, quantization Q8_0\n"),
+        "{human}"
+    );
+
+    // The safetensors fixture: config.json's `model_type` and `torch_dtype` (float32).
+    let m = manifest(dir.path(), "");
+    let out = appliance(&["build", m.to_str().unwrap(), "--json"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        built["image"]["model"]["format"],
+        serde_json::json!({"weights": "safetensors", "architecture": "llama", "quantization": "F32"})
+    );
+    assert_eq!(
+        built["image"]["labels"]["appliance.model.quantization"],
+        "F32"
+    );
+}
+
+/// Shards named `-NNNNN-of-MMMMM` must all be there: the server would refuse the set at
+/// startup, so the build does, naming the missing shard, and writes nothing.
+#[test]
+fn an_incomplete_gguf_shard_set_fails_naming_the_missing_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gguf_model_dir(dir.path(), "sharded", "q8_0");
+    let whole = model.join("llama-gqa-q8_0.gguf");
+    std::fs::rename(&whole, model.join("llama-gqa-00001-of-00003.gguf")).unwrap();
+    std::fs::write(model.join("llama-gqa-00003-of-00003.gguf"), b"GGUF").unwrap();
+    let m = gguf_manifest(dir.path(), &model);
+    let out = appliance(&["build", m.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("llama-gqa-00002-of-00003.gguf is missing") && err.contains("sharded"),
+        "{err}"
+    );
+    assert!(!dir.path().join("dist/gguf-0.1.0.tar").exists());
+    assert!(!dir.path().join("dist/gguf-0.1.0.tar.tmp").exists());
+}
+
+/// A GGUF file cut short (an interrupted copy) fails the build before any layer is written,
+/// naming the file, the first tensor past the end, and both sizes.
+#[test]
+fn a_truncated_gguf_fails_the_build_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gguf_model_dir(dir.path(), "cut", "q8_0");
+    let file = model.join("llama-gqa-q8_0.gguf");
+    let bytes = std::fs::read(&file).unwrap();
+    let size = bytes.len() - 1000;
+    std::fs::write(&file, &bytes[..size]).unwrap();
+    let m = gguf_manifest(dir.path(), &model);
+    let out = appliance(&["build", m.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{} is truncated: tensor `", file.display()))
+            && err.contains(&format!("the file has {size}")),
+        "{err}"
+    );
+    assert!(!dir.path().join("dist/gguf-0.1.0.tar").exists());
+    assert!(!dir.path().join("dist/gguf-0.1.0.tar.tmp").exists());
+}
+
+/// A weights-only GGUF directory takes its tokenizer from a second local directory
+/// (`model.tokenizer = { path = ... }`, relative to the manifest): both land in the model
+/// directory, the tokenizer in a layer of its own. A file both directories provide is refused,
+/// naming both; so is a tokenizer directory without `tokenizer.json`.
+#[test]
+fn a_local_tokenizer_source_completes_a_weights_only_gguf_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    let model = dir.path().join("weights");
+    let tok = dir.path().join("tok");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::create_dir(&tok).unwrap();
+    let status = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixture-to-gguf.py"))
+        .arg(&fixture)
+        .arg(model.join("llama-gqa-q8_0.gguf"))
+        .args(["--type", "q8_0"])
+        .status()
+        .expect("python3 (gguf-py: scripts/install-test-deps)");
+    assert!(status.success());
+    for file in ["tokenizer.json", "tokenizer_config.json", "config.json"] {
+        std::fs::copy(fixture.join(file), tok.join(file)).unwrap();
+    }
+    let write = |model_files: &str, tokenizer: &str| {
+        let text = format!(
+            "[image]\nname = \"registry.local/llm/gguf-tok\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
+             [model]\npath = \"weights\"\nfiles = [{model_files}]\ntokenizer = {tokenizer}\n\
+             [server]\nserved_model_name = \"gguf\"\n"
+        );
+        std::fs::write(dir.path().join("m.toml"), text).unwrap();
+    };
+    write("\"*.gguf\"", "{ path = \"tok\" }");
+    let out = appliance(&["build", "m.toml", "-o", "ok.tar"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entries = layer_entries(&dir.path().join("ok.tar"));
+    assert_eq!(
+        entries["models/gguf/llama-gqa-q8_0.gguf"].bytes,
+        std::fs::read(model.join("llama-gqa-q8_0.gguf")).unwrap()
+    );
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        let e = &entries[&format!("models/gguf/{file}")];
+        assert_eq!((e.mode, e.uid), (0o444, 0), "{file}");
+        assert_eq!(e.bytes, std::fs::read(tok.join(file)).unwrap(), "{file}");
+    }
+    // The default tokenizer globs never take the other directory's config.json.
+    assert!(!entries.contains_key("models/gguf/config.json"));
+    let out = appliance(&["inspect", "--json", "ok.tar"], dir.path());
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        summary["layers"].as_array().unwrap().iter().any(|l| l["created_by"]
+            == "appliance: tokenizer files from path:tok tokenizer.json, tokenizer_config.json"),
+        "{}",
+        summary["layers"]
+    );
+    // No Hub source, so no lock to hold it to.
+    let out = appliance(
+        &["build", "m.toml", "-o", "locked.tar", "--locked"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`--locked` applies to `hf` sources"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::copy(fixture.join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
+    write("\"*.gguf\", \"tokenizer.json\"", "{ path = \"tok\" }");
+    let out = appliance(&["build", "m.toml", "-o", "both.tar"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`tokenizer.json` is selected from both the model `path:weights` and its tokenizer source `path:tok`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("both.tar").exists());
+
+    std::fs::remove_file(tok.join("tokenizer.json")).unwrap();
+    write("\"*.gguf\"", "{ path = \"tok\" }");
+    let out = appliance(&["build", "m.toml", "-o", "none.tar"], dir.path());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("has no `tokenizer.json`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `model.quantize` refuses what it cannot convert, naming the file and field, and leaves no
+/// tarball: weights that are already GGUF, an architecture llama.cpp's converter would map
+/// differently, a checkpoint whose tokenizer is not a byte-level BPE.
+#[test]
+fn quantize_refuses_what_it_cannot_convert_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    let copy = |name: &str, edit: &dyn Fn(&Path)| {
+        let model = d.join(name);
+        std::fs::create_dir(&model).unwrap();
+        for f in std::fs::read_dir(&fixture).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+        }
+        edit(&model);
+        model
+    };
+    let edit_json = |path: &Path, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(path, v.to_string()).unwrap();
+    };
+    let gpt2 = copy("gpt2", &|m| {
+        edit_json(&m.join("config.json"), &|v| {
+            v["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
+        })
+    });
+    let spm = copy("spm", &|m| {
+        edit_json(&m.join("tokenizer.json"), &|v| {
+            v["model"]["byte_fallback"] = serde_json::json!(true)
+        })
+    });
+    let gguf = gguf_model_dir(d, "gguf", "q8_0");
+    let cases: [(&Path, &[&str]); 3] = [
+        (&gguf, &["already GGUF", "llama-gqa-q8_0.gguf"]),
+        (
+            &gpt2,
+            &["config.json", "`architectures`", "GPT2LMHeadModel"],
+        ),
+        (&spm, &["tokenizer.json", "`model.byte_fallback`"]),
+    ];
+    for (model, expected) in cases {
+        let manifest = d.join("manifest.toml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "[image]\nname = \"registry.local/llm/q\"\ntag = \"1\"\n[model]\npath = \"{}\"\nfiles = [\"*\"]\nquantize = \"q4_k_m\"\n",
+                model.display()
+            ),
+        )
+        .unwrap();
+        let out = appliance(&["build", "manifest.toml", "-o", "out.tar"], d);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{}: built", model.display());
+        for e in expected {
+            assert!(err.contains(e), "{}: {e:?} not in {err}", model.display());
+        }
+        assert!(!d.join("out.tar").exists(), "{}", model.display());
     }
 }

@@ -836,3 +836,429 @@ fn only_the_shards_the_index_names_are_fetched_and_packaged() {
     assert_ok(&site.build(&["--offline"]));
     assert_eq!(sha256_hex(&std::fs::read(site.output()).unwrap()), first);
 }
+
+// A GGUF repository (weights only, as many are) and the repository its tokenizer comes from.
+
+const GGUF_REPO: &str = "org/tiny-gguf";
+const GGUF_FILE: &str = "llama-gqa-q8_0.gguf";
+const TOK_REPO: &str = "org/tiny-tok";
+/// What the default `model.tokenizer` globs select from the llama-gqa fixture.
+const TOK_FILES: [&str; 3] = [
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+fn tok_fixture() -> PathBuf {
+    shared_fixtures().join("models/llama-gqa")
+}
+
+/// The llama-gqa fixture as Q8_0 GGUF bytes, converted once per test binary.
+fn gguf_bytes() -> Vec<u8> {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join(GGUF_FILE);
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixture-to-gguf.py");
+            let status = Command::new("python3")
+                .arg(&script)
+                .arg(tok_fixture())
+                .arg(&out)
+                .args(["--type", "q8_0"])
+                .status()
+                .expect("python3 (gguf-py: scripts/install-test-deps)");
+            assert!(status.success());
+            std::fs::read(&out).unwrap()
+        })
+        .clone()
+}
+
+/// A hub with the GGUF repo and the tokenizer repo (the llama-gqa fixture), and a site whose
+/// manifest takes the weights from one and the tokenizer from the other. Returns both commits.
+fn gguf_site(tokenizer_extra: &str) -> (FakeHub, Site, String, String) {
+    let hub = FakeHub::start();
+    let model_commit = hub.commit(
+        GGUF_REPO,
+        "main",
+        &[
+            (GGUF_FILE.to_string(), gguf_bytes()),
+            ("README.md".to_string(), b"# weights only\n".to_vec()),
+        ],
+    );
+    let tok_commit = hub.commit_dir(TOK_REPO, "main", &tok_fixture());
+    let site = Site::new(&hub);
+    let manifest = format!(
+        "[image]\nname = \"registry.local/llm/tiny\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
+         [model]\nhf = \"{GGUF_REPO}\"\nfiles = [\"*.gguf\"]\ntokenizer = {{ hf = \"{TOK_REPO}\"{tokenizer_extra} }}\n\
+         [server]\nserved_model_name = \"tiny\"\n"
+    );
+    std::fs::write(site.manifest(), manifest).unwrap();
+    (hub, site, model_commit, tok_commit)
+}
+
+/// The image's model directory holds the GGUF and the tokenizer files, byte for byte.
+#[track_caller]
+fn assert_image_has_gguf_and_tokenizer(tarball: &Path) {
+    let files = layer_entries(tarball);
+    assert!(
+        files[&format!("models/tiny/{GGUF_FILE}")].bytes == gguf_bytes(),
+        "the GGUF in the image differs"
+    );
+    for name in TOK_FILES {
+        let got = files
+            .get(&format!("models/tiny/{name}"))
+            .unwrap_or_else(|| panic!("`models/tiny/{name}` not in the image"));
+        assert!(
+            got.bytes == std::fs::read(tok_fixture().join(name)).unwrap(),
+            "`{name}` in the image differs from the tokenizer repo's"
+        );
+    }
+    for absent in ["config.json", "model.safetensors", "README.md"] {
+        assert!(
+            !files.contains_key(&format!("models/tiny/{absent}")),
+            "{absent}"
+        );
+    }
+}
+
+fn read_lock(site: &Site) -> toml::Value {
+    toml::from_str(&std::fs::read_to_string(site.lock()).unwrap()).unwrap()
+}
+
+#[test]
+fn gguf_repo_with_a_companion_tokenizer_repo_builds_and_locks_both() {
+    let (_hub, site, model_commit, tok_commit) = gguf_site("");
+    let out = site.build(&[]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains(&format!("hf:{TOK_REPO}@{tok_commit}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_image_has_gguf_and_tokenizer(&site.output());
+
+    let lock = read_lock(&site);
+    assert_eq!(lock["model"]["repo"].as_str(), Some(GGUF_REPO));
+    assert_eq!(
+        lock["model"]["commit"].as_str(),
+        Some(model_commit.as_str())
+    );
+    let model_files = lock["model"]["files"].as_array().unwrap();
+    assert_eq!(model_files.len(), 1);
+    assert_eq!(
+        model_files[0]["sha256"].as_str().unwrap(),
+        sha256_hex(&gguf_bytes())
+    );
+    assert_eq!(lock["tokenizer"]["repo"].as_str(), Some(TOK_REPO));
+    assert_eq!(lock["tokenizer"]["revision"].as_str(), Some("main"));
+    assert_eq!(
+        lock["tokenizer"]["commit"].as_str(),
+        Some(tok_commit.as_str())
+    );
+    let tok_files = lock["tokenizer"]["files"].as_array().unwrap();
+    let paths: Vec<&str> = tok_files
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, TOK_FILES);
+    for f in tok_files {
+        let bytes = std::fs::read(tok_fixture().join(f["path"].as_str().unwrap())).unwrap();
+        assert_eq!(f["sha256"].as_str().unwrap(), sha256_hex(&bytes));
+        assert_eq!(f["size"].as_integer().unwrap() as usize, bytes.len());
+    }
+    // The tokenizer is in the shared Hugging Face cache like any repository.
+    assert!(
+        site.hf_home
+            .join("hub/models--org--tiny-tok/snapshots")
+            .join(&tok_commit)
+            .join("tokenizer.json")
+            .is_file()
+    );
+
+    // Its own layer, above the weights; the image records the model's commit.
+    let out = site.run(&["inspect", "--json", site.output().to_str().unwrap()]);
+    assert_ok(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers: Vec<&str> = summary["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["created_by"].as_str().unwrap())
+        .collect();
+    let weights = layers.iter().position(|l| l.contains(GGUF_FILE)).unwrap();
+    let tok = layers
+        .iter()
+        .position(|l| l.starts_with(&format!("appliance: tokenizer files from hf:{TOK_REPO}")))
+        .unwrap_or_else(|| panic!("no tokenizer layer in {layers:?}"));
+    assert!(weights < tok, "{layers:?}");
+    assert_eq!(
+        summary["model"]["revision"].as_str(),
+        Some(model_commit.as_str())
+    );
+
+    // A rebuild with `--locked` packages the same bytes.
+    let first = sha256_hex(&std::fs::read(site.output()).unwrap());
+    assert_ok(&site.build(&["--locked"]));
+    assert_eq!(sha256_hex(&std::fs::read(site.output()).unwrap()), first);
+}
+
+#[test]
+fn locked_build_names_the_tokenizer_source_when_its_branch_moved() {
+    let (hub, site, model_commit, old) = gguf_site("");
+    assert_ok(&site.run(&["lock", site.manifest().to_str().unwrap()]));
+    let locked = std::fs::read(site.lock()).unwrap();
+
+    // The tokenizer repo's `main` moves to a commit with another tokenizer_config.json.
+    let mut files: Vec<(String, Vec<u8>)> = TOK_FILES
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(tok_fixture().join(n)).unwrap()))
+        .collect();
+    files[2].1.extend_from_slice(b"\n");
+    let new = hub.commit(TOK_REPO, "main", &files);
+
+    let err = assert_fails_with(
+        &site.build(&["--locked"]),
+        &[
+            TOK_REPO,
+            "the `model.tokenizer` source",
+            "now resolves to commit",
+            &new,
+            &old,
+            "appliance lock",
+        ],
+    );
+    assert!(!err.contains(GGUF_REPO), "blames the model: {err}");
+    assert!(!site.output().exists());
+
+    // Without `--locked` the lock decides: the locked tokenizer bytes are packaged.
+    assert_ok(&site.build(&[]));
+    assert_image_has_gguf_and_tokenizer(&site.output());
+    assert_eq!(std::fs::read(site.lock()).unwrap(), locked);
+
+    // `appliance lock` moves the tokenizer to the new commit and keeps the model's.
+    assert_ok(&site.run(&["lock", site.manifest().to_str().unwrap()]));
+    let lock = read_lock(&site);
+    assert_eq!(lock["tokenizer"]["commit"].as_str(), Some(new.as_str()));
+    assert_eq!(
+        lock["model"]["commit"].as_str(),
+        Some(model_commit.as_str())
+    );
+    assert_ok(&site.build(&["--locked"]));
+    let entries = layer_entries(&site.output());
+    assert!(entries["models/tiny/tokenizer_config.json"].bytes == files[2].1);
+
+    // A lock for another tokenizer revision is drift too, named as the tokenizer's.
+    let text = std::fs::read_to_string(site.manifest()).unwrap().replace(
+        &format!("hf = \"{TOK_REPO}\""),
+        &format!("hf = \"{TOK_REPO}\", revision = \"{old}\""),
+    );
+    std::fs::write(site.manifest(), text).unwrap();
+    assert_fails_with(
+        &site.build(&["--locked"]),
+        &["was written for another `model.tokenizer`", TOK_REPO],
+    );
+}
+
+#[test]
+fn tampered_tokenizer_file_fails_its_sha256_check() {
+    let (hub, site, _, tok_commit) = gguf_site("");
+    assert_ok(&site.run(&["lock", site.manifest().to_str().unwrap()]));
+    std::fs::remove_dir_all(&site.hf_home).unwrap();
+
+    // The Hub now serves a flipped byte: the lock's sha256 catches it.
+    hub.fault("tokenizer.json", Fault::FlipByte, 1);
+    let good = sha256_hex(&std::fs::read(tok_fixture().join("tokenizer.json")).unwrap());
+    assert_fails_with(
+        &site.build(&[]),
+        &[
+            "sha256 mismatch for `tokenizer.json`",
+            &good,
+            "manifest.lock",
+            "quarantined",
+        ],
+    );
+    assert!(!site.output().exists());
+    let link = site
+        .hf_home
+        .join("hub/models--org--tiny-tok/snapshots")
+        .join(&tok_commit)
+        .join("tokenizer.json");
+    assert!(!link.exists(), "the corrupt file is in the cache");
+    assert!(
+        site.dir
+            .path()
+            .join("appliance/hub/quarantine/models--org--tiny-tok")
+            .join(&tok_commit)
+            .join("tokenizer.json")
+            .is_file()
+    );
+
+    // A pin in `model.tokenizer.sha256` that the bytes do not match fails the same way.
+    let (_hub, site, _, _) = gguf_site(&format!(
+        ", sha256 = {{ \"tokenizer.json\" = \"{}\" }}",
+        "0".repeat(64)
+    ));
+    assert_fails_with(
+        &site.build(&[]),
+        &[
+            "sha256 mismatch for `tokenizer.json`",
+            &"0".repeat(64),
+            &good,
+            "manifest pin `model.tokenizer.sha256`",
+        ],
+    );
+    assert!(!site.output().exists() && !site.lock().exists());
+}
+
+#[test]
+fn offline_build_with_a_warm_cache_takes_the_tokenizer_from_it() {
+    let (hub, site, _, tok_commit) = gguf_site("");
+    let out = site.run(&["fetch", site.manifest().to_str().unwrap()]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains(&format!("of {TOK_REPO} at commit {tok_commit}")),
+        "{}",
+        stderr(&out)
+    );
+    let before = hub.requests().len();
+    assert_ok(&site.build(&["--offline", "--locked"]));
+    assert_image_has_gguf_and_tokenizer(&site.output());
+    // Without the lock, the cache's `refs/main` resolves both branches.
+    std::fs::remove_file(site.lock()).unwrap();
+    assert_ok(&site.build_with(&[], &[("HF_HUB_OFFLINE", "1")]));
+    assert_image_has_gguf_and_tokenizer(&site.output());
+    assert_eq!(
+        hub.requests().len(),
+        before,
+        "an offline build touched the network"
+    );
+
+    // A cold cache names the tokenizer repository among what is missing.
+    std::fs::remove_dir_all(site.hf_home.join("hub/models--org--tiny-tok")).unwrap();
+    assert_fails_with(
+        &site.build(&["--offline", "--locked"]),
+        &["Offline", TOK_REPO, "  - tokenizer.json", "appliance fetch"],
+    );
+    assert_eq!(hub.requests().len(), before);
+}
+
+/// A Hub GGUF repository without `tokenizer.json` is not refused from its file list: the
+/// downloaded header decides. The fixture's GGUF carries its tokenizer in its metadata and builds
+/// alone; the same file without `tokenizer.ggml.tokens` (removed with gguf-py's
+/// `gguf_new_metadata`) is refused once fetched, naming the file and the key, and nothing is
+/// written.
+#[test]
+fn a_hub_gguf_repo_without_tokenizer_json_is_decided_by_its_metadata() {
+    let hub = FakeHub::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let (full, stripped) = (
+        scratch.path().join("full.gguf"),
+        scratch.path().join("s.gguf"),
+    );
+    std::fs::write(&full, gguf_bytes()).unwrap();
+    let strip = Command::new("python3")
+        .args(["-m", "gguf.scripts.gguf_new_metadata"])
+        .arg(&full)
+        .arg(&stripped)
+        .args(["--remove-metadata", "tokenizer.ggml.tokens", "--force"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("python3 (gguf-py: scripts/install-test-deps)");
+    assert!(strip.status.success(), "{}", stderr(&strip));
+    let file = |bytes| [(GGUF_FILE.to_string(), bytes)];
+    hub.commit("org/gguf-alone", "main", &file(gguf_bytes()));
+    let no_vocab = std::fs::read(&stripped).unwrap();
+    hub.commit("org/gguf-no-vocab", "main", &file(no_vocab));
+    let site = Site::new(&hub);
+    let manifest = |repo: &str| {
+        let text = format!(
+            "[image]\nname = \"registry.local/llm/tiny\"\ntag = \"0.1.0\"\n\
+             [model]\nhf = \"{repo}\"\nfiles = [\"*.gguf\"]\n\
+             [server]\nserved_model_name = \"tiny\"\n"
+        );
+        std::fs::write(site.manifest(), text).unwrap();
+    };
+
+    manifest("org/gguf-alone");
+    assert_ok(&site.build(&[]));
+    let files = layer_entries(&site.output());
+    assert!(files[&format!("models/tiny/{GGUF_FILE}")].bytes == gguf_bytes());
+    assert!(!files.contains_key("models/tiny/tokenizer.json"));
+    std::fs::remove_file(site.output()).unwrap();
+
+    manifest("org/gguf-no-vocab");
+    let out = site.build(&[]);
+    assert_fails_with(
+        &out,
+        &[
+            &format!("{GGUF_FILE}: no `tokenizer.json` is packaged beside this GGUF"),
+            "`tokenizer.ggml.tokens` is missing",
+            "`tokenizer = { hf = \"org/repo\" }`",
+        ],
+    );
+    assert!(!site.output().exists());
+}
+
+/// The GGUF checks apply to Hub sources too: an incomplete shard set is refused from the Hub's
+/// file list, before any file is downloaded; a GGUF whose upload was cut short (the Hub's own
+/// digest agrees with the bytes) is refused once fetched, naming the file, and nothing is
+/// written.
+#[test]
+fn a_hub_gguf_repo_with_a_missing_shard_or_a_truncated_file_fails_the_build() {
+    let hub = FakeHub::start();
+    let tokenizer = std::fs::read(tok_fixture().join("tokenizer.json")).unwrap();
+    let gguf = gguf_bytes();
+    hub.commit(
+        "org/sharded-gguf",
+        "main",
+        &[
+            ("m-00001-of-00002.gguf".to_string(), gguf.clone()),
+            ("tokenizer.json".to_string(), tokenizer.clone()),
+        ],
+    );
+    let cut = gguf[..gguf.len() - 100].to_vec();
+    hub.commit(
+        "org/cut-gguf",
+        "main",
+        &[
+            (GGUF_FILE.to_string(), cut),
+            ("tokenizer.json".to_string(), tokenizer),
+        ],
+    );
+    let site = Site::new(&hub);
+    let manifest = |repo: &str| {
+        let text = format!(
+            "[image]\nname = \"registry.local/llm/tiny\"\ntag = \"0.1.0\"\n\
+             [model]\nhf = \"{repo}\"\nfiles = [\"*.gguf\", \"tokenizer.json\"]\n\
+             [server]\nserved_model_name = \"tiny\"\n"
+        );
+        std::fs::write(site.manifest(), text).unwrap();
+    };
+
+    manifest("org/sharded-gguf");
+    let out = site.build(&[]);
+    assert_fails_with(
+        &out,
+        &[
+            "`org/sharded-gguf` at commit",
+            "m-00002-of-00002.gguf is missing",
+        ],
+    );
+    assert!(
+        requests_for(&hub, "m-00001-of-00002.gguf").is_empty(),
+        "a shard was downloaded"
+    );
+    assert!(!site.output().exists());
+
+    manifest("org/cut-gguf");
+    let out = site.build(&[]);
+    assert_fails_with(
+        &out,
+        &[
+            &format!("{GGUF_FILE} is truncated: tensor `"),
+            &format!("the file has {}", gguf.len() - 100),
+        ],
+    );
+    assert!(!site.output().exists());
+}

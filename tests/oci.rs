@@ -156,6 +156,125 @@ fn umoci_unpacks_a_rootfs_the_server_runs_from() {
     assert!(checked.iter().any(|p| p.contains("libc.so")), "{checked:?}");
 }
 
+/// A GGUF-only model (the llama-gqa fixture as Q8_0, written by `scripts/fixture-to-gguf.py`: no
+/// tokenizer.json, config.json or tokenizer_config.json) builds, and the server run from the
+/// unpacked rootfs builds its tokenizer and chat template from the GGUF's metadata: `/tokenize`
+/// answers every reference prompt with the ids the fixture's tokenizer.json gives
+/// (reference.json's `input_ids`, from transformers).
+#[test]
+fn a_gguf_only_image_serves_the_tokenizer_from_its_metadata() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    let model = d.join("llama-gqa");
+    std::fs::create_dir(&model).unwrap();
+    support::run_ok(
+        Command::new(support::require_tool("python3"))
+            .arg(support::workspace_root().join("scripts/fixture-to-gguf.py"))
+            .arg(&fixture)
+            .arg(model.join("llama-gqa-q8_0.gguf"))
+            .args(["--type", "q8_0"]),
+        Duration::from_secs(120),
+    );
+    let manifest = d.join("manifest.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[image]\nname = \"registry.local/llm/gguf-only\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
+             [model]\npath = \"{}\"\nfiles = [\"*.gguf\"]\n[server]\nserved_model_name = \"llama-gqa\"\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let tar = d.join("image.tar");
+    let out = Command::new(support::appliance_bin())
+        .arg("build")
+        .arg(&manifest)
+        .arg("-o")
+        .arg(&tar)
+        .arg("--json")
+        .env("APPLIANCE_CACHE", d.join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<&str> = built["image"]["model"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["llama-gqa-q8_0.gguf"]);
+
+    // The server in the rootfs, as a container starts it: the image's args and Env alone.
+    let unpacked = umoci_unpack(&tar, false);
+    let runtime = unpacked.runtime_config();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let port = support::free_port();
+    let log_path = d.join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(support::require_tool("chroot"));
+    cmd.arg(&unpacked.rootfs)
+        .args(strings(&runtime["process"]["args"]))
+        .env_clear();
+    for kv in strings(&runtime["process"]["env"]) {
+        let (k, v) = kv.split_once('=').unwrap();
+        cmd.env(k, v);
+    }
+    cmd.env("APPLIANCE_HOST", "127.0.0.1")
+        .env("APPLIANCE_PORT", port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    /// Stops the server however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(cmd.spawn().unwrap());
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = support::wait_for_http(&format!("{base}/ready"), Duration::from_secs(90));
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(ready, "never ready; logs:\n{}", logs());
+    assert!(
+        logs().contains(
+            "tokenizer: GGUF metadata of /models/llama-gqa/llama-gqa-q8_0.gguf (no tokenizer.json)"
+        ),
+        "{}",
+        logs()
+    );
+
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("reference.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    assert!(cases.iter().any(|c| c["kind"] == "chat"), "no chat case");
+    for case in cases {
+        let body = match case["kind"].as_str() {
+            Some("completion") => serde_json::json!({"prompt": case["prompt"]}),
+            _ => serde_json::json!({"messages": case["prompt"]}),
+        };
+        let (status, text) =
+            support::http_post_json(&format!("{base}/tokenize"), &body.to_string(), None);
+        assert_eq!(status, 200, "{text}");
+        let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(got["tokens"], case["input_ids"], "{}", case["prompt"]);
+    }
+}
+
 #[test]
 fn docker_loads_inspects_and_runs_the_image() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,7 +333,6 @@ fn docker_loads_inspects_and_runs_the_image() {
 /// limits and ample for the server.
 #[test]
 fn podman_loads_and_runs_the_same_tarball() {
-    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let (tar, _) = build_with(dir.path(), "", &format!("port = {port}"));
@@ -230,25 +348,13 @@ fn podman_loads_and_runs_the_same_tarball() {
 
     let key = "sk-podman-51c0";
     let key_file = write_key_file(dir.path(), key);
-    let id = podman.podman_ok(&hardened_run(
-        &["-d", "--network", "host"],
-        &[
-            "--ulimit",
-            "nofile=4096:4096",
-            "--ulimit",
-            "nproc=4096:4096",
-            "-v",
-            &format!("{}:/run/secrets/key:ro", key_file.display()),
-            "-e",
-            "APPLIANCE_API_KEY_FILE=/run/secrets/key",
-            "registry.local/llm/llama-gqa:0.1.0",
-        ],
-    ));
-    let id = id.trim().to_string();
-    let base = format!("http://127.0.0.1:{port}");
-    let ready = support::wait_for_http(&format!("{base}/ready"), Duration::from_secs(90));
+    let (id, base) = podman_run_hardened(
+        &podman,
+        &key_file,
+        port,
+        "registry.local/llm/llama-gqa:0.1.0",
+    );
     let logs = || podman.podman_ok(&["logs", &id]);
-    assert!(ready, "never ready under podman; logs:\n{}", logs());
     let user = podman.podman_ok(&["inspect", "-f", "{{.Config.User}}", &id]);
     assert_eq!(user.trim(), "65532:65532");
     let body = r#"{"model": "llama-gqa", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}"#;
@@ -261,6 +367,41 @@ fn podman_loads_and_runs_the_same_tarball() {
     let code = podman.podman_ok(&["inspect", "-f", "{{.State.ExitCode}}", &id]);
     assert_eq!(code.trim(), "0", "logs:\n{}", logs());
     podman.podman_ok(&["rm", &id]);
+}
+
+/// Runs `image` detached under podman as a site would (hardened, host network, the API key as a
+/// read-only secret file) and waits until `/ready`; returns the container id and base URL.
+fn podman_run_hardened(
+    podman: &support::tools::Podman,
+    key_file: &Path,
+    port: u16,
+    image: &str,
+) -> (String, String) {
+    use std::time::Duration;
+    let mount = format!("{}:/run/secrets/key:ro", key_file.display());
+    let id = podman.podman_ok(&hardened_run(
+        &["-d", "--network", "host"],
+        &[
+            "--ulimit",
+            "nofile=4096:4096",
+            "--ulimit",
+            "nproc=4096:4096",
+            "-v",
+            &mount,
+            "-e",
+            "APPLIANCE_API_KEY_FILE=/run/secrets/key",
+            image,
+        ],
+    ));
+    let id = id.trim().to_string();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = support::wait_for_http(&format!("{base}/ready"), Duration::from_secs(90));
+    assert!(
+        ready,
+        "never ready under podman; logs:\n{}",
+        podman.podman_ok(&["logs", &id])
+    );
+    (id, base)
 }
 
 /// umoci 0.4.7 and Docker 20.10 cannot read zstd layers (the README says so); podman can, and
@@ -463,12 +604,23 @@ fn openai_chat(
     messages: &serde_json::Value,
     max_tokens: usize,
 ) -> serde_json::Value {
+    openai_chat_named(port, key, "llama-gqa", messages, max_tokens)
+}
+
+/// [`openai_chat`] for a model served under another name.
+fn openai_chat_named(
+    port: u16,
+    key: &str,
+    model: &str,
+    messages: &serde_json::Value,
+    max_tokens: usize,
+) -> serde_json::Value {
     const SCRIPT: &str = r#"
 import json, os, sys
 import openai
 client = openai.OpenAI(base_url=os.environ["BASE_URL"], api_key=os.environ["KEY"], max_retries=0)
 try:
-    r = client.chat.completions.create(model="llama-gqa", messages=json.loads(os.environ["MESSAGES"]),
+    r = client.chat.completions.create(model=os.environ["MODEL"], messages=json.loads(os.environ["MESSAGES"]),
                                        max_tokens=int(os.environ["MAX_TOKENS"]), temperature=0)
     print(json.dumps({"status": "ok", "content": r.choices[0].message.content, "model": r.model,
                       "finish_reason": r.choices[0].finish_reason}))
@@ -481,10 +633,157 @@ except openai.APIStatusError as e:
             .arg(SCRIPT)
             .env("BASE_URL", format!("http://127.0.0.1:{port}/v1"))
             .env("KEY", key)
+            .env("MODEL", model)
             .env("MESSAGES", messages.to_string())
             .env("MAX_TOKENS", max_tokens.to_string()),
         std::time::Duration::from_secs(120),
     );
     serde_json::from_str(out.trim())
         .unwrap_or_else(|e| panic!("openai client printed {out:?}: {e}"))
+}
+
+/// `[model] quantize = "q4_k_m"` end to end: two builds (each quantizing afresh, in its own cache)
+/// give the same tarball; `appliance verify` and the openssl/sha256sum script accept the signed
+/// image; its model directory holds the GGUF and no safetensors, and the labels name the
+/// quantization; podman runs it and the official OpenAI client gets a completion; and the
+/// model's share of the tarball is at most 0.35x that of the f16 build of the same checkpoint
+/// (the layers both images share byte for byte, server and userland, are left out: in a debug
+/// build the unstripped server would dominate both; `scripts/bench-quantize` measures whole
+/// tarballs with the release server).
+#[test]
+fn a_q4_k_m_image_is_reproducible_verifies_serves_and_is_a_third_of_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = support::free_port();
+    let password = "quantize-test-pw";
+    let appliance = |args: &[&str], cache: &str| {
+        let out = Command::new(support::appliance_bin())
+            .args(args)
+            .current_dir(d)
+            .env("APPLIANCE_CACHE", d.join(cache))
+            .env("APPLIANCE_KEY_PASSWORD", password)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "appliance {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    appliance(&["keygen", "--output", "site"], "cache-a");
+    let write_manifest = |name: &str, quantize: &str| {
+        let path = d.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[image]\nname = \"registry.local/llm/quantized\"\ntag = \"0.1.0\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
+                 [model]\nsynthetic = {{ arch = \"llama\", seed = 7, dtype = \"f16\", hidden_size = 256, intermediate_size = 512, num_hidden_layers = 4 }}\n\
+                 {quantize}\n[server]\nserved_model_name = \"tiny\"\nport = {port}\n[signing]\nkey = \"site.key\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let q = write_manifest("q.toml", "quantize = \"q4_k_m\"");
+    let f16 = write_manifest("f16.toml", "");
+    let build = |manifest: &Path, out: &str, cache: &str| -> serde_json::Value {
+        let o = appliance(
+            &["build", manifest.to_str().unwrap(), "-o", out, "--json"],
+            cache,
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let first = build(&q, "q1.tar", "cache-a");
+    let second = build(&q, "q2.tar", "cache-b");
+    let (q1, q2) = (d.join("q1.tar"), d.join("q2.tar"));
+    assert_eq!(
+        std::fs::read(&q1).unwrap(),
+        std::fs::read(&q2).unwrap(),
+        "two builds with separate caches differ"
+    );
+    assert_eq!(
+        first["image"]["manifest_digest"],
+        second["image"]["manifest_digest"]
+    );
+    let labels = &first["image"]["labels"];
+    assert_eq!(labels["appliance.model.format"], "gguf", "{labels}");
+    assert_eq!(labels["appliance.model.quantization"], "Q4_K_M", "{labels}");
+    assert_eq!(labels["appliance.model.architecture"], "llama", "{labels}");
+    let files: Vec<&str> = first["image"]["model"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(files.contains(&"model.gguf"), "{files:?}");
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.ends_with(".safetensors") || *f == "config.json"),
+        "the image keeps the source weights: {files:?}"
+    );
+
+    // Both verifiers accept the signed quantized image; the provenance names the source weights.
+    appliance(&["verify", "q1.tar", "--key", "site.pub"], "cache-a");
+    let offline = Command::new("sh")
+        .arg(support::workspace_root().join("scripts/verify-offline.sh"))
+        .arg(&q1)
+        .arg(d.join("site.pub"))
+        .output()
+        .unwrap();
+    assert!(
+        offline.status.success(),
+        "verify-offline.sh: {}{}",
+        String::from_utf8_lossy(&offline.stdout),
+        String::from_utf8_lossy(&offline.stderr)
+    );
+
+    // Size: the model's layers against the f16 build's.
+    let f16_built = build(&f16, "f16.tar", "cache-a");
+    let layers = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v["image"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["digest"].as_str().unwrap().to_string(),
+                    l["size"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (ql, fl) = (layers(&first), layers(&f16_built));
+    let shared: u64 = ql
+        .iter()
+        .filter(|(digest, _)| fl.iter().any(|(d, _)| d == digest))
+        .map(|(_, size)| size)
+        .sum();
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let (q_own, f_own) = (size(&q1) - shared, size(&d.join("f16.tar")) - shared);
+    let ratio = q_own as f64 / f_own as f64;
+    eprintln!("q4_k_m {q_own} B vs f16 {f_own} B beyond {shared} shared bytes: {ratio:.3}x");
+    assert!(shared > 0, "the two images share no layer");
+    assert!(ratio <= 0.35, "q4_k_m is {ratio:.3}x the f16 build");
+
+    // podman runs it; the OpenAI client gets a completion from the quantized weights.
+    let (podman, _) = podman_load(&q1);
+    let key = "sk-quantized-2b7e";
+    let key_file = write_key_file(d, key);
+    let (id, _) = podman_run_hardened(
+        &podman,
+        &key_file,
+        port,
+        "registry.local/llm/quantized:0.1.0",
+    );
+    let messages = serde_json::json!([{"role": "user", "content": "hello"}]);
+    let client = openai_chat_named(port, key, "tiny", &messages, 6);
+    assert_eq!(client["status"], "ok", "{client}");
+    assert_eq!(client["model"], "tiny", "{client}");
+    assert_eq!(client["finish_reason"], "length", "{client}");
+    assert!(!client["content"].as_str().unwrap().is_empty(), "{client}");
+    podman.podman_ok(&["stop", "-t", "30", &id]);
+    podman.podman_ok(&["rm", &id]);
 }

@@ -24,6 +24,10 @@ pub struct BuildFacts {
     pub created: String,
     pub builder_version: String,
     pub model: ModelFacts,
+    /// `model.tokenizer`, when the manifest names a companion source.
+    pub tokenizer: Option<TokenizerFacts>,
+    /// `model.quantize`: the build step that made the image's GGUF from safetensors.
+    pub quantization: Option<QuantizationFacts>,
     pub server: ServerFacts,
     pub userland: Vec<FileFact>,
     /// The pre-pulled base image whose layers sit at the bottom of the image, if any.
@@ -61,6 +65,43 @@ pub struct ModelFacts {
     pub hub: Option<(String, String)>,
     /// Paths relative to `dir`.
     pub files: Vec<FileFact>,
+    /// What the weights are (GGUF or safetensors, architecture, quantization).
+    pub format: Option<crate::fetch::ModelFormat>,
+}
+
+/// A companion tokenizer source: a dependency of its own, since its files come from another
+/// repository (and commit) than the weights they sit beside.
+pub struct TokenizerFacts {
+    /// `hf:org/repo` or `path:dir`.
+    pub source: String,
+    /// `(repo, commit)` for a Hub source.
+    pub hub: Option<(String, String)>,
+    /// Paths relative to the model dir (they are also among [`ModelFacts::files`]).
+    pub files: Vec<FileFact>,
+}
+
+impl TokenizerFacts {
+    /// `pkg:huggingface/org/repo@commit` for a Hub source.
+    pub fn purl(&self) -> Option<String> {
+        self.hub
+            .as_ref()
+            .map(|(repo, commit)| format!("pkg:huggingface/{repo}@{commit}"))
+    }
+}
+
+/// Build-time quantization: its inputs are not in the image, so the attestations are the only
+/// record of what the GGUF was made from.
+pub struct QuantizationFacts {
+    /// `q4_k_m`, `q6_k`, `q8_0`.
+    pub file_type: String,
+    /// The converter and method, e.g. `appliance-gguf 1 (llama.cpp reference quantizers)`.
+    pub converter: String,
+    /// The GGUF's path relative to the model dir.
+    pub output: String,
+    /// Tensors per ggml type in the output.
+    pub tensor_types: std::collections::BTreeMap<String, usize>,
+    /// The source files (paths relative to the source model), as read by the converter.
+    pub sources: Vec<FileFact>,
 }
 
 pub struct ServerFacts {
@@ -129,7 +170,10 @@ mod tests {
                 revision: "".into(),
                 hub: None,
                 files: vec![],
+                format: None,
             },
+            tokenizer: None,
+            quantization: None,
             server: ServerFacts {
                 path: "usr/local/bin/appliance-server".into(),
                 version: "0.1.0".into(),
@@ -170,5 +214,100 @@ mod tests {
         assert!(bom.contains(&d("diff").prefixed()));
         let without = facts(None);
         assert!(!sbom::bom(&without).to_string().contains("base-image"));
+    }
+
+    /// The tokenizer's files resolve to its own repository and commit, the weights' to theirs.
+    #[test]
+    fn tokenizer_source_is_its_own_dependency() {
+        let d = |s: &str| Sha256Digest::of(s.as_bytes());
+        let fact = |path: &str| FileFact {
+            path: path.into(),
+            sha256: d(path),
+            size: 1,
+            package: None,
+        };
+        let mut with = facts(None);
+        with.model.hub = Some(("org/m-gguf".into(), "1".repeat(40)));
+        with.model.files = vec![fact("m.gguf"), fact("tokenizer.json")];
+        with.tokenizer = Some(TokenizerFacts {
+            source: "hf:org/m".into(),
+            hub: Some(("org/m".into(), "2".repeat(40))),
+            files: vec![fact("tokenizer.json")],
+        });
+        let prov = provenance::predicate(&with);
+        let deps = prov["buildDefinition"]["resolvedDependencies"]
+            .as_array()
+            .unwrap();
+        let uri = |name: &str| {
+            deps.iter()
+                .find(|dep| dep["name"] == format!("models/x/{name}"))
+                .map(|dep| dep["uri"].as_str().unwrap().to_string())
+                .unwrap()
+        };
+        assert_eq!(
+            uri("m.gguf"),
+            format!(
+                "https://huggingface.co/org/m-gguf/resolve/{}/m.gguf",
+                "1".repeat(40)
+            )
+        );
+        assert_eq!(
+            uri("tokenizer.json"),
+            format!(
+                "https://huggingface.co/org/m/resolve/{}/tokenizer.json",
+                "2".repeat(40)
+            )
+        );
+        let bom = sbom::bom(&with);
+        let tok = bom["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["bom-ref"] == "tokenizer")
+            .unwrap();
+        assert_eq!(
+            tok["purl"],
+            format!("pkg:huggingface/org/m@{}", "2".repeat(40))
+        );
+        assert_eq!(tok["components"][0]["name"], "models/x/tokenizer.json");
+        assert_eq!(
+            tok["components"][0]["hashes"][0]["content"],
+            d("tokenizer.json").hex()
+        );
+    }
+
+    /// Auditors see which weights they sign off: format, architecture and quantization are
+    /// properties of the model component, the architecture its model card's family too.
+    #[test]
+    fn the_model_format_is_in_the_sbom() {
+        let mut with = facts(None);
+        with.model.format = Some(crate::fetch::ModelFormat {
+            weights: crate::fetch::WeightFormat::Gguf,
+            architecture: Some("qwen2".into()),
+            quantization: Some("Q4_K_M".into()),
+        });
+        let bom = sbom::bom(&with);
+        let model = &bom["components"][0];
+        assert_eq!(model["bom-ref"], "model");
+        let property = |name: &str| {
+            model["properties"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .map(|p| p["value"].as_str().unwrap().to_string())
+        };
+        assert_eq!(property("appliance:format").as_deref(), Some("gguf"));
+        assert_eq!(property("appliance:architecture").as_deref(), Some("qwen2"));
+        assert_eq!(
+            property("appliance:quantization").as_deref(),
+            Some("Q4_K_M")
+        );
+        assert_eq!(
+            model["modelCard"]["modelParameters"]["architectureFamily"],
+            "qwen2"
+        );
+        let without = sbom::bom(&facts(None));
+        assert!(!without.to_string().contains("appliance:quantization"));
     }
 }

@@ -17,6 +17,37 @@ pub fn predicate(facts: &BuildFacts) -> Value {
         .files
         .iter()
         .map(|f| {
+            // A file from the companion tokenizer source resolves to that source.
+            let tokenizer = facts
+                .tokenizer
+                .as_ref()
+                .filter(|t| t.files.iter().any(|t| t.path == f.path));
+            let (hub, source) = match tokenizer {
+                Some(t) => (&t.hub, &t.source),
+                None => (&model.hub, &model.source),
+            };
+            let uri = match hub {
+                Some((repo, commit)) => {
+                    format!("https://huggingface.co/{repo}/resolve/{commit}/{}", f.path)
+                }
+                None => format!("appliance-model:{source}/{}", f.path),
+            };
+            let mut annotations = json!({"size": f.size});
+            if tokenizer.is_some() {
+                annotations["role"] = json!("tokenizer (model.tokenizer)");
+            }
+            json!({
+                "uri": uri,
+                "name": format!("{}/{}", model.dir, f.path),
+                "digest": {"sha256": f.sha256.hex()},
+                "annotations": annotations,
+            })
+        })
+        .collect();
+    if let Some(q) = &facts.quantization {
+        // Inputs of the quantization step: named outside the model dir, since they are not in
+        // the image (`verify` matches model-dir names against the layers).
+        deps.extend(q.sources.iter().map(|f| {
             let uri = match &model.hub {
                 Some((repo, commit)) => {
                     format!("https://huggingface.co/{repo}/resolve/{commit}/{}", f.path)
@@ -25,12 +56,12 @@ pub fn predicate(facts: &BuildFacts) -> Value {
             };
             json!({
                 "uri": uri,
-                "name": format!("{}/{}", model.dir, f.path),
+                "name": format!("quantization-input/{}", f.path),
                 "digest": {"sha256": f.sha256.hex()},
-                "annotations": {"size": f.size},
+                "annotations": {"size": f.size, "role": format!("input of model.quantize = \"{}\"", q.file_type)},
             })
-        })
-        .collect();
+        }));
+    }
     let server = &facts.server;
     let mut server_dep = json!({
         "uri": format!("pkg:cargo/appliance-server@{}", server.version),
@@ -67,11 +98,22 @@ pub fn predicate(facts: &BuildFacts) -> Value {
     if let Some(lock) = &facts.lock {
         external["lock"] = document(lock);
     }
+    let mut internal = json!({"created": facts.created});
+    if let Some(q) = &facts.quantization {
+        internal["steps"] = json!([{
+            "step": "quantize",
+            "fileType": q.file_type,
+            "converter": q.converter,
+            "inputs": q.sources.iter().map(|f| format!("quantization-input/{}", f.path)).collect::<Vec<_>>(),
+            "output": format!("{}/{}", model.dir, q.output),
+            "tensorTypes": q.tensor_types,
+        }]);
+    }
     json!({
         "buildDefinition": {
             "buildType": BUILD_TYPE,
             "externalParameters": external,
-            "internalParameters": {"created": facts.created},
+            "internalParameters": internal,
             "resolvedDependencies": deps,
         },
         "runDetails": {

@@ -30,6 +30,21 @@ pub fn bom(facts: &BuildFacts) -> Value {
     if let Some(purl) = model.purl() {
         model_component["purl"] = json!(purl);
     }
+    if let Some(format) = &model.format {
+        let mut properties =
+            vec![json!({"name": "appliance:format", "value": format.weights.as_str()})];
+        if let Some(architecture) = &format.architecture {
+            properties.push(json!({"name": "appliance:architecture", "value": architecture}));
+            model_component["modelCard"]["modelParameters"]["architectureFamily"] =
+                json!(architecture);
+        }
+        if let Some(quantization) = &format.quantization {
+            properties.push(json!({"name": "appliance:quantization", "value": quantization}));
+        }
+        if let Some(list) = model_component["properties"].as_array_mut() {
+            list.extend(properties);
+        }
+    }
 
     let server = &facts.server;
     let crates: Vec<Value> = server
@@ -63,6 +78,12 @@ pub fn bom(facts: &BuildFacts) -> Value {
     });
 
     let mut components = vec![model_component, server_component];
+    if let Some(q) = &facts.quantization {
+        components.push(quantization_source(q, model));
+    }
+    if let Some(tokenizer) = &facts.tokenizer {
+        components.push(tokenizer_component(tokenizer, &model.dir));
+    }
     if let Some(base) = &facts.base {
         let layers: Vec<Value> = base
             .layers
@@ -111,6 +132,67 @@ pub fn bom(facts: &BuildFacts) -> Value {
         },
         "components": components,
     })
+}
+
+/// The companion tokenizer source, beside the model rather than inside it: the model component
+/// lists every file of the model directory (what `verify` checks), this one says which of them
+/// came from another repository and commit.
+fn tokenizer_component(tokenizer: &super::TokenizerFacts, dir: &str) -> Value {
+    let files: Vec<Value> = tokenizer
+        .files
+        .iter()
+        .map(|f| file(&format!("{dir}/{}", f.path), f))
+        .collect();
+    let mut component = json!({
+        "type": "data",
+        "bom-ref": "tokenizer",
+        "name": tokenizer.hub.as_ref().map_or(tokenizer.source.as_str(), |(repo, _)| repo),
+        "properties": [
+            {"name": "appliance:source", "value": tokenizer.source},
+            {"name": "appliance:role", "value": "tokenizer and chat template of the model (model.tokenizer)"},
+            {"name": "appliance:path", "value": format!("/{dir}")},
+        ],
+        "components": files,
+    });
+    if let Some((_, commit)) = &tokenizer.hub {
+        component["version"] = json!(commit);
+    }
+    if let Some(purl) = tokenizer.purl() {
+        component["purl"] = json!(purl);
+    }
+    component
+}
+
+/// The safetensors checkpoint a `model.quantize` build made its GGUF from: not in the image,
+/// listed so that an auditor can tie the quantized weights to a published checkpoint.
+fn quantization_source(q: &super::QuantizationFacts, model: &super::ModelFacts) -> Value {
+    let files: Vec<Value> = q
+        .sources
+        .iter()
+        .map(|f| file(&format!("quantization-input/{}", f.path), f))
+        .collect();
+    let mut component = json!({
+        "type": "data",
+        "bom-ref": "model-source",
+        "name": model.hub.as_ref().map_or(model.source.as_str(), |(repo, _)| repo),
+        "description": format!(
+            "source checkpoint of {}/{} (model.quantize = \"{}\", {}); not in the image",
+            model.dir, q.output, q.file_type, q.converter
+        ),
+        "properties": [
+            {"name": "appliance:source", "value": model.source},
+            {"name": "appliance:role", "value": "quantization input"},
+            {"name": "appliance:quantize", "value": q.file_type},
+        ],
+        "components": files,
+    });
+    if let Some(purl) = model.purl() {
+        component["purl"] = json!(purl);
+    }
+    if let Some((_, commit)) = &model.hub {
+        component["version"] = json!(commit);
+    }
+    component
 }
 
 /// A `file` component named by its path in the image (no leading `/`).

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
-use super::lock::{LockPolicy, fetch_hub};
+use super::lock::{LockPolicy, fetch_hub, has_hub_source};
 use crate::attest;
 use crate::digest::Sha256Digest;
 use crate::export::{self, ImageWriter};
@@ -18,7 +18,7 @@ use crate::image::{self, Healthcheck, RunConfig};
 use crate::layers::cache::DigestCache;
 use crate::layers::plan::{self, Account, PlanInput, PlannedFile};
 use crate::layers::{FileSum, Layer, LayerRole};
-use crate::manifest::{Base, Device, Manifest, ModelSource};
+use crate::manifest::{Base, Device, Manifest};
 use crate::progress::Progress;
 use crate::server_binary;
 use crate::summary::{self, ImageSummary, LayerSummary, ModelFileSummary, ModelSummary, labels};
@@ -118,42 +118,109 @@ pub fn build(
         }
     ));
 
-    // Hub models go through the lock policy; their digests, verified on download (or when
-    // re-checked in the cache), are checked again against what gets packaged below.
-    let (model, hub_digests) = match &manifest.model.source {
-        ModelSource::Hub { .. } => {
-            let policy = if settings.locked {
-                LockPolicy::Locked
-            } else {
-                LockPolicy::Update
-            };
-            let hub = HubFetcher::new(settings.hub.clone());
-            let fetched = fetch_hub(&manifest, &settings.manifest, &hub, policy, progress, log)?;
-            let digests: BTreeMap<String, Sha256Digest> = fetched
-                .snapshot
-                .files
-                .iter()
-                .map(|f| (f.path.clone(), f.sha256))
-                .collect();
-            (fetched.model, Some(digests))
+    // Hub sources (the model, its tokenizer) go through the lock policy; their digests,
+    // verified on download (or when re-checked in the cache), are checked again against what
+    // gets packaged below.
+    let hub_fetch = if has_hub_source(&manifest) {
+        let policy = if settings.locked {
+            LockPolicy::Locked
+        } else {
+            LockPolicy::Update
+        };
+        let hub = HubFetcher::new(settings.hub.clone());
+        Some(fetch_hub(
+            &manifest,
+            &settings.manifest,
+            &hub,
+            policy,
+            progress,
+            log,
+        )?)
+    } else {
+        if settings.locked {
+            bail!(
+                "`--locked` applies to `hf` sources (`model.hf`, `model.tokenizer.hf`), which have a lock file"
+            );
         }
-        _ => {
-            if settings.locked {
-                bail!("`--locked` applies to `[model] hf` sources, which have a lock file");
-            }
-            (
-                Fetcher::new(&settings.cache_dir).fetch(&manifest.model)?,
-                None,
-            )
+        None
+    };
+    let hub_digests = hub_fetch.as_ref().map(|h| h.verified_digests());
+    let (hub_model, tokenizer) = match hub_fetch {
+        Some(h) => (h.model, h.tokenizer),
+        None => (
+            None,
+            match &manifest.model.tokenizer {
+                Some(t) => fetch::tokenizer::fetch_local(t)?,
+                None => None,
+            },
+        ),
+    };
+    let model = match hub_model {
+        Some(model) => model,
+        None => {
+            let companion = tokenizer.as_ref().map(|t| t.names()).unwrap_or_default();
+            Fetcher::new(&settings.cache_dir).fetch(&manifest.model, &companion)?
         }
     };
     fetch::check_pinned_files_present(&manifest.model.pins, &model.files)?;
+    if let (Some(t), Some(settings)) = (&tokenizer, &manifest.model.tokenizer) {
+        t.check_no_overlap(&model.origin.label(), &model.files)?;
+        t.check_pinned_files_present(&settings.pins)?;
+        log.step(&format!(
+            "Tokenizer: {} ({})",
+            match &t.origin {
+                ModelOrigin::Hf { repo, revision } => format!("hf:{repo}@{revision}"),
+                other => other.label(),
+            },
+            t.names().join(", ")
+        ));
+    }
+    // `model.quantize`: the safetensors weights become one GGUF file here; pins and Hub digests
+    // are checked on the files the converter reads.
+    let (model, quantization) = match manifest.model.quantize {
+        Some(file_type) => {
+            log.step(&format!(
+                "Quantizing {} to {} (llama.cpp's reference quantizers, tensor by tensor)",
+                model.origin.label(),
+                file_type.name()
+            ));
+            let (packaged, q) = crate::quantize::quantize(
+                &model,
+                file_type,
+                &manifest.server.served_model_name,
+                &settings.cache_dir,
+                hub_digests.as_ref(),
+            )?;
+            let read: BTreeMap<String, Sha256Digest> = q
+                .sources
+                .iter()
+                .map(|(path, digest, _)| (path.clone(), *digest))
+                .collect();
+            fetch::check_pins(&manifest.model.pins, &read)?;
+            log.step(&format!(
+                "Quantized: {} ({}){}",
+                crate::quantize::GGUF_NAME,
+                q.tensor_types
+                    .iter()
+                    .map(|(ty, n)| format!("{n} {ty}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if q.cached { ", from the cache" } else { "" }
+            ));
+            (packaged, Some(q))
+        }
+        None => (model, None),
+    };
     let model_bytes: u64 = model.files.iter().map(|f| f.size).sum();
     log.step(&format!(
-        "Model: {} ({} files, {})",
+        "Model: {} ({} files, {}{})",
         model.origin.label(),
         model.files.len(),
-        human_bytes(model_bytes)
+        human_bytes(model_bytes),
+        model
+            .format
+            .as_ref()
+            .map_or_else(String::new, |f| format!(", {}", f.describe()))
     ));
 
     let mut executables = vec![server.path.clone()];
@@ -198,6 +265,10 @@ pub fn build(
         },
         model_dir: &model_dir,
         model_files: &model.files,
+        tokenizer: tokenizer.as_ref().map(|t| plan::TokenizerFiles {
+            source: t.origin.label(),
+            files: &t.files,
+        }),
         userland: std::mem::take(&mut userland.entries),
         server: PlannedFile {
             rel_path: "appliance-server".into(),
@@ -260,9 +331,18 @@ pub fn build(
         .iter()
         .map(|(path, f)| (path.clone(), f.sha256))
         .collect();
-    fetch::check_pins(&manifest.model.pins, &digests)?;
+    if quantization.is_none() {
+        fetch::check_pins(&manifest.model.pins, &digests)?;
+    }
+    if let Some(t) = &manifest.model.tokenizer {
+        fetch::check_pins(&t.pins, &digests)?;
+    }
     if let Some(verified) = &hub_digests {
         for (file, expected) in verified {
+            // Files the quantizer consumed were checked as it read them.
+            if quantization.is_some() && !digests.contains_key(file) {
+                continue;
+            }
             if digests.get(file) != Some(expected) {
                 bail!(
                     "`{file}` changed in the cache while it was packaged: verified as {}, packaged as {}; nothing was written",
@@ -288,6 +368,7 @@ pub fn build(
             _ => summary::files_digest(&model_files).prefixed(),
         },
         files: model_files,
+        format: model.format.clone(),
     };
     let run = run_config(
         &manifest,
@@ -324,7 +405,47 @@ pub fn build(
                         package: None,
                     })
                     .collect(),
+                format: model.format.clone(),
             },
+            quantization: quantization.as_ref().map(|q| attest::QuantizationFacts {
+                file_type: q.file_type.name().to_string(),
+                converter: format!(
+                    "appliance {} (appliance-gguf: llama.cpp's convert_hf_to_gguf + llama-quantize reference quantizers, no importance matrix)",
+                    env!("CARGO_PKG_VERSION")
+                ),
+                output: crate::quantize::GGUF_NAME.to_string(),
+                tensor_types: q.tensor_types.clone(),
+                sources: q
+                    .sources
+                    .iter()
+                    .map(|(path, sha256, size)| attest::FileFact {
+                        path: path.clone(),
+                        sha256: *sha256,
+                        size: *size,
+                        package: None,
+                    })
+                    .collect(),
+            }),
+            tokenizer: tokenizer.as_ref().map(|t| attest::TokenizerFacts {
+                source: t.origin.label(),
+                hub: match &t.origin {
+                    ModelOrigin::Hf { repo, revision } => Some((repo.clone(), revision.clone())),
+                    _ => None,
+                },
+                files: t
+                    .files
+                    .iter()
+                    .filter_map(|f| {
+                        let m = measured.get(&f.rel_path)?;
+                        Some(attest::FileFact {
+                            path: f.rel_path.clone(),
+                            sha256: m.sha256,
+                            size: m.size,
+                            package: None,
+                        })
+                    })
+                    .collect(),
+            }),
             server: attest::ServerFacts {
                 path: plan::SERVER_PATH.to_string(),
                 version: server.info.version.clone(),
@@ -512,6 +633,9 @@ fn run_config(
         labels::MODEL_FILES_SHA256,
         summary::files_digest(&model.files).prefixed(),
     );
+    for (key, value) in model.format.iter().flat_map(|f| f.labels()) {
+        label(key, value);
+    }
     if let ModelOrigin::Synthetic { spec, .. } = origin {
         label(
             labels::MODEL_SYNTHETIC,

@@ -4,8 +4,11 @@
 //! Digests are not computed here but while the layers are measured (the same single read that
 //! feeds the layer digest), and handed back to [`check_pins`] before anything is written.
 
+pub mod format;
+pub mod gguf;
 pub mod hub;
 pub mod synthetic;
+pub mod tokenizer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use crate::digest::Sha256Digest;
 use crate::layers::plan::PlannedFile;
 use crate::manifest::{ModelSettings, ModelSource};
+pub use format::{ModelFormat, WeightFormat};
 use synthetic::SyntheticSpec;
 
 /// The model as local files, with where it came from.
@@ -23,6 +27,38 @@ pub struct FetchedModel {
     /// Sorted by relative path.
     pub files: Vec<PlannedFile>,
     pub origin: ModelOrigin,
+    /// `None` when the weights are neither GGUF nor safetensors.
+    pub format: Option<ModelFormat>,
+}
+
+impl FetchedModel {
+    /// Reads what the weights are once, here, so that a GGUF file the server would refuse fails
+    /// before any layer is written, and labels, SBOM and summary share one reading. For a model
+    /// without a companion tokenizer source: see [`FetchedModel::with_companion`].
+    pub fn new(files: Vec<PlannedFile>, origin: ModelOrigin) -> Result<Self, FetchError> {
+        Self::with_companion(files, origin, &[])
+    }
+
+    /// [`FetchedModel::new`] for a model packaged beside a companion tokenizer source's files
+    /// (`companion`, their names). A GGUF with no `tokenizer.json` among either must carry a
+    /// tokenizer the server can build from its metadata.
+    pub fn with_companion(
+        files: Vec<PlannedFile>,
+        origin: ModelOrigin,
+        companion: &[String],
+    ) -> Result<Self, FetchError> {
+        let tokenizer_json = files
+            .iter()
+            .map(|f| f.rel_path.as_str())
+            .chain(companion.iter().map(String::as_str))
+            .any(|p| p == tokenizer::TOKENIZER_JSON);
+        let format = ModelFormat::read(&files, tokenizer_json)?;
+        Ok(Self {
+            files,
+            origin,
+            format,
+        })
+    }
 }
 
 /// Where the model came from, as recorded in labels and provenance. Never a host path: the
@@ -62,10 +98,6 @@ pub enum FetchError {
         "Model directory `{dir}` has neither `config.json` nor a `.gguf` file among the selected files; is it a Hugging Face or GGUF model directory?"
     )]
     NoConfig { dir: PathBuf },
-    #[error(
-        "Model directory `{dir}`: a GGUF model needs `tokenizer.json` beside it (the server does not read tokenizers from GGUF metadata yet); add it to `model.files`"
-    )]
-    GgufWithoutTokenizer { dir: PathBuf },
     #[error("`{}`: {message}", dir.join(SHARD_INDEX).display())]
     ShardIndex { dir: PathBuf, message: String },
     #[error("Failed to generate the synthetic model in `{dir}`")]
@@ -87,6 +119,14 @@ pub enum FetchError {
     },
     #[error("`model.sha256` pins `{file}`, which is not among the packaged model files")]
     PinnedFileMissing { file: String },
+    #[error("Model directory `{dir}`: {error}")]
+    GgufShards {
+        dir: PathBuf,
+        error: gguf::ShardSetError,
+    },
+    /// Names the file and the key or tensor.
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
 }
 
 /// Resolves model sources to files; owns the cache where generated models are kept.
@@ -101,17 +141,25 @@ impl Fetcher {
         }
     }
 
-    pub fn fetch(&self, model: &ModelSettings) -> Result<FetchedModel, FetchError> {
+    /// `companion`: the files a companion tokenizer source puts beside the model's, which count
+    /// towards a loadable layout (a GGUF file without a `tokenizer.json` from either must carry
+    /// its tokenizer in its metadata).
+    pub fn fetch(
+        &self,
+        model: &ModelSettings,
+        companion: &[String],
+    ) -> Result<FetchedModel, FetchError> {
         match &model.source {
             ModelSource::Path(dir) => {
                 let name = dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                Ok(FetchedModel {
-                    files: list_model_files(dir, &model.files)?,
-                    origin: ModelOrigin::Path { name },
-                })
+                FetchedModel::with_companion(
+                    list_model_files(dir, &model.files, companion)?,
+                    ModelOrigin::Path { name },
+                    companion,
+                )
             }
             ModelSource::Hub { repo, .. } => Err(FetchError::HubUnsupported { repo: repo.clone() }),
             ModelSource::Synthetic(spec) => {
@@ -123,13 +171,13 @@ impl Fetcher {
                         source,
                     }
                 })?;
-                Ok(FetchedModel {
-                    files: list_model_files(&dir, &["*".to_string()])?,
-                    origin: ModelOrigin::Synthetic {
+                FetchedModel::new(
+                    list_model_files(&dir, &["*".to_string()], &[])?,
+                    ModelOrigin::Synthetic {
                         spec: spec.clone(),
                         digest,
                     },
-                })
+                )
             }
         }
     }
@@ -137,8 +185,12 @@ impl Fetcher {
 
 /// Lists regular files under `dir` matching `globs`, sorted, skipping hidden entries (`.git`,
 /// `.cache/huggingface` left by `huggingface-cli download --local-dir`). Symlinks are followed,
-/// so a Hub cache snapshot directory works as a `path` source.
-pub fn list_model_files(dir: &Path, globs: &[String]) -> Result<Vec<PlannedFile>, FetchError> {
+/// so a Hub cache snapshot directory works as a `path` source. `companion`: see [`Fetcher::fetch`].
+pub fn list_model_files(
+    dir: &Path,
+    globs: &[String],
+    companion: &[String],
+) -> Result<Vec<PlannedFile>, FetchError> {
     let set = glob_set(globs);
     let mut files = Vec::new();
     walk(dir, "", &set, &mut files)?;
@@ -149,16 +201,18 @@ pub fn list_model_files(dir: &Path, globs: &[String]) -> Result<Vec<PlannedFile>
             globs: globs.join(", "),
         });
     }
-    match model_layout(files.iter().map(|f| f.rel_path.as_str())) {
+    let paths = files.iter().map(|f| f.rel_path.as_str());
+    match model_layout(paths.chain(companion.iter().map(String::as_str))) {
         Layout::Ok => {}
         Layout::NoConfig => {
             return Err(FetchError::NoConfig {
                 dir: dir.to_path_buf(),
             });
         }
-        Layout::GgufWithoutTokenizer => {
-            return Err(FetchError::GgufWithoutTokenizer {
+        Layout::GgufShards(error) => {
+            return Err(FetchError::GgufShards {
                 dir: dir.to_path_buf(),
+                error,
             });
         }
     }
@@ -179,27 +233,25 @@ pub fn list_model_files(dir: &Path, globs: &[String]) -> Result<Vec<PlannedFile>
 pub(crate) enum Layout {
     Ok,
     NoConfig,
-    GgufWithoutTokenizer,
+    /// GGUF files that are not one complete set: the server would refuse them.
+    GgufShards(gguf::ShardSetError),
 }
 
 /// A Hugging Face layout (`config.json`), or a GGUF file at the top level
-/// with the `tokenizer.json` the server reads beside it (what GGUF
-/// repositories and Ollama-style directories hold: no `config.json`).
+/// (what GGUF repositories and Ollama-style directories hold: no
+/// `config.json`). GGUF files must be one file or one complete shard set
+/// even beside a `config.json`: the server loads them in preference to it.
+/// Whether the server has a tokenizer for a GGUF is not decided by names:
+/// without `tokenizer.json` it builds one from the GGUF's metadata, which
+/// the header check ([`FetchedModel::with_companion`]) looks at.
 pub(crate) fn model_layout<'a>(paths: impl Iterator<Item = &'a str> + Clone) -> Layout {
-    let has = |name: &str| paths.clone().any(|p| p == name);
-    if has("config.json") {
-        return Layout::Ok;
+    if let Err(error) = gguf::shard_set(paths.clone()) {
+        return Layout::GgufShards(error);
     }
-    if !paths
-        .clone()
-        .any(|p| !p.contains('/') && p.ends_with(".gguf"))
-    {
-        return Layout::NoConfig;
-    }
-    if has("tokenizer.json") {
+    if paths.clone().any(|p| p == "config.json") || paths.clone().any(gguf::is_gguf) {
         Layout::Ok
     } else {
-        Layout::GgufWithoutTokenizer
+        Layout::NoConfig
     }
 }
 
@@ -253,7 +305,7 @@ pub(crate) fn glob_set(globs: &[String]) -> GlobSet {
     builder.build().unwrap_or_else(|_| GlobSet::empty())
 }
 
-fn walk(
+pub(crate) fn walk(
     dir: &Path,
     prefix: &str,
     set: &GlobSet,
@@ -329,27 +381,62 @@ mod tests {
 
     const INDEX: &str = r#"{"metadata":{},"weight_map":{"a":"m-2.safetensors","b":"m-1.safetensors","c":"m-2.safetensors"}}"#;
 
+    /// The names decide only whether there is a model; whether a GGUF has a tokenizer (a
+    /// `tokenizer.json` or its metadata) is the header check's.
     #[test]
-    fn a_gguf_file_with_a_tokenizer_is_a_model_without_config_json() {
+    fn a_top_level_gguf_file_is_a_model_without_config_json() {
         let layout = |files: &[&str]| model_layout(files.iter().copied());
         assert_eq!(layout(&["config.json", "model.safetensors"]), Layout::Ok);
         assert_eq!(layout(&["m-q4_k_m.gguf", "tokenizer.json"]), Layout::Ok);
-        assert_eq!(layout(&["m-q4_k_m.gguf"]), Layout::GgufWithoutTokenizer);
+        assert_eq!(layout(&["m-q4_k_m.gguf"]), Layout::Ok);
         assert_eq!(layout(&["sub/m.gguf", "tokenizer.json"]), Layout::NoConfig);
         assert_eq!(layout(&["tokenizer.json", "README.md"]), Layout::NoConfig);
     }
 
+    /// A GGUF directory without `tokenizer.json` lists; its header then decides: a GGUF with no
+    /// tokenizer metadata is refused naming the file and the key, unless a `tokenizer.json` comes
+    /// from the directory or a companion tokenizer source.
     #[test]
-    fn a_gguf_directory_lists_and_one_without_tokenizer_is_refused() {
+    fn a_gguf_without_tokenizer_json_needs_a_tokenizer_in_its_metadata() {
+        use gguf::tests::{Meta, gguf_bytes};
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("model-q8_0.gguf"), b"GGUF").unwrap();
+        let bare = [("general.architecture", Meta::Str("llama"))];
+        let path = dir.path().join("model-q8_0.gguf");
+        std::fs::write(&path, gguf_bytes(&bare, &[("a", 32, 0)])).unwrap();
         let all = ["*".to_string()];
-        let err = list_model_files(dir.path(), &all).unwrap_err();
-        assert!(err.to_string().contains("tokenizer.json"), "{err}");
+        let origin = || ModelOrigin::Path { name: "m".into() };
+        let files = list_model_files(dir.path(), &all, &[]).unwrap();
+        assert_eq!(files.len(), 1);
+        let err = FetchedModel::new(files.clone(), origin())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{}: no `tokenizer.json` is packaged beside this GGUF, and the server cannot build the tokenizer from its metadata: `tokenizer.ggml.model` is missing",
+                path.display()
+            )),
+            "{err}"
+        );
+        // A companion tokenizer source supplies what the directory lacks.
+        let companion = ["tokenizer.json".to_string()];
+        FetchedModel::with_companion(files, origin(), &companion).unwrap();
         std::fs::write(dir.path().join("tokenizer.json"), b"{}").unwrap();
-        let files = list_model_files(dir.path(), &all).unwrap();
+        let files = list_model_files(dir.path(), &all, &[]).unwrap();
         let names: Vec<&str> = files.iter().map(|f| f.rel_path.as_str()).collect();
         assert_eq!(names, ["model-q8_0.gguf", "tokenizer.json"]);
+        FetchedModel::new(files, origin()).unwrap();
+
+        // Its own vocabulary is enough.
+        std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+        let tokenizer = [
+            ("general.architecture", Meta::Str("llama")),
+            ("tokenizer.ggml.model", Meta::Str("gpt2")),
+            ("tokenizer.ggml.tokens", Meta::Strs(&["a", "b"])),
+        ];
+        std::fs::write(&path, gguf_bytes(&tokenizer, &[("a", 32, 0)])).unwrap();
+        let files = list_model_files(dir.path(), &all, &[]).unwrap();
+        let model = FetchedModel::new(files, origin()).unwrap();
+        assert_eq!(model.format.unwrap().weights, WeightFormat::Gguf);
     }
 
     #[test]

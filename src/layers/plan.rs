@@ -61,6 +61,8 @@ pub struct PlanInput<'a> {
     /// `models/<served name>`.
     pub model_dir: &'a str,
     pub model_files: &'a [PlannedFile],
+    /// A companion tokenizer source's files, packaged into the model dir too.
+    pub tokenizer: Option<TokenizerFiles<'a>>,
     /// Loader, libc and friends; empty for a static server on `scratch`.
     pub userland: Vec<Entry>,
     pub server: PlannedFile,
@@ -68,6 +70,12 @@ pub struct PlanInput<'a> {
     pub launcher: Option<PlannedFile>,
     pub compression: Compression,
     pub mtime: u64,
+}
+
+/// The files of `model.tokenizer` and where they came from (`hf:org/repo`, `path:dir`).
+pub struct TokenizerFiles<'a> {
+    pub source: String,
+    pub files: &'a [PlannedFile],
 }
 
 /// Lays out the whole image, bottom layer first.
@@ -116,6 +124,24 @@ pub fn plan(input: PlanInput<'_>) -> Vec<LayerSpec> {
             LayerRole::ModelFiles,
             format!("appliance: model files {}", names.join(", ")),
             others.iter().map(|f| model_entry(f)).collect(),
+        ));
+    }
+    // Its own layer, above the model's: a tokenizer moved to another revision re-ships only
+    // this, and the model's layers stay shared with images built before the change.
+    if let Some(tokenizer) = input.tokenizer.as_ref().filter(|t| !t.files.is_empty()) {
+        let names: Vec<&str> = tokenizer
+            .files
+            .iter()
+            .map(|f| f.rel_path.as_str())
+            .collect();
+        layers.push(small(
+            LayerRole::ModelFiles,
+            format!(
+                "appliance: tokenizer files from {} {}",
+                tokenizer.source,
+                names.join(", ")
+            ),
+            tokenizer.files.iter().map(model_entry).collect(),
         ));
     }
     if !input.userland.is_empty() {

@@ -84,6 +84,33 @@ pub struct RawModel {
     pub synthetic: Option<SyntheticSpec>,
     #[serde(default)]
     pub sha256: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "tokenizer_table")]
+    pub tokenizer: Option<RawTokenizer>,
+    /// `"q4_k_m"`, `"q6_k"` or `"q8_0"`: turn safetensors weights into one GGUF file at build.
+    pub quantize: Option<String>,
+}
+
+/// `[model] tokenizer = { hf = "org/repo" }` or `{ path = "dir" }`: where the tokenizer and chat
+/// template come from when the model's own files lack them (GGUF repositories often do).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenizer {
+    pub hf: Option<String>,
+    pub path: Option<PathBuf>,
+    pub revision: Option<String>,
+    pub files: Option<Vec<String>>,
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
+}
+
+/// serde's own message (``unknown field `x` ``) does not say which table it is about; an inline
+/// table has no header line to point at, so the field name goes into the message.
+fn tokenizer_table<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<RawTokenizer>, D::Error> {
+    RawTokenizer::deserialize(d)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("field `model.tokenizer`: {e}")))
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -169,6 +196,30 @@ pub struct ModelSettings {
     pub files: Vec<String>,
     /// Expected sha256 per file path (relative to the model dir).
     pub pins: BTreeMap<String, Sha256Digest>,
+    /// A companion source whose files land beside the model's.
+    pub tokenizer: Option<TokenizerSettings>,
+    /// Build-time quantization of safetensors weights into one GGUF file.
+    pub quantize: Option<appliance_gguf::convert::FileType>,
+}
+
+/// `model.tokenizer`, validated.
+#[derive(Debug, Clone)]
+pub struct TokenizerSettings {
+    pub source: TokenizerSource,
+    /// Globs selecting the files to package.
+    pub files: Vec<String>,
+    /// Whether `files` was written out: the defaults are "whichever exist", yet must include
+    /// `tokenizer.json`, while explicit globs are taken at their word.
+    pub explicit_files: bool,
+    /// Expected sha256 per file path.
+    pub pins: BTreeMap<String, Sha256Digest>,
+}
+
+/// Where a companion tokenizer comes from; never synthetic (a generated model has its own).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenizerSource {
+    Path(PathBuf),
+    Hub { repo: String, revision: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -231,6 +282,16 @@ pub struct SigningSettings {
 
 /// The model files packaged when the manifest lists none: what a server needs, and never
 /// pickled weights (`*.bin`, `*.pt`), which can execute code when loaded.
+/// The tokenizer files taken from a companion source when the manifest lists none: what the
+/// server reads to tokenize and to render chats, and nothing that could shadow the model.
+pub const DEFAULT_TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+];
+
 pub const DEFAULT_MODEL_FILES: &[&str] = &[
     "config.json",
     "generation_config.json",
@@ -479,17 +540,137 @@ fn resolve_model(
             .map_err(|e| ("model.synthetic", e.to_string()))?;
         ModelSource::Synthetic(spec)
     };
-    let mut pins = BTreeMap::new();
-    for (file, hex) in &raw.sha256 {
-        let digest = Sha256Digest::parse(hex)
-            .map_err(|m| ("model.sha256", format!("pin for `{file}`: {m}")))?;
-        pins.insert(file.clone(), digest);
-    }
+    let pins = parse_pins(&raw.sha256, "model.sha256")?;
+    let tokenizer = match &raw.tokenizer {
+        None => None,
+        Some(_) if matches!(source, ModelSource::Synthetic(_)) => {
+            return Err((
+                "model.tokenizer",
+                "does not apply to a `synthetic` source, which generates its own tokenizer".into(),
+            ));
+        }
+        Some(t) => Some(resolve_tokenizer(t, resolve)?),
+    };
+    let quantize = match &raw.quantize {
+        None => None,
+        Some(name) => Some(
+            appliance_gguf::convert::FileType::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = appliance_gguf::convert::FileType::ALL
+                    .iter()
+                    .map(|t| t.name())
+                    .collect();
+                (
+                    "model.quantize",
+                    format!(
+                        "unknown quantization `{name}` (one of: {})",
+                        known.join(", ")
+                    ),
+                )
+            })?,
+        ),
+    };
     Ok(ModelSettings {
         source,
         files,
         pins,
+        tokenizer,
+        quantize,
     })
+}
+
+fn resolve_tokenizer(
+    raw: &RawTokenizer,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<TokenizerSettings, FieldError> {
+    let source = match (&raw.hf, &raw.path) {
+        (Some(repo), None) => {
+            validate_repo_id(repo).map_err(|m| ("model.tokenizer.hf", m))?;
+            let revision = raw.revision.clone().unwrap_or_else(|| "main".to_string());
+            if revision.is_empty() || revision.contains("..") || revision.starts_with('/') {
+                return Err((
+                    "model.tokenizer.revision",
+                    format!("invalid revision `{revision}`"),
+                ));
+            }
+            TokenizerSource::Hub {
+                repo: repo.clone(),
+                revision,
+            }
+        }
+        (None, Some(path)) => {
+            if raw.revision.is_some() {
+                return Err((
+                    "model.tokenizer.revision",
+                    "`revision` only applies to an `hf` source".into(),
+                ));
+            }
+            let dir = resolve(path);
+            if !dir.is_dir() {
+                return Err((
+                    "model.tokenizer.path",
+                    format!(
+                        "tokenizer directory `{}` does not exist or is not a directory",
+                        dir.display()
+                    ),
+                ));
+            }
+            TokenizerSource::Path(dir)
+        }
+        (hf, path) => {
+            let found = if hf.is_some() && path.is_some() {
+                "both"
+            } else {
+                "neither"
+            };
+            return Err((
+                "model.tokenizer",
+                format!("exactly one source is required: `hf` or `path` (found {found})"),
+            ));
+        }
+    };
+    let (files, explicit_files) = match &raw.files {
+        Some(files) if files.is_empty() => {
+            return Err((
+                "model.tokenizer.files",
+                "must list at least one glob".into(),
+            ));
+        }
+        Some(files) => (files.clone(), true),
+        None => (
+            DEFAULT_TOKENIZER_FILES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            false,
+        ),
+    };
+    for glob in &files {
+        globset::Glob::new(glob).map_err(|e| {
+            (
+                "model.tokenizer.files",
+                format!("invalid glob `{glob}`: {e}"),
+            )
+        })?;
+    }
+    Ok(TokenizerSettings {
+        source,
+        files,
+        explicit_files,
+        pins: parse_pins(&raw.sha256, "model.tokenizer.sha256")?,
+    })
+}
+
+fn parse_pins(
+    raw: &BTreeMap<String, String>,
+    field: &'static str,
+) -> Result<BTreeMap<String, Sha256Digest>, FieldError> {
+    let mut pins = BTreeMap::new();
+    for (file, hex) in raw {
+        let digest =
+            Sha256Digest::parse(hex).map_err(|m| (field, format!("pin for `{file}`: {m}")))?;
+        pins.insert(file.clone(), digest);
+    }
+    Ok(pins)
 }
 
 /// The name clients pass as `model`: the Hub id (as vLLM does), else the directory name.

@@ -229,3 +229,126 @@ fn reserved_label_prefix_is_refused_up_front() {
     assert!(err.to_string().contains("reserved"), "{err}");
     assert_eq!(field_of(err), "image.labels");
 }
+
+/// A GGUF repository plus the repository its tokenizer comes from, each at its own revision.
+#[test]
+fn hub_tokenizer_source_gets_default_files_and_main() {
+    let toml = MINIMAL.replace(
+        "path = \"model\"",
+        "hf = \"Qwen/Qwen2.5-7B-Instruct-GGUF\"\nfiles = [\"qwen2.5-7b-instruct-q4_k_m.gguf\"]\n\
+         tokenizer = { hf = \"Qwen/Qwen2.5-7B-Instruct\", sha256 = { \"tokenizer.json\" = \"\
+         aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\" } }",
+    );
+    let m = load_str(&toml).unwrap();
+    let t = m.model.tokenizer.unwrap();
+    assert_eq!(
+        t.source,
+        TokenizerSource::Hub {
+            repo: "Qwen/Qwen2.5-7B-Instruct".into(),
+            revision: "main".into()
+        }
+    );
+    assert_eq!(t.files, DEFAULT_TOKENIZER_FILES);
+    assert!(!t.explicit_files);
+    assert_eq!(t.pins.len(), 1);
+    assert_eq!(m.server.served_model_name, "Qwen/Qwen2.5-7B-Instruct-GGUF");
+}
+
+#[test]
+fn local_tokenizer_source_resolves_against_the_manifest_dir() {
+    let toml = MINIMAL.replace(
+        "path = \"model\"",
+        "path = \"model\"\ntokenizer = { path = \"model\", files = [\"tokenizer.json\"] }",
+    );
+    let m = load_str(&toml).unwrap();
+    let t = m.model.tokenizer.unwrap();
+    let manifest_dir = m.path.parent().unwrap();
+    assert_eq!(t.source, TokenizerSource::Path(manifest_dir.join("model")));
+    assert!(t.explicit_files);
+}
+
+#[test]
+fn bad_tokenizer_sources_name_model_tokenizer() {
+    let with = |tokenizer: &str| {
+        MINIMAL.replace(
+            "path = \"model\"",
+            &format!("path = \"model\"\ntokenizer = {tokenizer}"),
+        )
+    };
+    let cases = [
+        (
+            with("{ hf = \"org/t\", path = \"model\" }"),
+            "model.tokenizer",
+        ),
+        (with("{ files = [\"tokenizer.json\"] }"), "model.tokenizer"),
+        (with("{ hf = \"not-a-repo\" }"), "model.tokenizer.hf"),
+        (
+            with("{ path = \"model\", revision = \"main\" }"),
+            "model.tokenizer.revision",
+        ),
+        (with("{ path = \"nope\" }"), "model.tokenizer.path"),
+        (
+            with("{ hf = \"org/t\", files = [] }"),
+            "model.tokenizer.files",
+        ),
+        (
+            with("{ hf = \"org/t\", sha256 = { \"tokenizer.json\" = \"xyz\" } }"),
+            "model.tokenizer.sha256",
+        ),
+    ];
+    for (toml, field) in cases {
+        let err = load_str(&toml).unwrap_err();
+        assert!(err.to_string().contains(field), "{toml}: {err}");
+        assert_eq!(field_of(err), field, "{toml}");
+    }
+}
+
+/// serde reports an unknown key without its table; the message must still say which.
+#[test]
+fn unknown_tokenizer_key_names_model_tokenizer() {
+    let toml = MINIMAL.replace(
+        "path = \"model\"",
+        "path = \"model\"\ntokenizer = { hf = \"org/t\", revison = \"v1\" }",
+    );
+    let err = load_str(&toml).unwrap_err().to_string();
+    assert!(
+        err.contains("`model.tokenizer`") && err.contains("unknown field `revison`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_synthetic_model_takes_no_tokenizer_source() {
+    let toml = MINIMAL.replace(
+        "path = \"model\"",
+        "synthetic = { arch = \"llama\" }\ntokenizer = { hf = \"org/t\" }",
+    );
+    let err = load_str(&toml).unwrap_err();
+    assert!(err.to_string().contains("synthetic"), "{err}");
+    assert_eq!(field_of(err), "model.tokenizer");
+}
+
+#[test]
+fn quantize_takes_llama_quantize_preset_names() {
+    for (name, want) in [
+        ("q4_k_m", appliance_gguf::convert::FileType::Q4KM),
+        ("q6_k", appliance_gguf::convert::FileType::Q6K),
+        ("q8_0", appliance_gguf::convert::FileType::Q8_0),
+    ] {
+        let m = load_str(&MINIMAL.replace(
+            "path = \"model\"",
+            &format!("path = \"model\"\nquantize = \"{name}\""),
+        ))
+        .unwrap();
+        assert_eq!(m.model.quantize, Some(want), "{name}");
+    }
+    assert_eq!(load_str(MINIMAL).unwrap().model.quantize, None);
+    let err = load_str(&MINIMAL.replace(
+        "path = \"model\"",
+        "path = \"model\"\nquantize = \"Q4_K_M\"",
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("q4_k_m, q6_k, q8_0"), "{text}");
+    assert_eq!(field_of(err), "model.quantize");
+}

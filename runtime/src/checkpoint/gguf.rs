@@ -203,11 +203,14 @@ impl Gguf {
         &self.files
     }
 
-    fn path(&self) -> &Path {
+    /// The file holding the metadata, which errors about it name.
+    pub fn path(&self) -> &Path {
         &self.files[0]
     }
 
-    fn meta(&self, key: &str) -> Option<&Value> {
+    /// A metadata value as parsed, for readers of whole arrays (the
+    /// tokenizer vocabulary in [`super::gguf_tokenizer`]).
+    pub fn meta(&self, key: &str) -> Option<&Value> {
         self.contents[0].metadata.get(key)
     }
 

@@ -8,6 +8,7 @@
 //! gives Llama-family rope, and hands projections over still quantized.
 
 pub mod gguf;
+pub mod gguf_tokenizer;
 
 use std::sync::Arc;
 

@@ -31,7 +31,7 @@ use serde_json::Value as Json;
 pub use chat_template::{ChatTemplate, TemplateError};
 pub use generation_config::{GenerationConfigError, GenerationDefaults, RequestedSampling};
 pub use sampling::{Sampler, SamplingParams};
-pub use tokenizer::{Tokenizer, TokenizerConfig, TokenizerError};
+pub use tokenizer::{Tokenizer, TokenizerConfig, TokenizerError, TokenizerSource};
 
 use crate::{
     checkpoint::gguf::{self, Gguf},
@@ -203,7 +203,8 @@ impl Engine {
     }
 
     /// Loads with the directory's GGUF headers (if any) parsed once, for
-    /// both the chat template and the weights.
+    /// the tokenizer (when there is no tokenizer.json), the chat template
+    /// and the weights.
     fn load_with(
         dir: &Path,
         gguf: Option<&Gguf>,
@@ -222,8 +223,9 @@ impl Engine {
             Some(n) => n,
             None => spec.max_position_embeddings,
         };
-        let tok_config = TokenizerConfig::load(dir)?;
-        let tokenizer = Tokenizer::load(dir, &tok_config, &config_tokens.eos)?;
+        let mut tok_config = TokenizerConfig::load(dir)?;
+        let tokenizer = Tokenizer::load_dir(dir, gguf, &mut tok_config, &config_tokens.eos)?;
+        tracing::info!("tokenizer: {}", tokenizer.source());
         let chat_template = ChatTemplate::load(dir, &tok_config, gguf)?;
         let generation_defaults = GenerationDefaults::load(dir)?;
         let device = device::select_device(options.device)?;

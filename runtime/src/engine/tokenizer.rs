@@ -7,11 +7,21 @@
 //! `<|end_of_text|>` and `<|eot_id|>`), and only `generation_config.json`
 //! lists all of them; stopping on just one makes the model ramble on past
 //! its answer.
+//!
+//! A GGUF directory without `tokenizer.json` (what Ollama-style downloads
+//! are) gets the tokenizer its file describes
+//! ([`crate::checkpoint::gguf_tokenizer`]), and the special-token facts the
+//! file states fill in what `tokenizer_config.json` does not say.
 
-use std::{fs, io, path::Path, path::PathBuf};
+use std::{fmt, fs, io, path::Path, path::PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::checkpoint::{
+    gguf::{Gguf, GgufError},
+    gguf_tokenizer::{self, GgufTokenizer},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -19,6 +29,13 @@ pub enum TokenizerError {
     Missing { path: PathBuf },
     #[error("cannot load {}: {message}", path.display())]
     Load { path: PathBuf, message: String },
+    #[error("no tokenizer.json in {}, and its GGUF's tokenizer metadata is unusable", dir.display())]
+    Gguf {
+        dir: PathBuf,
+        /// Boxed: the error travels in every engine error's `Result`.
+        #[source]
+        source: Box<GgufError>,
+    },
     #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
@@ -100,10 +117,43 @@ struct GenerationConfigIds {
     eos_token_id: Option<crate::models::config::TokenIds>,
 }
 
+/// Where a model's tokenizer came from, for the startup log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerSource {
+    Json(PathBuf),
+    Gguf {
+        path: PathBuf,
+        /// `tokenizer.ggml.model` and, for byte-level BPE, `.pre`.
+        model: String,
+        pre: Option<String>,
+    },
+}
+
+impl fmt::Display for TokenizerSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Json(path) => write!(f, "{}", path.display()),
+            Self::Gguf { path, model, pre } => {
+                write!(
+                    f,
+                    "GGUF metadata of {} (no tokenizer.json): {} {model:?}",
+                    path.display(),
+                    gguf_tokenizer::MODEL
+                )?;
+                match pre {
+                    Some(pre) => write!(f, ", {} {pre:?}", gguf_tokenizer::PRE),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// A loaded tokenizer plus the ids generation must stop on.
 #[derive(Debug)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    source: TokenizerSource,
     bos_id: Option<u32>,
     bos_text: Option<String>,
     add_bos_token: Option<bool>,
@@ -129,6 +179,70 @@ impl Tokenizer {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        Self::assemble(
+            inner,
+            TokenizerSource::Json(path),
+            dir,
+            config,
+            config_eos,
+            &[],
+        )
+    }
+
+    /// `<dir>/tokenizer.json` when there is one, else the tokenizer `gguf`
+    /// describes. In the second case the BOS and EOS tokens and
+    /// `add_bos_token` that `config` leaves unset come from the GGUF (the
+    /// chat template sees them there too, as transformers' GGUF loader
+    /// does), and the GGUF's end-of-turn ids stop generation as well.
+    pub fn load_dir(
+        dir: &Path,
+        gguf: Option<&Gguf>,
+        config: &mut TokenizerConfig,
+        config_eos: &[u32],
+    ) -> Result<Self, TokenizerError> {
+        let Some(gguf) = gguf.filter(|_| !dir.join("tokenizer.json").is_file()) else {
+            return Self::load(dir, config, config_eos);
+        };
+        let built = gguf_tokenizer::from_gguf(gguf).map_err(|source| TokenizerError::Gguf {
+            dir: dir.to_owned(),
+            source: Box::new(source),
+        })?;
+        let GgufTokenizer {
+            tokenizer,
+            bos,
+            eos,
+            end_of_turn,
+            add_bos,
+            model,
+            pre,
+        } = built;
+        let text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+        if config.bos_token.is_none() {
+            config.bos_token = text(bos);
+        }
+        if config.eos_token.is_none() {
+            config.eos_token = text(eos);
+        }
+        config.add_bos_token = config.add_bos_token.or(Some(add_bos));
+        let stop: Vec<u32> = eos.into_iter().chain(end_of_turn).collect();
+        let source = TokenizerSource::Gguf {
+            path: gguf.path().to_owned(),
+            model,
+            pre,
+        };
+        Self::assemble(tokenizer, source, dir, config, config_eos, &stop)
+    }
+
+    /// The special-token facts around `inner`; `stop` are stop ids the
+    /// tokenizer's source states beside `config.eos_token`.
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        source: TokenizerSource,
+        dir: &Path,
+        config: &TokenizerConfig,
+        config_eos: &[u32],
+        stop: &[u32],
+    ) -> Result<Self, TokenizerError> {
         let gen_path = dir.join("generation_config.json");
         let mut eos_ids = match read_json_if_present(&gen_path)? {
             Some(v) => serde_json::from_value::<GenerationConfigIds>(v)
@@ -148,6 +262,7 @@ impl Tokenizer {
         {
             eos_ids.push(id);
         }
+        eos_ids.extend_from_slice(stop);
         if eos_ids.is_empty() {
             eos_ids.extend_from_slice(config_eos);
         }
@@ -160,6 +275,7 @@ impl Tokenizer {
         let vocab_size = inner.get_vocab_size(true);
         Ok(Self {
             inner,
+            source,
             bos_id,
             bos_text: config.bos_token.clone(),
             add_bos_token: config.add_bos_token,
@@ -210,6 +326,11 @@ impl Tokenizer {
         self.inner
             .decode(ids, skip_special_tokens)
             .map_err(|e| TokenizerError::Decode(e.to_string()))
+    }
+
+    /// Which file the tokenizer was built from.
+    pub fn source(&self) -> &TokenizerSource {
+        &self.source
     }
 
     /// Every id that ends generation (sorted, deduplicated).

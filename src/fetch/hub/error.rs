@@ -12,6 +12,8 @@ use std::path::PathBuf;
 pub enum ExpectationSource {
     Lock,
     Pin,
+    /// `model.tokenizer.sha256`.
+    TokenizerPin,
     /// The Hub's metadata: `lfs.sha256` for LFS files, the git blob sha1 otherwise.
     Hub,
     /// The cache's blob name (the Hub's ETag when it was downloaded).
@@ -23,6 +25,7 @@ impl std::fmt::Display for ExpectationSource {
         f.write_str(match self {
             Self::Lock => "manifest.lock",
             Self::Pin => "manifest pin `model.sha256`",
+            Self::TokenizerPin => "manifest pin `model.tokenizer.sha256`",
             Self::Hub => "Hub metadata",
             Self::CacheBlobName => "Hub ETag recorded as the cache blob name",
         })
@@ -115,10 +118,12 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
-    #[error("No file of `{repo}` at commit {commit} matches `model.files` ({globs})")]
+    #[error("No file of `{repo}` at commit {commit} matches `{field}.files` ({globs})")]
     NoFiles {
         repo: String,
         commit: String,
+        /// `model` or `model.tokenizer`.
+        field: &'static str,
         globs: String,
     },
     #[error(
@@ -126,9 +131,16 @@ pub enum HubError {
     )]
     NoConfig { repo: String, commit: String },
     #[error(
-        "`{repo}` at commit {commit}: a GGUF model needs `tokenizer.json` among the selected files (the server does not read tokenizers from GGUF metadata yet)"
+        "`{repo}` at commit {commit}, the `model.tokenizer` source, has no `tokenizer.json`\n  hint: name a repository that has one, or list the files to take from it in `model.tokenizer.files`"
     )]
-    GgufWithoutTokenizer { repo: String, commit: String },
+    TokenizerSourceWithoutTokenizer { repo: String, commit: String },
+    /// Checked on the Hub's file list, before anything is downloaded.
+    #[error("`{repo}` at commit {commit}: {error}")]
+    GgufShards {
+        repo: String,
+        commit: String,
+        error: Box<crate::fetch::gguf::ShardSetError>,
+    },
     #[error("`{file}` of `{repo}` at commit {commit} {message}")]
     ShardIndex {
         repo: String,

@@ -111,6 +111,28 @@ pub struct HubRequest<'a> {
     pub lock: Option<&'a LockedModel>,
     /// The manifest path, quoted in the offline hint.
     pub manifest: &'a Path,
+    pub contents: Contents<'a>,
+}
+
+/// What a request's selected files must make up, checked before anything is downloaded.
+#[derive(Debug, Clone, Copy)]
+pub enum Contents<'a> {
+    /// A model the server can load; `companion` names the files its tokenizer source puts
+    /// beside it (a GGUF repository's missing `tokenizer.json`).
+    Model { companion: &'a [String] },
+    /// A companion tokenizer source (`model.tokenizer`): its default globs are "whichever
+    /// exist", so nothing but `tokenizer.json` is required, and only then.
+    Tokenizer { require_tokenizer_json: bool },
+}
+
+impl Contents<'_> {
+    /// The manifest table whose `files` and `sha256` the request comes from.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Model { .. } => "model",
+            Self::Tokenizer { .. } => "model.tokenizer",
+        }
+    }
 }
 
 /// A verified snapshot in the cache.
@@ -212,12 +234,7 @@ impl HubFetcher {
         }
         let commit = info.commit.clone();
         let selected: Vec<RemoteFile> = select(&info.files, req.globs, |f| &f.path);
-        check_selection(
-            req.repo,
-            &commit,
-            req.globs,
-            selected.iter().map(|f| f.path.as_str()),
-        )?;
+        check_selection(req, &commit, selected.iter().map(|f| f.path.as_str()))?;
         let mut wanted: Vec<Wanted> = selected
             .into_iter()
             .map(|remote| {
@@ -307,12 +324,7 @@ impl HubFetcher {
                 select(&found, req.globs, |p| p)
             }
         };
-        check_selection(
-            req.repo,
-            &commit,
-            req.globs,
-            paths.iter().map(String::as_str),
-        )?;
+        check_selection(req, &commit, paths.iter().map(String::as_str))?;
         let missing: Vec<String> = paths
             .iter()
             .filter(|p| !self.cache.snapshot_file(req.repo, &commit, p).is_file())
@@ -592,7 +604,10 @@ fn prior_expectations(req: &HubRequest, path: &str) -> Vec<Expectation> {
     }
     if let Some(pin) = req.pins.get(path) {
         out.push(Expectation {
-            origin: ExpectationSource::Pin,
+            origin: match req.contents {
+                Contents::Model { .. } => ExpectationSource::Pin,
+                Contents::Tokenizer { .. } => ExpectationSource::TokenizerPin,
+            },
             size: None,
             digest: ExpectedDigest::Sha256(*pin),
         });
@@ -620,27 +635,45 @@ fn select<T: Clone>(items: &[T], globs: &[String], path: impl Fn(&T) -> &str) ->
 }
 
 fn check_selection<'a>(
-    repo: &str,
+    req: &HubRequest<'a>,
     commit: &str,
-    globs: &[String],
     paths: impl Iterator<Item = &'a str> + Clone,
 ) -> Result<(), HubError> {
+    let repo = req.repo;
     if paths.clone().next().is_none() {
         return Err(HubError::NoFiles {
             repo: repo.into(),
             commit: commit.into(),
-            globs: globs.join(", "),
+            field: req.contents.field(),
+            globs: req.globs.join(", "),
         });
     }
-    match super::model_layout(paths) {
+    let companion = match req.contents {
+        Contents::Model { companion } => companion,
+        Contents::Tokenizer {
+            require_tokenizer_json,
+        } => {
+            if require_tokenizer_json
+                && !paths.clone().any(|p| p == super::tokenizer::TOKENIZER_JSON)
+            {
+                return Err(HubError::TokenizerSourceWithoutTokenizer {
+                    repo: repo.into(),
+                    commit: commit.into(),
+                });
+            }
+            return Ok(());
+        }
+    };
+    match super::model_layout(paths.chain(companion.iter().map(String::as_str))) {
         super::Layout::Ok => Ok(()),
         super::Layout::NoConfig => Err(HubError::NoConfig {
             repo: repo.into(),
             commit: commit.into(),
         }),
-        super::Layout::GgufWithoutTokenizer => Err(HubError::GgufWithoutTokenizer {
+        super::Layout::GgufShards(error) => Err(HubError::GgufShards {
             repo: repo.into(),
             commit: commit.into(),
+            error: Box::new(error),
         }),
     }
 }
@@ -663,7 +696,56 @@ fn list_snapshot(dir: &Path, prefix: &str, out: &mut Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::select;
+    use super::*;
+
+    /// A tokenizer source needs only `tokenizer.json` (and only with its default globs); a
+    /// GGUF model is let through with or without one (its header decides, once downloaded).
+    #[test]
+    fn selection_checks_depend_on_what_is_fetched() {
+        let pins = BTreeMap::new();
+        let globs = ["*".to_string()];
+        let companion = ["tokenizer.json".to_string()];
+        let req = |contents| HubRequest {
+            repo: "org/r",
+            revision: "main",
+            globs: &globs,
+            pins: &pins,
+            lock: None,
+            manifest: Path::new("m.toml"),
+            contents,
+        };
+        let check = |contents, paths: &[&str]| {
+            check_selection(&req(contents), &"a".repeat(40), paths.iter().copied())
+        };
+        let strict = Contents::Tokenizer {
+            require_tokenizer_json: true,
+        };
+        let err = check(strict, &["tokenizer_config.json"]).unwrap_err();
+        assert!(
+            matches!(err, HubError::TokenizerSourceWithoutTokenizer { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("model.tokenizer"), "{err}");
+        check(strict, &["tokenizer.json"]).unwrap();
+        let loose = Contents::Tokenizer {
+            require_tokenizer_json: false,
+        };
+        check(loose, &["tokenizer_config.json"]).unwrap();
+        let err = check(loose, &[]).unwrap_err().to_string();
+        assert!(err.contains("`model.tokenizer.files`"), "{err}");
+
+        let alone = Contents::Model { companion: &[] };
+        check(alone, &["m.gguf"]).unwrap();
+        let err = check(alone, &["README.md"]).unwrap_err();
+        assert!(matches!(err, HubError::NoConfig { .. }), "{err}");
+        check(
+            Contents::Model {
+                companion: &companion,
+            },
+            &["m.gguf"],
+        )
+        .unwrap();
+    }
 
     #[test]
     fn server_paths_that_escape_the_snapshot_are_never_selected() {
