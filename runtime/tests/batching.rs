@@ -49,6 +49,7 @@ fn greedy(prompt: &[u32], max_new_tokens: usize) -> GenerateRequest {
         max_new_tokens,
         sampling: SamplingParams::greedy(),
         ignore_eos: false,
+        ..Default::default()
     }
 }
 
@@ -76,6 +77,7 @@ fn others(vocab: u32, n: usize) -> Vec<GenerateRequest> {
                 max_new_tokens: 5 + (i * 5) % 30,
                 sampling,
                 ignore_eos: i % 3 == 0,
+                ..Default::default()
             }
         })
         .collect()

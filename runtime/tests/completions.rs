@@ -103,7 +103,7 @@ fn invalid_requests_get_openai_errors() {
     let r = post(&server, "/v1/chat/completions", &chat);
     assert_openai_error(&r, 404);
 
-    let r = post(&server, "/v1/completions", &with(json!({"n": 2})));
+    let r = post(&server, "/v1/completions", &with(json!({"n": 0})));
     assert_openai_error(&r, 400);
     assert_eq!(param(&r), "n");
 
@@ -152,8 +152,13 @@ fn invalid_requests_get_openai_errors() {
     assert_eq!(param(&r), "prompt");
     assert!(r.body.contains("11 too many"), "{r:?}");
 
-    // Unknown fields are ignored.
-    let r = post(&server, "/v1/completions", &with(json!({"frobnicate": 1})));
+    // A field the server does not implement is refused by name, never ignored; `user` is
+    // accepted and ignored on purpose (README).
+    for field in ["frobnicate", "response_format", "tools", "suffix"] {
+        let r = post(&server, "/v1/completions", &with(json!({field: 1})));
+        assert_eq!(param(&assert_400(r)), field);
+    }
+    let r = post(&server, "/v1/completions", &with(json!({"user": "u-1"})));
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.json().get("prompt_token_ids").is_none());
 }

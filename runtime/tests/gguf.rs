@@ -75,6 +75,7 @@ fn greedy(engine: &Engine, prompt: &[u32], max_new_tokens: usize) -> Vec<u32> {
         max_new_tokens,
         sampling: SamplingParams::greedy(),
         ignore_eos: false,
+        ..Default::default()
     };
     engine
         .generate(&request, |_| ControlFlow::Continue(()))

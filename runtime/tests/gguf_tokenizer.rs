@@ -225,6 +225,7 @@ fn the_reference_greedy_ids_come_back_from_a_directory_with_only_the_gguf() {
                 max_new_tokens: reference.max_new_tokens,
                 sampling: SamplingParams::greedy(),
                 ignore_eos: false,
+                ..Default::default()
             };
             let out = engine
                 .generate(&request, |_| ControlFlow::Continue(()))

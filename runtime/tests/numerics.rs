@@ -81,6 +81,7 @@ fn check_checkpoint(dir: &Path) -> f32 {
             max_new_tokens: reference.max_new_tokens,
             sampling: SamplingParams::greedy(),
             ignore_eos: false,
+            ..Default::default()
         };
         let mut streamed = Vec::new();
         let generation = engine
@@ -135,6 +136,7 @@ fn cancelling_stops_generation_after_the_current_token() {
         max_new_tokens: 10,
         sampling: SamplingParams::greedy(),
         ignore_eos: false,
+        ..Default::default()
     };
     let mut seen = 0;
     let generation = engine

@@ -111,6 +111,52 @@ def main():
     }
     out["completion_stream"] = completion_stream(client, spec)
 
+    # Logprobs as the client's typed models read them.
+    chat = client.chat.completions.create(
+        **greedy(spec, "chat"), logprobs=True, top_logprobs=3
+    )
+    content = chat.choices[0].logprobs.content
+    out["chat_logprobs"] = {
+        "text": b"".join(bytes(t.bytes) for t in content).decode("utf-8", "replace"),
+        "greedy_is_top": all(
+            t.top_logprobs[0].token == t.token
+            and t.top_logprobs[0].logprob == t.logprob
+            for t in content
+        ),
+        "sorted": all(
+            [a.logprob for a in t.top_logprobs]
+            == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+            for t in content
+        ),
+        "top_counts": sorted({len(t.top_logprobs) for t in content}),
+        "tokens": len(content),
+    }
+    completion = client.completions.create(**greedy(spec, "completion"), logprobs=2)
+    lp = completion.choices[0].logprobs
+    out["completion_logprobs"] = {
+        "tokens": len(lp.tokens),
+        "offsets_grow": lp.text_offset == sorted(lp.text_offset),
+        "sampled_in_top": all(
+            lp.top_logprobs[i].get(t) == lp.token_logprobs[i]
+            for i, t in enumerate(lp.tokens)
+        ),
+    }
+    # n choices, seeded sampling repeatable.
+    seeded = dict(greedy(spec, "completion"), temperature=1.0, seed=11, n=3)
+    first = client.completions.create(**seeded)
+    again = client.completions.create(**seeded)
+    out["n"] = {
+        "indices": [c.index for c in first.choices],
+        "repeatable": [c.text for c in first.choices] == [c.text for c in again.choices],
+        "completion_tokens": first.usage.completion_tokens,
+    }
+    # A field the server does not implement is refused by name.
+    out["unimplemented"] = error_of(
+        lambda: client.chat.completions.create(
+            **greedy(spec, "chat"), extra_body={"guided_decoding_backend": "x"}
+        )
+    )
+
     out["not_found"] = error_of(
         lambda: client.chat.completions.create(
             model="no-such-model", messages=[{"role": "user", "content": "hi"}]

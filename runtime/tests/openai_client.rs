@@ -93,6 +93,32 @@ fn the_official_openai_python_client_works() {
     assert_eq!(r["finish_reasons"], json!([completion.finish_reason]));
     assert_eq!(r["usage"], usage(completion));
 
+    let r = &out["chat_logprobs"];
+    // Special tokens included, as transformers decoded the reference.
+    assert_eq!(
+        r["text"], chat.output_text,
+        "the tokens' bytes spell the text: {r}"
+    );
+    assert_eq!(r["tokens"], chat.output_ids.len());
+    assert_eq!(
+        (&r["greedy_is_top"], &r["sorted"], &r["top_counts"]),
+        (&json!(true), &json!(true), &json!([3])),
+        "{r}"
+    );
+    let r = &out["completion_logprobs"];
+    assert_eq!(r["tokens"], completion.output_ids.len(), "{r}");
+    assert_eq!(
+        (&r["offsets_grow"], &r["sampled_in_top"]),
+        (&json!(true), &json!(true)),
+        "{r}"
+    );
+    let r = &out["n"];
+    assert_eq!(r["indices"], json!([0, 1, 2]), "{r}");
+    assert_eq!(r["repeatable"], true, "{r}");
+    let e = &out["unimplemented"];
+    assert_eq!(e["class"], "BadRequestError", "{e}");
+    assert_eq!(e["param"], "guided_decoding_backend", "{e}");
+
     let e = &out["not_found"];
     assert_eq!(e["class"], "NotFoundError", "{e}");
     assert_eq!(

@@ -734,3 +734,254 @@ fn penalties_change_greedy_output_over_http() {
     );
     assert_ne!(run(json!({"repetition_penalty": 2})), case.output_ids);
 }
+
+/// A `vllm:` counter's value (summed over its label sets).
+fn counter(port: u16, name: &str) -> f64 {
+    get(port, "/metrics", &[])
+        .body
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The logprob entries of a chat choice, or of a completion choice in chat's
+/// shape (`token`, `logprob`, and `top_logprobs` as sorted `(token, logprob)`).
+type LogprobEntry = (String, f64, Vec<(String, f64)>);
+
+fn logprob_entries(choice: &Value, chat: bool) -> Vec<LogprobEntry> {
+    let lp = &choice["logprobs"];
+    if chat {
+        lp["content"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no logprobs.content in {choice}"))
+            .iter()
+            .map(|e| {
+                let bytes: Vec<u8> = serde_json::from_value(e["bytes"].clone()).expect("bytes");
+                let token = e["token"].as_str().expect("token").to_owned();
+                assert_eq!(
+                    String::from_utf8_lossy(&bytes),
+                    token,
+                    "bytes spell the token"
+                );
+                let top = e["top_logprobs"]
+                    .as_array()
+                    .expect("top_logprobs")
+                    .iter()
+                    .map(|t| {
+                        (
+                            t["token"].as_str().unwrap().to_owned(),
+                            t["logprob"].as_f64().unwrap(),
+                        )
+                    })
+                    .collect();
+                (token, e["logprob"].as_f64().expect("logprob"), top)
+            })
+            .collect()
+    } else {
+        let tokens = lp["tokens"].as_array().expect("tokens");
+        (0..tokens.len())
+            .map(|i| {
+                let mut top: Vec<(String, f64)> = lp["top_logprobs"][i]
+                    .as_object()
+                    .expect("top_logprobs map")
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_f64().unwrap()))
+                    .collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1));
+                (
+                    tokens[i].as_str().unwrap().to_owned(),
+                    lp["token_logprobs"][i].as_f64().expect("token_logprob"),
+                    top,
+                )
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn logprobs_are_the_reference_distribution_whole_and_streamed() {
+    for name in ["llama-gqa", "qwen2-tied", "mistral"] {
+        let dir = common::fixtures_dir().join(name);
+        let reference = common::fixture_reference(&dir);
+        let server = start_fixture(name, &[]);
+        for (i, case) in reference.cases.iter().enumerate() {
+            let label = format!("{name} case {i} ({})", case.kind);
+            let chat = case.kind == "chat";
+            let (path, mut body) = if chat {
+                let body = json!({"model": name, "messages": case.prompt,
+                    "logprobs": true, "top_logprobs": 5});
+                ("/v1/chat/completions", body)
+            } else {
+                let body = json!({"model": name, "prompt": case.input_ids, "logprobs": 5});
+                ("/v1/completions", body)
+            };
+            body["max_tokens"] = json!(reference.max_new_tokens);
+            body["temperature"] = json!(0);
+            body["return_token_ids"] = json!(true);
+            let whole = post(server.port, path, &body);
+            assert_eq!(whole.status, 200, "{label}: {whole:?}");
+            let choice = whole.json()["choices"][0].clone();
+            assert_eq!(ids(&choice["token_ids"]), case.output_ids, "{label}");
+            let entries = logprob_entries(&choice, chat);
+            assert_eq!(
+                entries.len(),
+                case.output_ids.len(),
+                "{label}: one per token"
+            );
+            for (token, logprob, top) in &entries {
+                // Completions key the alternatives by text: two ids with the same lossy text
+                // share an entry.
+                assert!(
+                    top.len() == 5 || (!chat && (1..5).contains(&top.len())),
+                    "{label}"
+                );
+                assert!(
+                    top.windows(2).all(|w| w[0].1 >= w[1].1),
+                    "{label}: sorted {top:?}"
+                );
+                // Greedy: the sampled token is the most likely one.
+                assert_eq!(top[0], (token.clone(), *logprob), "{label}");
+                assert!(*logprob <= 0.0, "{label}");
+                let mass: f64 = top.iter().map(|t| t.1.exp()).sum();
+                assert!(mass <= 1.0 + 1e-5, "{label}: {mass}");
+            }
+            // The first token's top 5 against transformers' logits: a log-softmax keeps
+            // differences between logits.
+            let (_, first, top) = &entries[0];
+            let want = &case.first_logits_top5.values;
+            for (k, (_, lp)) in top.iter().enumerate().take_while(|_| top.len() == 5) {
+                let (got, want) = (lp - first, f64::from(want[k] - want[0]));
+                assert!(
+                    (got - want).abs() < 2e-3,
+                    "{label}: top {k}: {got} vs {want}"
+                );
+            }
+            if !chat {
+                let offsets = &choice["logprobs"]["text_offset"];
+                assert_eq!(offsets[0], 0, "{label}");
+            }
+
+            body["stream"] = json!(true);
+            let frames = Sse::open(server.port, path, &body).collect();
+            let mut streamed = Vec::new();
+            let mut streamed_offsets = Vec::new();
+            for f in &frames {
+                let c = &f["choices"][0];
+                if chat {
+                    streamed.extend(logprob_entries(c, true));
+                } else {
+                    streamed.extend(logprob_entries(c, false));
+                    for o in c["logprobs"]["text_offset"].as_array().expect("offsets") {
+                        streamed_offsets.push(o.clone());
+                    }
+                }
+            }
+            // The same tokens with the same values, up to float rounding: the second request
+            // finds the prompt in the prefix cache, so its prefill runs in other chunks.
+            assert_eq!(streamed.len(), entries.len(), "{label}: streamed logprobs");
+            for (s, e) in streamed.iter().zip(&entries) {
+                let close = |a: f64, b: f64| (a - b).abs() < 1e-4;
+                assert!(s.0 == e.0 && close(s.1, e.1), "{label}: {s:?} vs {e:?}");
+                assert_eq!(s.2.len(), e.2.len(), "{label}");
+                for (a, b) in s.2.iter().zip(&e.2) {
+                    assert!(a.0 == b.0 && close(a.1, b.1), "{label}: {a:?} vs {b:?}");
+                }
+            }
+            if !chat {
+                assert_eq!(
+                    json!(streamed_offsets),
+                    choice["logprobs"]["text_offset"],
+                    "{label}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn n_choices_share_one_prefill_and_follow_their_seeds() {
+    let name = "llama-gqa";
+    let dir = common::fixtures_dir().join(name);
+    let reference = common::fixture_reference(&dir);
+    let server = start_fixture(name, &[]);
+    // A prompt of three full KV blocks and a bit, unseen by the prefix cache.
+    let prompt: Vec<u32> = (0..52u32).map(|i| 40 + (i * 7) % 300).collect();
+    let completions = |extra: Value| {
+        let body = common::merged(
+            json!({"model": name, "prompt": prompt, "max_tokens": 12, "ignore_eos": true}),
+            &extra,
+        );
+        let r = post(server.port, "/v1/completions", &body);
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()
+    };
+    let texts = |v: &Value| -> Vec<String> {
+        let choices = v["choices"].as_array().expect("choices");
+        for (i, c) in choices.iter().enumerate() {
+            assert_eq!(c["index"], i, "{v}");
+        }
+        choices
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let hits = counter(server.port, "vllm:prefix_cache_hits_total");
+    let greedy = completions(json!({"n": 3, "temperature": 0}));
+    let greedy_texts = texts(&greedy);
+    assert_eq!(greedy_texts.len(), 3);
+    assert!(
+        greedy_texts.iter().all(|t| *t == greedy_texts[0]),
+        "{greedy}"
+    );
+    assert_eq!(greedy["usage"]["prompt_tokens"], prompt.len());
+    assert_eq!(greedy["usage"]["completion_tokens"], 36);
+    // Choices 1 and 2 found the first choice's three full blocks in the cache.
+    let shared = counter(server.port, "vllm:prefix_cache_hits_total") - hits;
+    assert_eq!(shared, 2.0 * 48.0, "prefix cache hits of the later choices");
+
+    let seeded = json!({"n": 3, "temperature": 1.0, "seed": 7});
+    let a = texts(&completions(seeded.clone()));
+    let b = texts(&completions(seeded));
+    assert_eq!(a, b, "a seeded request is repeatable");
+    assert!(
+        a[0] != a[1] || a[1] != a[2],
+        "the choices sample apart: {a:?}"
+    );
+    // Choice i samples with seed + i: choice 1 of seed 7 is choice 0 of seed 8.
+    let shifted = texts(&completions(json!({"n": 1, "temperature": 1.0, "seed": 8})));
+    assert_eq!(shifted[0], a[1]);
+
+    // Chat, streamed: each choice opens with its role, ends with its finish_reason, and
+    // reassembles to the same text as without streaming.
+    let case = reference.case("chat");
+    let body = json!({"model": name, "messages": case.prompt, "n": 2, "temperature": 0,
+        "max_tokens": reference.max_new_tokens, "stream": true,
+        "stream_options": {"include_usage": true}});
+    let frames = Sse::open(server.port, "/v1/chat/completions", &body).collect();
+    let mut text = [String::new(), String::new()];
+    let mut roles = [0, 0];
+    let mut finishes = [0, 0];
+    for f in &frames[..frames.len() - 1] {
+        let c = &f["choices"][0];
+        let i = c["index"].as_u64().expect("index") as usize;
+        if c["delta"]["role"] == "assistant" {
+            roles[i] += 1;
+        }
+        text[i].push_str(c["delta"]["content"].as_str().unwrap_or(""));
+        if !c["finish_reason"].is_null() {
+            finishes[i] += 1;
+            assert_eq!(c["finish_reason"], case.finish_reason);
+        }
+    }
+    assert_eq!((roles, finishes), ([1, 1], [1, 1]), "{frames:?}");
+    let want = without_special_tokens(&dir, &case.output_text);
+    assert_eq!(text, [want.clone(), want]);
+    let usage = &frames[frames.len() - 1]["usage"];
+    assert_eq!(
+        usage["completion_tokens"],
+        2 * case.output_ids.len(),
+        "{usage}"
+    );
+}

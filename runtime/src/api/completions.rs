@@ -28,6 +28,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::Value;
+use tokio::{sync::mpsc, task::JoinSet};
 
 use super::{
     AppState,
@@ -40,7 +41,7 @@ use super::{
     validation::{self, DEFAULT_COMPLETION_MAX_TOKENS, Input, Validated},
 };
 use crate::{
-    engine::{Engine, EngineError, GenerateRequest, TemplateError, TokenizerError},
+    engine::{Engine, EngineError, GenerateRequest, TemplateError, TokenLogprobs, TokenizerError},
     scheduler::{Event, Finish, Handle, Job},
 };
 
@@ -54,7 +55,7 @@ pub async fn completions(
     let request = validation::completion(req, &state.model_name)?;
     let id = random_id("cmpl");
     let (return_ids, streaming) = (request.return_token_ids, request.stream);
-    let include_usage = request.include_usage;
+    let (include_usage, logprobs) = (request.include_usage, request.logprobs.is_some());
     let started = start(&state, request, &id, arrived, |_| {
         DEFAULT_COMPLETION_MAX_TOKENS
     })
@@ -68,24 +69,42 @@ pub async fn completions(
             created,
             include_usage,
             return_ids,
+            logprobs,
         ));
     }
+    let (engine, prompt) = (Arc::clone(&started.engine), started.prompt.clone());
     let out = started.collect().await?;
-    let prompt_ids = return_ids.then(|| out.prompt.clone());
+    let usage = usage(&prompt, &out);
+    let prompt_ids = return_ids.then(|| prompt.clone());
+    let choices = out
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let logprobs = match logprobs {
+                true => Some(
+                    super::logprobs::completion(engine.tokenizer(), &c.logprobs, 0)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?
+                        .0,
+                ),
+                false => None,
+            };
+            Ok(CompletionChoice {
+                index: i as u32,
+                text: c.text,
+                logprobs,
+                finish_reason: c.finish.as_str(),
+                prompt_token_ids: prompt_ids.clone(),
+                token_ids: return_ids.then_some(c.tokens),
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
     Ok(Json(CompletionResponse {
         id,
         object: "text_completion",
         created,
         model: state.model_name.clone(),
-        usage: out.usage(),
-        choices: vec![CompletionChoice {
-            index: 0,
-            text: out.text,
-            logprobs: None,
-            finish_reason: out.finish.as_str(),
-            prompt_token_ids: prompt_ids.clone(),
-            token_ids: return_ids.then_some(out.tokens),
-        }],
+        usage,
+        choices,
         prompt_token_ids: prompt_ids,
     })
     .into_response())
@@ -101,8 +120,7 @@ pub async fn chat_completions(
     let request = validation::chat(req, &state.model_name)?;
     let id = random_id("chatcmpl");
     let (return_ids, streaming) = (request.return_token_ids, request.stream);
-    let include_usage = request.include_usage;
-    // As vLLM: by default a chat may use the rest of the context.
+    let (include_usage, logprobs) = (request.include_usage, request.logprobs.is_some());
     // Chat without `max_tokens`: the checkpoint's `max_new_tokens`, else the rest of the context
     // (vLLM's defaults).
     let configured = state
@@ -115,33 +133,103 @@ pub async fn chat_completions(
     .await?;
     let created = crate::serve::unix_now();
     if streaming {
-        return Ok(started.stream(&state, Kind::Chat, id, created, include_usage, return_ids));
+        return Ok(started.stream(
+            &state,
+            Kind::Chat,
+            id,
+            created,
+            include_usage,
+            return_ids,
+            logprobs,
+        ));
     }
+    let (engine, prompt) = (Arc::clone(&started.engine), started.prompt.clone());
     let out = started.collect().await?;
+    let usage = usage(&prompt, &out);
+    let choices = out
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let logprobs = match logprobs {
+                true => Some(
+                    super::logprobs::chat(engine.tokenizer(), &c.logprobs)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?,
+                ),
+                false => None,
+            };
+            Ok(ChatChoice {
+                index: i as u32,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: c.text,
+                },
+                logprobs,
+                finish_reason: c.finish.as_str(),
+                token_ids: return_ids.then_some(c.tokens),
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
     Ok(Json(ChatResponse {
         id,
         object: "chat.completion",
         created,
         model: state.model_name.clone(),
-        usage: out.usage(),
-        prompt_token_ids: return_ids.then(|| out.prompt.clone()),
-        choices: vec![ChatChoice {
-            index: 0,
-            message: AssistantMessage {
-                role: "assistant",
-                content: out.text,
-            },
-            logprobs: None,
-            finish_reason: out.finish.as_str(),
-            token_ids: return_ids.then_some(out.tokens),
-        }],
+        usage,
+        prompt_token_ids: return_ids.then_some(prompt),
+        choices,
     })
     .into_response())
 }
 
-/// A request admitted by the scheduler.
+/// The events of a request's choices, merged in the order the engine sent
+/// them, tagged with the choice index.
+pub(super) struct Choices {
+    rx: mpsc::Receiver<(usize, Event)>,
+    /// One task per choice forwards its handle's events. Dropping the set
+    /// aborts them and drops the handles: that is the cancellation.
+    _forwarders: JoinSet<()>,
+    pub n: usize,
+}
+
+impl Choices {
+    fn new(handles: Vec<(Handle, Option<Event>)>) -> Self {
+        let n = handles.len();
+        // Room for a few events per choice; a client that stops reading fills it, then the
+        // handles' own buffers, and the engine pauses its sequences.
+        let (tx, rx) = mpsc::channel(4 * n);
+        let mut forwarders = JoinSet::new();
+        for (i, (mut handle, early)) in handles.into_iter().enumerate() {
+            let tx = tx.clone();
+            forwarders.spawn(async move {
+                if let Some(event) = early
+                    && tx.send((i, event)).await.is_err()
+                {
+                    return;
+                }
+                while let Some(event) = handle.next().await {
+                    if tx.send((i, event)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Self {
+            rx,
+            _forwarders: forwarders,
+            n,
+        }
+    }
+
+    /// The next event of any choice; `None` once every handle is done.
+    pub(super) async fn next(&mut self) -> Option<(usize, Event)> {
+        self.rx.recv().await
+    }
+}
+
+/// A request admitted by the scheduler, all its choices submitted.
 struct Started {
-    handle: Handle,
+    choices: Choices,
+    engine: Arc<Engine>,
     prompt: Vec<u32>,
     /// The request field the prompt came from, named by errors.
     param: &'static str,
@@ -149,6 +237,7 @@ struct Started {
 
 impl Started {
     /// Answers with server-sent events; dropping the body cancels.
+    #[allow(clippy::too_many_arguments)]
     fn stream(
         self,
         state: &AppState,
@@ -157,50 +246,66 @@ impl Started {
         created: u64,
         include_usage: bool,
         return_token_ids: bool,
+        logprobs: bool,
     ) -> Response {
         stream::respond(stream::Stream {
             kind,
             id,
             created,
             model: state.model_name.clone(),
-            handle: self.handle,
+            choices: self.choices,
+            engine: self.engine,
             prompt: self.prompt,
             include_usage,
             return_token_ids,
+            logprobs,
             param: self.param,
         })
     }
 
-    /// Gathers the whole generation from the worker's events.
-    async fn collect(mut self) -> Result<Outcome, ApiError> {
-        let mut text = String::new();
-        let mut tokens = Vec::new();
-        loop {
-            match self.handle.next().await {
-                Some(Event::Text {
-                    text: t,
-                    tokens: ids,
-                }) => {
-                    text.push_str(&t);
-                    tokens.extend(ids);
-                }
-                Some(Event::Finished {
-                    reason,
-                    cached_tokens,
-                    ..
-                }) => {
-                    return Ok(Outcome {
-                        prompt: self.prompt,
-                        tokens,
+    /// Gathers every choice's whole generation from the events.
+    async fn collect(mut self) -> Result<Vec<Outcome>, ApiError> {
+        let mut out: Vec<Outcome> = (0..self.choices.n)
+            .map(|_| Outcome {
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+                text: String::new(),
+                finish: Finish::Length,
+                cached_tokens: 0,
+            })
+            .collect();
+        let mut open = self.choices.n;
+        while open > 0 {
+            match self.choices.next().await {
+                Some((
+                    i,
+                    Event::Text {
                         text,
-                        finish: reason,
-                        cached_tokens,
-                    });
+                        tokens,
+                        logprobs,
+                    },
+                )) => {
+                    out[i].text.push_str(&text);
+                    out[i].tokens.extend(tokens);
+                    out[i].logprobs.extend(logprobs);
                 }
-                Some(Event::Failed(e)) => return Err(to_api_error(e, self.param)),
+                Some((
+                    i,
+                    Event::Finished {
+                        reason,
+                        cached_tokens,
+                        ..
+                    },
+                )) => {
+                    out[i].finish = reason;
+                    out[i].cached_tokens = cached_tokens;
+                    open -= 1;
+                }
+                Some((_, Event::Failed(e))) => return Err(to_api_error(e, self.param)),
                 None => return Err(worker_vanished()),
             }
         }
+        Ok(out)
     }
 }
 
@@ -230,44 +335,77 @@ async fn start(
         .unwrap_or_else(|| default_max_tokens(room))
         .min(room);
     let sampling = engine.generation_defaults().resolve(&request.sampling);
-    let job = Job {
-        id: id.to_owned(),
-        request: GenerateRequest {
-            prompt: prompt.clone(),
-            max_new_tokens,
-            sampling,
-            ignore_eos: request.ignore_eos,
-        },
-        stop: request.stop,
-        arrived,
+    let job = |choice: usize| {
+        let mut sampling = sampling.clone();
+        // vLLM's rule: choice i of a seeded request samples with `seed + i`, so the choices
+        // differ from each other and each is repeatable.
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(choice as u64));
+        Job {
+            id: if choice == 0 {
+                id.to_owned()
+            } else {
+                format!("{id}-{choice}")
+            },
+            request: GenerateRequest {
+                prompt: prompt.clone(),
+                max_new_tokens,
+                sampling,
+                ignore_eos: request.ignore_eos,
+                logprobs: request.logprobs,
+            },
+            stop: request.stop.clone(),
+            arrived,
+        }
     };
-    let handle = state
-        .scheduler
-        .submit(job)
-        .map_err(|e| match ApiError::from(e) {
-            ApiError::InvalidRequest { message, .. } => ApiError::invalid(message, Some(param)),
-            other => other,
-        })?;
+    let submit = |job: Job| {
+        state
+            .scheduler
+            .submit(job)
+            .map_err(|e| match ApiError::from(e) {
+                ApiError::InvalidRequest { message, .. } => ApiError::invalid(message, Some(param)),
+                other => other,
+            })
+    };
+    let mut first = submit(job(0))?;
+    let mut handles = Vec::with_capacity(request.n);
+    if request.n > 1 {
+        // The other choices start once the first has computed the prompt (its first event
+        // comes after its first sampled token): its KV blocks are then in the prefix cache,
+        // and n choices cost one prefill plus n decodes instead of n prefills. Submitted
+        // together, they would all be prefilled in the same step.
+        let early = first.next().await;
+        handles.push((first, early));
+        for choice in 1..request.n {
+            handles.push((submit(job(choice))?, None));
+        }
+    } else {
+        handles.push((first, None));
+    }
     Ok(Started {
-        handle,
+        choices: Choices::new(handles),
+        engine,
         prompt,
         param,
     })
 }
 
-/// One finished generation.
+/// One finished choice.
 struct Outcome {
-    prompt: Vec<u32>,
     tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprobs>,
     text: String,
     finish: Finish,
     cached_tokens: usize,
 }
 
-impl Outcome {
-    fn usage(&self) -> Usage {
-        Usage::new(self.prompt.len(), self.tokens.len(), self.cached_tokens)
-    }
+/// The prompt counts once; the choices' tokens add up. Cached tokens are
+/// the first choice's: the others reuse its blocks by design.
+fn usage(prompt: &[u32], choices: &[Outcome]) -> Usage {
+    Usage::new(
+        prompt.len(),
+        choices.iter().map(|c| c.tokens.len()).sum(),
+        choices.first().map_or(0, |c| c.cached_tokens),
+    )
 }
 
 pub(super) fn worker_vanished() -> ApiError {

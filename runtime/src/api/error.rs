@@ -31,7 +31,8 @@ pub enum ApiError {
     #[error("{message}")]
     InvalidRequest {
         message: String,
-        param: Option<&'static str>,
+        /// Owned only for names the client chose (an unknown field).
+        param: Option<std::borrow::Cow<'static, str>>,
     },
     #[error("The model is still loading; retry once /ready answers 200.")]
     ModelLoading,
@@ -47,7 +48,7 @@ impl ApiError {
     pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
         Self::InvalidRequest {
             message: message.into(),
-            param,
+            param: param.map(std::borrow::Cow::Borrowed),
         }
     }
 }
@@ -119,10 +120,10 @@ impl ApiError {
     }
 
     /// OpenAI's `param` field.
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
             Self::ModelNotFound(_) => Some("model"),
-            Self::InvalidRequest { param, .. } => *param,
+            Self::InvalidRequest { param, .. } => param.as_deref(),
             _ => None,
         }
     }

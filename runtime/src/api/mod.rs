@@ -14,6 +14,7 @@
 //! logged too), then API-key auth, then the routes and fallbacks.
 
 mod completions;
+mod logprobs;
 mod middleware;
 pub mod openai;
 mod routes;

@@ -3,12 +3,13 @@
 //! (plus vLLM's `return_token_ids`, `ignore_eos` and `repetition_penalty`
 //! extensions).
 //!
-//! Requests are deliberately loose: every field is optional and unknown
-//! fields are ignored, as OpenAI clients send many. `validation.rs` turns a
-//! request into a checked [`super::validation::Validated`] before the engine
-//! sees it; fields we parse only to refuse (penalties, logprobs, ...) are
-//! here so that a client asking for them gets a 400 instead of silently
-//! different behaviour. Sampling fields left unset fall back to the
+//! Every field is optional here; `validation.rs` refuses a field that is
+//! not listed in this file (OpenAI's own API does the same with
+//! "Unrecognized request argument"), so nothing a client asks for is
+//! silently ignored, and turns a request into a checked
+//! [`super::validation::Validated`] before the engine sees it. Fields we
+//! parse only to refuse unless they are off (`best_of`, `echo`, ...) are here
+//! so that their error can say so. Sampling fields left unset fall back to the
 //! checkpoint's `generation_config.json` (see
 //! `crate::engine::generation_config`).
 
@@ -36,11 +37,14 @@ pub struct CommonParams {
     pub frequency_penalty: Option<f64>,
     /// Hugging Face's (vLLM accepts it too).
     pub repetition_penalty: Option<f64>,
-    // Parsed only to be refused until the engine supports them.
+    /// Chat: `true`/`false`; completions: the number of top logprobs.
+    pub logprobs: Option<Value>,
+    /// OpenAI's accepted-and-ignored field (an end-user id for abuse
+    /// monitoring, which an offline server has no use for).
+    pub user: Option<String>,
+    // Parsed only to be refused unless off.
     pub min_p: Option<f64>,
     pub logit_bias: Option<Value>,
-    pub logprobs: Option<Value>,
-    pub top_logprobs: Option<Value>,
     pub best_of: Option<i64>,
     pub echo: Option<bool>,
 }
@@ -60,10 +64,10 @@ pub const COMMON_FIELDS: [&str; 20] = [
     "presence_penalty",
     "frequency_penalty",
     "repetition_penalty",
+    "logprobs",
+    "user",
     "min_p",
     "logit_bias",
-    "logprobs",
-    "top_logprobs",
     "best_of",
     "echo",
     "model",
@@ -97,11 +101,18 @@ pub struct ChatRequest {
     pub max_tokens: Option<i64>,
     /// OpenAI's newer name for `max_tokens`; wins when both are set.
     pub max_completion_tokens: Option<i64>,
+    /// 0–20 alternatives per token; needs `logprobs: true`.
+    pub top_logprobs: Option<i64>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
 
-pub const CHAT_FIELDS: [&str; 3] = ["messages", "max_tokens", "max_completion_tokens"];
+pub const CHAT_FIELDS: [&str; 4] = [
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "top_logprobs",
+];
 
 /// `prompt`: one string or one list of token ids. Anything else (batches)
 /// lands in `Other` so that validation can name it.
@@ -120,10 +131,49 @@ pub enum Stop {
     Many(Vec<String>),
 }
 
+/// A message of the conversation. Unknown fields are refused (a
+/// `tool_calls` the template never sees would be a silent ignore).
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// OpenAI's participant name; templates that know it render it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Chat `logprobs`: one entry per generated token.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+}
+
+/// Legacy completions `logprobs`: parallel lists, `top_logprobs` a map from
+/// token text to logprob holding the top `logprobs` ids and the sampled
+/// one (so up to `logprobs + 1` entries, as OpenAI documents).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f64>,
+    pub top_logprobs: Vec<serde_json::Map<String, Value>>,
+    /// Character offset of each token's text in the choice's text.
+    pub text_offset: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -168,8 +218,7 @@ pub struct CompletionResponse {
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
-    /// Always `null`: logprobs are not supported yet (requests are refused).
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: &'static str,
     /// vLLM puts the prompt ids on the completion choice as well.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,7 +243,7 @@ pub struct ChatResponse {
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_ids: Option<Vec<u32>>,
@@ -227,7 +276,7 @@ pub struct ChatChunk {
 pub struct ChatChunkChoice {
     pub index: u32,
     pub delta: ChatDelta,
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_ids: Option<Vec<u32>>,
@@ -258,7 +307,7 @@ pub struct CompletionChunk {
 pub struct CompletionChunkChoice {
     pub index: u32,
     pub text: String,
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<&'static str>,
     /// vLLM: on the first chunk only.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,6 +4,9 @@
 //! Chat streams open with a chunk whose delta carries only the role, then
 //! content deltas, then an empty delta with `finish_reason`; completion
 //! streams send text chunks and a last empty one with `finish_reason`. With
+//! `n` > 1 every chunk holds one choice, tagged by `index`, the choices'
+//! chunks interleaved as their tokens come (OpenAI's framing); `logprobs`
+//! ride on the chunk that carries their tokens' text. With
 //! `stream_options.include_usage` every chunk has `"usage": null` and one
 //! more chunk with empty `choices` carries the usage. vLLM's
 //! `return_token_ids` adds `prompt_token_ids` to the first chunk and
@@ -24,14 +27,21 @@ use axum::{
 };
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use super::{
-    completions::{to_api_error, worker_vanished},
+    completions::{Choices, to_api_error, worker_vanished},
     error::ApiError,
+    logprobs,
     openai::{
-        ChatChunk, ChatChunkChoice, ChatDelta, CompletionChunk, CompletionChunkChoice, Usage,
+        ChatChunk, ChatChunkChoice, ChatDelta, ChatLogprobs, CompletionChunk,
+        CompletionChunkChoice, CompletionLogprobs, Usage,
     },
 };
-use crate::scheduler::{Event, Finish, Handle};
+use crate::{
+    engine::{Engine, TokenLogprobs},
+    scheduler::{Event, Finish},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -45,18 +55,21 @@ pub struct Stream {
     pub id: String,
     pub created: u64,
     pub model: String,
-    pub handle: Handle,
+    pub choices: Choices,
+    /// For the tokens' text in `logprobs`.
+    pub engine: Arc<Engine>,
     pub prompt: Vec<u32>,
     pub include_usage: bool,
     pub return_token_ids: bool,
+    pub logprobs: bool,
     /// The request field the prompt came from, for error events.
     pub param: &'static str,
 }
 
 /// Where the stream is.
 enum Phase {
-    /// Chat's role chunk is next.
-    Opening,
+    /// Chat's role chunk of this choice is next.
+    Opening(usize),
     Generating,
     /// The usage chunk is next (completion and cached prompt tokens).
     Usage(usize, usize),
@@ -70,20 +83,37 @@ struct State {
     phase: Phase,
     /// `prompt_token_ids` until the first chunk took them.
     prompt_ids: Option<Vec<u32>>,
+    choice: Vec<ChoiceState>,
+    /// Choices not finished yet.
+    open: usize,
+    /// Completion tokens of the finished choices, and the first choice's
+    /// cached prompt tokens.
+    completion_tokens: usize,
+    cached_tokens: usize,
+}
+
+#[derive(Default)]
+struct ChoiceState {
     /// Ids generated but not yet sent (their text was held back).
     pending: Vec<u32>,
+    /// Characters of text sent so far (completions' `text_offset`).
+    offset: usize,
 }
 
 pub fn respond(s: Stream) -> Response {
     let phase = match s.kind {
-        Kind::Chat => Phase::Opening,
+        Kind::Chat => Phase::Opening(0),
         Kind::Completion => Phase::Generating,
     };
+    let n = s.choices.n;
     let state = State {
         prompt_ids: s.return_token_ids.then(|| s.prompt.clone()),
         s,
         phase,
-        pending: Vec::new(),
+        choice: (0..n).map(|_| ChoiceState::default()).collect(),
+        open: n,
+        completion_tokens: 0,
+        cached_tokens: 0,
     };
     let frames = futures_util::stream::unfold(state, |mut state| async move {
         let frame = state.next_frame().await?;
@@ -115,13 +145,17 @@ fn frame(data: &impl Serialize) -> String {
 impl State {
     async fn next_frame(&mut self) -> Option<String> {
         match self.phase {
-            Phase::Opening => {
-                self.phase = Phase::Generating;
+            Phase::Opening(i) => {
+                self.phase = if i + 1 < self.s.choices.n {
+                    Phase::Opening(i + 1)
+                } else {
+                    Phase::Generating
+                };
                 let delta = ChatDelta {
                     role: Some("assistant"),
                     content: Some(String::new()),
                 };
-                Some(self.chunk(String::new(), None, Some(delta)))
+                Some(self.chunk(i, String::new(), None, Some(delta), &[]))
             }
             Phase::Generating => Some(self.generating().await),
             Phase::Usage(completion_tokens, cached_tokens) => {
@@ -163,31 +197,54 @@ impl State {
     /// The next content or final chunk, or an error event.
     async fn generating(&mut self) -> String {
         loop {
-            match self.s.handle.next().await {
-                Some(Event::Text { text, tokens }) => {
-                    self.pending.extend(tokens);
-                    if text.is_empty() {
+            match self.s.choices.next().await {
+                Some((
+                    i,
+                    Event::Text {
+                        text,
+                        tokens,
+                        logprobs,
+                    },
+                )) => {
+                    self.choice[i].pending.extend(tokens);
+                    if text.is_empty() && logprobs.is_empty() {
                         continue;
                     }
                     let delta = ChatDelta {
                         role: None,
                         content: Some(text.clone()),
                     };
-                    return self.chunk(text, None, Some(delta));
+                    return self.chunk(i, text, None, Some(delta), &logprobs);
                 }
-                Some(Event::Finished {
-                    reason,
-                    completion_tokens,
-                    cached_tokens,
-                }) => {
-                    self.phase = if self.s.include_usage {
-                        Phase::Usage(completion_tokens, cached_tokens)
-                    } else {
-                        Phase::Done
-                    };
-                    return self.chunk(String::new(), Some(reason), Some(ChatDelta::default()));
+                Some((
+                    i,
+                    Event::Finished {
+                        reason,
+                        completion_tokens,
+                        cached_tokens,
+                    },
+                )) => {
+                    self.open -= 1;
+                    self.completion_tokens += completion_tokens;
+                    if i == 0 {
+                        self.cached_tokens = cached_tokens;
+                    }
+                    if self.open == 0 {
+                        self.phase = if self.s.include_usage {
+                            Phase::Usage(self.completion_tokens, self.cached_tokens)
+                        } else {
+                            Phase::Done
+                        };
+                    }
+                    return self.chunk(
+                        i,
+                        String::new(),
+                        Some(reason),
+                        Some(ChatDelta::default()),
+                        &[],
+                    );
                 }
-                Some(Event::Failed(e)) => return self.error(to_api_error(e, self.s.param)),
+                Some((_, Event::Failed(e))) => return self.error(to_api_error(e, self.s.param)),
                 None => return self.error(worker_vanished()),
             }
         }
@@ -198,43 +255,76 @@ impl State {
         frame(&e.body())
     }
 
-    /// A chunk with one choice: `text` for completions, `delta` for chat.
-    fn chunk(&mut self, text: String, finish: Option<Finish>, delta: Option<ChatDelta>) -> String {
+    /// A chunk with choice `i`: `text` for completions, `delta` for chat,
+    /// and the logprobs of the tokens behind it (when asked for).
+    fn chunk(
+        &mut self,
+        i: usize,
+        text: String,
+        finish: Option<Finish>,
+        delta: Option<ChatDelta>,
+        tokens: &[TokenLogprobs],
+    ) -> String {
         let s = &self.s;
-        let token_ids = s.return_token_ids.then(|| mem::take(&mut self.pending));
+        let choice = &mut self.choice[i];
+        let token_ids = s.return_token_ids.then(|| mem::take(&mut choice.pending));
         let usage = s.include_usage.then_some(None);
         let finish_reason = finish.map(Finish::as_str);
+        let tokenizer = s.engine.tokenizer();
         match s.kind {
-            Kind::Chat => frame(&ChatChunk {
-                id: s.id.clone(),
-                object: "chat.completion.chunk",
-                created: s.created,
-                model: s.model.clone(),
-                choices: vec![ChatChunkChoice {
-                    index: 0,
-                    delta: delta.unwrap_or_default(),
-                    logprobs: None,
-                    finish_reason,
-                    token_ids,
-                }],
-                usage,
-                prompt_token_ids: self.prompt_ids.take(),
-            }),
-            Kind::Completion => frame(&CompletionChunk {
-                id: s.id.clone(),
-                object: "text_completion",
-                created: s.created,
-                model: s.model.clone(),
-                choices: vec![CompletionChunkChoice {
-                    index: 0,
-                    text,
-                    logprobs: None,
-                    finish_reason,
+            Kind::Chat => {
+                let logprobs = match (s.logprobs, tokens.is_empty()) {
+                    (true, false) => match logprobs::chat(tokenizer, tokens) {
+                        Ok(l) => Some(l),
+                        Err(e) => return self.error(ApiError::Internal(e.to_string())),
+                    },
+                    // OpenAI sends an empty list on the role and final chunks.
+                    (true, true) => Some(ChatLogprobs::default()),
+                    (false, _) => None,
+                };
+                frame(&ChatChunk {
+                    id: s.id.clone(),
+                    object: "chat.completion.chunk",
+                    created: s.created,
+                    model: s.model.clone(),
+                    choices: vec![ChatChunkChoice {
+                        index: i as u32,
+                        delta: delta.unwrap_or_default(),
+                        logprobs,
+                        finish_reason,
+                        token_ids,
+                    }],
+                    usage,
                     prompt_token_ids: self.prompt_ids.take(),
-                    token_ids,
-                }],
-                usage,
-            }),
+                })
+            }
+            Kind::Completion => {
+                let logprobs = match s.logprobs {
+                    true => match logprobs::completion(tokenizer, tokens, choice.offset) {
+                        Ok((l, offset)) => {
+                            choice.offset = offset;
+                            Some(l)
+                        }
+                        Err(e) => return self.error(ApiError::Internal(e.to_string())),
+                    },
+                    false => None::<CompletionLogprobs>,
+                };
+                frame(&CompletionChunk {
+                    id: s.id.clone(),
+                    object: "text_completion",
+                    created: s.created,
+                    model: s.model.clone(),
+                    choices: vec![CompletionChunkChoice {
+                        index: i as u32,
+                        text,
+                        logprobs,
+                        finish_reason,
+                        prompt_token_ids: self.prompt_ids.take(),
+                        token_ids,
+                    }],
+                    usage,
+                })
+            }
         }
     }
 }

@@ -54,7 +54,20 @@ pub struct Validated {
     pub stream: bool,
     /// `stream_options.include_usage`: a final chunk with `usage`.
     pub include_usage: bool,
+    /// Choices to generate from the one prompt.
+    pub n: usize,
+    /// `Some(k)`: report each token's logprob and its `k` most likely
+    /// alternatives.
+    pub logprobs: Option<usize>,
 }
+
+/// The most alternatives per token `logprobs` may ask for (OpenAI's chat
+/// limit, and vLLM's default `max_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The most choices one request may ask for: each is a sequence in the
+/// engine, so this bounds what one request can take from the others.
+pub const MAX_N: usize = 16;
 
 fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
     ApiError::invalid(message, Some(param))
@@ -73,6 +86,19 @@ pub fn parse_body<T: DeserializeOwned>(
             None,
         ));
     };
+    if let Some(key) = object
+        .keys()
+        .find(|k| !fields.contains(&k.as_str()) && !COMMON_FIELDS.contains(&k.as_str()))
+    {
+        // As OpenAI answers a field it does not know: a request that asks for something this
+        // server would not do must not get a plausible answer without it.
+        return Err(ApiError::InvalidRequest {
+            message: format!(
+                "Unrecognized request argument supplied: `{key}` (this server does not implement it)."
+            ),
+            param: Some(key.clone().into()),
+        });
+    }
     let err = match serde_json::from_value::<T>(Value::Object(object.clone())) {
         Ok(request) => return Ok(request),
         Err(e) => e,
@@ -141,7 +167,7 @@ pub fn completion(req: CompletionRequest, served: &str) -> Result<Validated, Api
         }
     };
     let max_tokens = max_tokens(req.max_tokens, "max_tokens")?;
-    common(req.common, input, max_tokens)
+    common(req.common, input, max_tokens, Logprobs::Completion)
 }
 
 pub fn chat(req: ChatRequest, served: &str) -> Result<Validated, ApiError> {
@@ -165,14 +191,26 @@ pub fn chat(req: ChatRequest, served: &str) -> Result<Validated, ApiError> {
         Some(_) => max_tokens(req.max_completion_tokens, "max_completion_tokens")?,
         None => max_tokens(req.max_tokens, "max_tokens")?,
     };
-    common(req.common, Input::Chat(messages), max_tokens)
+    common(
+        req.common,
+        Input::Chat(messages),
+        max_tokens,
+        Logprobs::Chat {
+            top: req.top_logprobs,
+        },
+    )
 }
 
 fn unsupported(param: &'static str) -> ApiError {
     invalid(format!("`{param}` is not supported yet."), param)
 }
 
-fn common(p: CommonParams, input: Input, max_tokens: Option<usize>) -> Result<Validated, ApiError> {
+fn common(
+    p: CommonParams,
+    input: Input,
+    max_tokens: Option<usize>,
+    logprobs: Logprobs,
+) -> Result<Validated, ApiError> {
     let stream = p.stream == Some(true);
     let include_usage = match &p.stream_options {
         Some(_) if !stream => {
@@ -184,11 +222,21 @@ fn common(p: CommonParams, input: Input, max_tokens: Option<usize>) -> Result<Va
         Some(options) => options.include_usage == Some(true),
         None => false,
     };
-    if p.n.is_some_and(|n| n != 1) {
-        return Err(invalid("Only `n` = 1 is supported.", "n"));
-    }
-    if p.best_of.is_some_and(|n| n != 1) {
-        return Err(invalid("Only `best_of` = 1 is supported.", "best_of"));
+    let n = match p.n {
+        None => 1,
+        Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(invalid(
+                format!("`n` must be between 1 and {MAX_N}, got {n}."),
+                "n",
+            ));
+        }
+    };
+    if p.best_of.is_some_and(|b| b != n as i64) {
+        return Err(invalid(
+            "`best_of` is not supported (only `best_of` equal to `n`).",
+            "best_of",
+        ));
     }
     if p.echo == Some(true) {
         return Err(unsupported("echo"));
@@ -196,22 +244,66 @@ fn common(p: CommonParams, input: Input, max_tokens: Option<usize>) -> Result<Va
     if p.min_p.is_some_and(|v| v != 0.0) {
         return Err(unsupported("min_p"));
     }
-    let is_off = |v: &Option<Value>| match v {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => true,
+    let bias_off = match &p.logit_bias {
+        None | Some(Value::Null) => true,
         Some(Value::Object(m)) => m.is_empty(),
-        Some(Value::Number(n)) => n.as_u64() == Some(0),
         _ => false,
     };
-    if !is_off(&p.logit_bias) {
+    if !bias_off {
         return Err(unsupported("logit_bias"));
     }
-    // Completions' `logprobs: 0` still asks for the sampled token's logprob.
-    if !is_off(&p.logprobs) || p.logprobs.as_ref().is_some_and(Value::is_number) {
-        return Err(unsupported("logprobs"));
-    }
-    if !is_off(&p.top_logprobs) {
-        return Err(unsupported("top_logprobs"));
-    }
+    let logprobs = match logprobs {
+        Logprobs::Chat { top } => {
+            let on = match &p.logprobs {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(invalid(
+                        format!(
+                            "`logprobs` must be true or false on chat completions, got {other}."
+                        ),
+                        "logprobs",
+                    ));
+                }
+            };
+            let top = match top {
+                None => None,
+                Some(k) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Some(k as usize),
+                Some(k) => {
+                    return Err(invalid(
+                        format!(
+                            "`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {k}."
+                        ),
+                        "top_logprobs",
+                    ));
+                }
+            };
+            match (on, top) {
+                (false, Some(_)) => {
+                    return Err(invalid(
+                        "`top_logprobs` needs `logprobs` set to true.",
+                        "top_logprobs",
+                    ));
+                }
+                (false, None) => None,
+                (true, top) => Some(top.unwrap_or(0)),
+            }
+        }
+        Logprobs::Completion => match &p.logprobs {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(k)) if k.as_u64().is_some_and(|k| k <= MAX_TOP_LOGPROBS as u64) => {
+                k.as_u64().map(|k| k as usize)
+            }
+            Some(other) => {
+                return Err(invalid(
+                    format!(
+                        "`logprobs` must be an integer between 0 and {MAX_TOP_LOGPROBS} on completions, got {other}."
+                    ),
+                    "logprobs",
+                ));
+            }
+        },
+    };
 
     if let Some(t) = p.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
         return Err(invalid(
@@ -280,7 +372,16 @@ fn common(p: CommonParams, input: Input, max_tokens: Option<usize>) -> Result<Va
         return_token_ids: p.return_token_ids.unwrap_or(false),
         stream,
         include_usage,
+        n,
+        logprobs,
     })
+}
+
+/// Where `logprobs` comes from: chat's boolean plus `top_logprobs`, or
+/// completions' integer.
+enum Logprobs {
+    Chat { top: Option<i64> },
+    Completion,
 }
 
 /// Checks prompt ids against the context length and the vocabulary. At
@@ -326,14 +427,17 @@ mod tests {
 
     fn param_of(r: Result<Validated, ApiError>) -> Option<&'static str> {
         match r {
-            Err(ApiError::InvalidRequest { param, .. }) => param,
+            // Leaked: test-only, to compare with literals.
+            Err(ApiError::InvalidRequest { param, .. }) => {
+                param.map(|p| &*Box::leak(p.into_owned().into_boxed_str()))
+            }
             other => panic!("expected a 400, got {other:?}"),
         }
     }
 
     #[test]
     fn defaults_and_token_prompts() {
-        let v = completion_of(json!({"model": "m", "prompt": [1, 2], "extra": true})).unwrap();
+        let v = completion_of(json!({"model": "m", "prompt": [1, 2], "user": "u"})).unwrap();
         assert_eq!(v.input, Input::Tokens(vec![1, 2]));
         assert_eq!(v.max_tokens, None);
         assert_eq!(
@@ -342,6 +446,94 @@ mod tests {
             "unset: checkpoint defaults"
         );
         assert!(v.stop.is_empty() && !v.return_token_ids && !v.stream);
+        assert_eq!((v.n, v.logprobs), (1, None));
+    }
+
+    #[test]
+    fn fields_the_server_does_not_implement_are_named() {
+        for field in [
+            "extra",
+            "suffix",
+            "response_format",
+            "tools",
+            "logit_bias_x",
+        ] {
+            let body = json!({"model": "m", "prompt": "hi", field: 1});
+            assert_eq!(param_of(completion_of(body)), Some(field), "{field}");
+        }
+        let chat = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            parse_body::<ChatRequest>(body, chat_fields()).and_then(|r| chat(r, "m"))
+        };
+        assert_eq!(
+            param_of(chat(json!({"tool_choice": "auto"}))),
+            Some("tool_choice")
+        );
+        // `top_logprobs` is a chat field only.
+        let body = json!({"model": "m", "prompt": "hi", "top_logprobs": 2});
+        assert_eq!(param_of(completion_of(body)), Some("top_logprobs"));
+        // Message fields are checked too.
+        let bad = json!({"messages": [{"role": "user", "content": "hi", "tool_call_id": "x"}]});
+        assert_eq!(param_of(chat(bad)), Some("messages"));
+        let named = chat(json!({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}));
+        assert!(named.is_ok(), "{named:?}");
+    }
+
+    #[test]
+    fn logprobs_and_n_follow_each_endpoint() {
+        let chat = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            parse_body::<ChatRequest>(body, chat_fields()).and_then(|r| chat(r, "m"))
+        };
+        let v = chat(json!({"logprobs": true, "top_logprobs": 5, "n": 3})).unwrap();
+        assert_eq!((v.logprobs, v.n), (Some(5), 3));
+        assert_eq!(chat(json!({"logprobs": true})).unwrap().logprobs, Some(0));
+        assert_eq!(chat(json!({"logprobs": false})).unwrap().logprobs, None);
+        assert_eq!(param_of(chat(json!({"logprobs": 2}))), Some("logprobs"));
+        assert_eq!(
+            param_of(chat(json!({"top_logprobs": 2}))),
+            Some("top_logprobs")
+        );
+        assert_eq!(
+            param_of(chat(json!({"logprobs": true, "top_logprobs": 21}))),
+            Some("top_logprobs")
+        );
+        let completion = |extra: Value| {
+            let mut body = json!({"model": "m", "prompt": "hi"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            completion_of(body)
+        };
+        assert_eq!(
+            completion(json!({"logprobs": 0})).unwrap().logprobs,
+            Some(0)
+        );
+        assert_eq!(
+            completion(json!({"logprobs": 20})).unwrap().logprobs,
+            Some(20)
+        );
+        assert_eq!(
+            param_of(completion(json!({"logprobs": 21}))),
+            Some("logprobs")
+        );
+        assert_eq!(
+            param_of(completion(json!({"logprobs": true}))),
+            Some("logprobs")
+        );
+        assert_eq!(param_of(completion(json!({"n": 0}))), Some("n"));
+        assert_eq!(param_of(completion(json!({"n": 17}))), Some("n"));
+        assert_eq!(completion(json!({"n": 2, "best_of": 2})).unwrap().n, 2);
+        assert_eq!(
+            param_of(completion(json!({"n": 2, "best_of": 3}))),
+            Some("best_of")
+        );
     }
 
     #[test]
@@ -353,7 +545,7 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             completion_of(body)
         };
-        assert_eq!(param_of(base(json!({"n": 2}))), Some("n"));
+        assert_eq!(param_of(base(json!({"n": 0}))), Some("n"));
         assert_eq!(
             param_of(base(json!({"stream_options": {"include_usage": true}}))),
             Some("stream_options")
@@ -371,7 +563,7 @@ mod tests {
         assert_eq!(param_of(base(json!({"top_k": -2}))), Some("top_k"));
         assert_eq!(param_of(base(json!({"max_tokens": 0}))), Some("max_tokens"));
         assert_eq!(param_of(base(json!({"stop": [""]}))), Some("stop"));
-        assert_eq!(param_of(base(json!({"logprobs": 2}))), Some("logprobs"));
+        assert_eq!(param_of(base(json!({"logprobs": -1}))), Some("logprobs"));
         assert_eq!(param_of(base(json!({"prompt": [[1]]}))), Some("prompt"));
         for (param, bad) in [
             ("presence_penalty", 2.5),

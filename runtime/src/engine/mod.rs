@@ -19,6 +19,7 @@
 pub mod chat_template;
 pub mod device;
 pub mod generation_config;
+pub mod grammar;
 pub mod sampling;
 pub mod text;
 pub mod tokenizer;
@@ -30,7 +31,7 @@ use serde_json::Value as Json;
 
 pub use chat_template::{ChatTemplate, TemplateError};
 pub use generation_config::{GenerationConfigError, GenerationDefaults, RequestedSampling};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{Sampler, SamplingParams, TokenLogprobs};
 pub use tokenizer::{Tokenizer, TokenizerConfig, TokenizerError, TokenizerSource};
 
 use crate::{
@@ -115,7 +116,7 @@ impl Default for LoadOptions {
 }
 
 /// One generation request, already tokenized and validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GenerateRequest {
     pub prompt: Vec<u32>,
     /// Upper bound on new tokens; also capped by the context length.
@@ -123,6 +124,9 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Keep going past end-of-sequence ids (benchmarks use this).
     pub ignore_eos: bool,
+    /// Report each sampled token's log-probability and this many of the
+    /// most likely alternatives (`Some(0)`: the sampled token only).
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +277,7 @@ impl Engine {
             max_new_tokens: 1,
             sampling: SamplingParams::greedy(),
             ignore_eos: true,
+            ..Default::default()
         };
         self.generate(&request, |_| ControlFlow::Continue(()))
             .map(drop)
@@ -390,6 +395,7 @@ impl Engine {
             max_new_tokens: 1,
             sampling: SamplingParams::greedy(),
             ignore_eos: true,
+            ..Default::default()
         };
         let mut run = SingleSequence::new(self, &request)?;
         Ok(run.advance(prompt)?.row(0).to_vec())

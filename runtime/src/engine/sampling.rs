@@ -12,9 +12,14 @@
 //! generated tokens: positive logits are divided by it, negative ones
 //! multiplied), applied first, as vLLM orders them.
 //!
+//! Log-probabilities ([`logprobs`]) are those of the model's raw
+//! distribution — the softmax of the logits before penalties, temperature,
+//! top-k/top-p or a grammar mask — which is what vLLM returns by default
+//! (`logprobs_mode = raw_logprobs`) and what makes them comparable across
+//! sampling settings.
+//!
 //! Not implemented (the API refuses them explicitly): `min_p`,
-//! `logit_bias`, `logprobs` / `top_logprobs`. `stop` strings are text, not
-//! ids: see `engine/text.rs`.
+//! `logit_bias`. `stop` strings are text, not ids: see `engine/text.rs`.
 
 use std::{
     collections::HashMap,
@@ -234,6 +239,56 @@ fn apply_penalties(
     }
 }
 
+/// The log-probability of a sampled token and of the most likely ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// The `n` most likely ids, most likely first (ties to the lower id).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-softmax of `logits` at `token`, and the `top` most likely ids. The
+/// normaliser is summed in f64 so that a vocabulary of 10^5 ids loses no
+/// precision; only `top` ids are selected and sorted (linear, not a sort
+/// of the vocabulary).
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| l.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|&l| f64::from(l - max).exp())
+        .sum();
+    let log_z = f64::from(max) + sum.ln();
+    let logprob = |l: f32| (f64::from(l) - log_z) as f32;
+    let mut best = Vec::new();
+    if top > 0 {
+        let mut all: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, if l.is_nan() { f32::NEG_INFINITY } else { l }))
+            .collect();
+        let k = top.min(all.len());
+        if k < all.len() {
+            all.select_nth_unstable_by(k - 1, by_logit);
+            all.truncate(k);
+        }
+        all.sort_unstable_by(by_logit);
+        best = all.into_iter().map(|(id, l)| (id, logprob(l))).collect();
+    }
+    TokenLogprobs {
+        token,
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| logprob(l)),
+        top: best,
+    }
+}
+
 /// Index of the largest logit; the first one on ties.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -257,6 +312,29 @@ mod tests {
             seed: Some(seed),
             ..SamplingParams::greedy()
         }
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_with_a_sorted_top() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, f32::NEG_INFINITY];
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        let lp = logprobs(&logits, 2, 3);
+        assert_eq!(lp.token, 2);
+        assert!((f64::from(lp.logprob) - (2.0 - z.ln())).abs() < 1e-6);
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2], "descending, ties to the lower id");
+        assert_eq!(lp.top[0].1, lp.top[1].1);
+        let total: f64 = (0..5)
+            .map(|i| f64::from(logprobs(&logits, i, 0).logprob).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-6, "{total}");
+        assert_eq!(logprobs(&logits, 4, 0).logprob, f32::NEG_INFINITY);
+        assert!(logprobs(&logits, 0, 0).top.is_empty());
+        assert_eq!(
+            logprobs(&logits, 0, 20).top.len(),
+            5,
+            "at most the vocabulary"
+        );
     }
 
     #[test]

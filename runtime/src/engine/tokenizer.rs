@@ -159,6 +159,9 @@ pub struct Tokenizer {
     add_bos_token: Option<bool>,
     eos_ids: Vec<u32>,
     vocab_size: usize,
+    /// The vocabulary spells bytes as GPT-2's printable characters (`Ġ`
+    /// for a space): [`Tokenizer::token_bytes`] maps them back.
+    byte_level: bool,
 }
 
 impl Tokenizer {
@@ -273,6 +276,12 @@ impl Tokenizer {
             .as_deref()
             .and_then(|t| inner.token_to_id(t));
         let vocab_size = inner.get_vocab_size(true);
+        // The decoder's JSON is the one stable way to look inside a
+        // `Sequence` of decoders.
+        let byte_level = inner
+            .get_decoder()
+            .and_then(|d| serde_json::to_string(d).ok())
+            .is_some_and(|json| json.contains("\"ByteLevel\""));
         Ok(Self {
             inner,
             source,
@@ -281,6 +290,7 @@ impl Tokenizer {
             add_bos_token: config.add_bos_token,
             eos_ids,
             vocab_size,
+            byte_level,
         })
     }
 
@@ -328,6 +338,49 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::Decode(e.to_string()))
     }
 
+    /// The bytes one token stands for, as OpenAI's logprobs `bytes`: a token
+    /// can be part of a UTF-8 character, which `decode` of that token alone
+    /// would turn into U+FFFD. Byte-level BPE pieces map back through GPT-2's
+    /// byte table; SentencePiece pieces turn `▁` into a space and `<0xNN>`
+    /// into that byte; added tokens are their text.
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>, TokenizerError> {
+        let unknown = || TokenizerError::UnknownId {
+            id,
+            vocab_size: self.vocab_size,
+        };
+        let piece = self.inner.id_to_token(id).ok_or_else(unknown)?;
+        let added = self
+            .inner
+            .get_added_tokens_decoder()
+            .get(&id)
+            .is_some_and(|t| t.special || !self.byte_level);
+        if added {
+            return Ok(piece.into_bytes());
+        }
+        if self.byte_level {
+            let table = gpt2_unicode_to_bytes();
+            return Ok(piece
+                .chars()
+                .map(|c| table.get(&c).copied().unwrap_or(b'?'))
+                .collect());
+        }
+        if let Some(hex) = piece
+            .strip_prefix("<0x")
+            .and_then(|h| h.strip_suffix('>'))
+            .filter(|h| h.len() == 2)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            return Ok(vec![byte]);
+        }
+        Ok(piece.replace('\u{2581}', " ").into_bytes())
+    }
+
+    /// The underlying Hugging Face tokenizer, for code that needs its
+    /// vocabulary and decoder directly (the grammar engine's token trie).
+    pub fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// Which file the tokenizer was built from.
     pub fn source(&self) -> &TokenizerSource {
         &self.source
@@ -346,6 +399,28 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
+}
+
+/// GPT-2's `bytes_to_unicode` inverted: printable bytes stand for
+/// themselves, the other 68 are shifted to U+0100 and up.
+fn gpt2_unicode_to_bytes() -> &'static std::collections::HashMap<char, u8> {
+    static TABLE: std::sync::OnceLock<std::collections::HashMap<char, u8>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let mut shifted = 0u32;
+        (0..=255u8)
+            .map(|b| {
+                let c = if printable(b) {
+                    char::from(b)
+                } else {
+                    shifted += 1;
+                    char::from_u32(255 + shifted).expect("U+0100..U+0143 are chars")
+                };
+                (c, b)
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]

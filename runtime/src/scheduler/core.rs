@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use super::planner::{Plan, Planner, PlannerConfig, SeqId};
 use crate::{
-    engine::{Engine, EngineError, FinishReason, GenerateRequest, Sampler},
+    engine::{
+        Engine, EngineError, FinishReason, GenerateRequest, Sampler, TokenLogprobs, sampling,
+    },
     kv::{BlockPool, KvCache},
     models::Batch,
 };
@@ -25,6 +27,8 @@ pub struct CoreConfig {
 pub struct StepOutput {
     /// New tokens, in batch order (at most one per sequence).
     pub tokens: Vec<(SeqId, u32)>,
+    /// Log-probabilities of the new tokens of sequences that asked for them.
+    pub logprobs: HashMap<SeqId, TokenLogprobs>,
     /// Sequences that ended this step (their blocks are free again). A
     /// `Stop` ends on an end-of-sequence id, which is not in `tokens`.
     pub finished: Vec<(SeqId, FinishReason)>,
@@ -49,6 +53,8 @@ struct Request {
     /// Maximum generated tokens (already capped by the context length).
     max_new_tokens: usize,
     ignore_eos: bool,
+    /// `Some(n)`: report logprobs with the `n` most likely ids.
+    logprobs: Option<usize>,
     generated: usize,
 }
 
@@ -118,6 +124,7 @@ impl<'e> Core<'e> {
                 sampler: Sampler::new(request.sampling.clone(), &request.prompt),
                 max_new_tokens: request.max_new_tokens,
                 ignore_eos: request.ignore_eos,
+                logprobs: request.logprobs,
                 generated: 0,
             },
         );
@@ -172,7 +179,11 @@ impl<'e> Core<'e> {
             let Some(req) = self.requests.get_mut(&id) else {
                 continue;
             };
-            let token = req.sampler.sample(logits.row(row));
+            let row = logits.row(row);
+            let token = req.sampler.sample(row);
+            if let Some(top) = req.logprobs {
+                out.logprobs.insert(id, sampling::logprobs(row, token, top));
+            }
             if !req.ignore_eos && eos.contains(&token) {
                 self.remove(id);
                 out.finished.push((id, FinishReason::Stop));

@@ -24,7 +24,7 @@ use super::{
     planner::SeqId,
 };
 use crate::{
-    engine::{Engine, EngineError, FinishReason, Tokenizer, text::TextStream},
+    engine::{Engine, EngineError, FinishReason, TokenLogprobs, Tokenizer, text::TextStream},
     kv::{KvCache, PrefixStats},
     metrics::FinishedReason,
 };
@@ -46,6 +46,8 @@ struct Live {
     text: TextStream,
     /// Ids generated but not yet sent (their text was held back).
     unreported: Vec<u32>,
+    /// Their log-probabilities, when the request asked for them.
+    unreported_logprobs: Vec<TokenLogprobs>,
     generated: usize,
     arrived: Instant,
     enqueued: Instant,
@@ -185,6 +187,7 @@ fn admit(
             events,
             text: TextStream::new(job.stop),
             unreported: Vec::new(),
+            unreported_logprobs: Vec::new(),
             generated: 0,
             arrived: job.arrived,
             enqueued,
@@ -217,6 +220,7 @@ fn deliver(
     tokenizer: &Tokenizer,
 ) {
     let now = Instant::now();
+    let mut logprobs = out.logprobs;
     for (id, token) in out.tokens {
         let Some(l) = live.get_mut(&id) else { continue };
         match l.first {
@@ -232,6 +236,9 @@ fn deliver(
         l.last = now;
         l.generated += 1;
         l.unreported.push(token);
+        if let Some(lp) = logprobs.remove(&id) {
+            l.unreported_logprobs.push(lp);
+        }
         let delta = match l.text.push(tokenizer, token) {
             Ok(d) => d,
             Err(e) => {
@@ -244,6 +251,7 @@ fn deliver(
             let event = Event::Text {
                 text: delta.text,
                 tokens: mem::take(&mut l.unreported),
+                logprobs: mem::take(&mut l.unreported_logprobs),
             };
             if !send(&l.events, event) {
                 core.remove(id);
@@ -354,6 +362,7 @@ fn deliver_end(l: &mut Live, finish: Finish, tokenizer: &Tokenizer) -> bool {
         let text = Event::Text {
             text: rest,
             tokens: mem::take(&mut l.unreported),
+            logprobs: mem::take(&mut l.unreported_logprobs),
         };
         if !send(&l.events, text) {
             return false;

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::{
-    engine::{Engine, EngineError, GenerateRequest},
+    engine::{Engine, EngineError, GenerateRequest, TokenLogprobs},
     kv::KvCache,
     metrics::{FinishedReason, Metrics},
 };
@@ -68,6 +68,9 @@ pub enum Event {
     Text {
         text: String,
         tokens: Vec<u32>,
+        /// One per id of `tokens` when the request asked for logprobs,
+        /// else empty.
+        logprobs: Vec<TokenLogprobs>,
     },
     Finished {
         reason: Finish,
