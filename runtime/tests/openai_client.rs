@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use common::{Case, Server, without_special_tokens};
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[test]
 fn the_official_openai_python_client_works() {
@@ -29,38 +29,8 @@ fn the_official_openai_python_client_works() {
         "completion": {"prompt": completion.prompt, "max_tokens": reference.max_new_tokens},
     });
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let mut python = Command::new("python3");
-    python
-        .arg(script)
-        // Only 127.0.0.1: no proxy may intercept the client's requests.
-        .env("NO_PROXY", "*")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("all_proxy");
-    let mut child = common::spawn_with_input(
-        &mut python,
-        spec.to_string().as_bytes(),
-        "run python3 (scripts/install-test-deps installs it with the openai client)",
-    );
-    let deadline = Duration::from_secs(120);
-    let status = common::wait_with_deadline(&mut child, deadline).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("openai_client.py did not finish within {deadline:?}")
-    });
-    let output = child.wait_with_output().expect("script output");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        status.success(),
-        "openai_client.py failed ({status}):\n{stderr}\n{stdout}\nserver log:\n{}",
-        server.output()
-    );
-    let out: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("script output is not JSON ({e}): {stdout}\n{stderr}"));
+    let out =
+        common::run_client_script("openai_client.py", &spec, &server, Duration::from_secs(120));
     assert_eq!(out["client_version"], "3.54.0", "the pinned client");
     assert_eq!(out["models"], json!([name]));
 

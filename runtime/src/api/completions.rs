@@ -41,7 +41,10 @@ use super::{
     validation::{self, DEFAULT_COMPLETION_MAX_TOKENS, Input, Validated},
 };
 use crate::{
-    engine::{Engine, EngineError, GenerateRequest, TemplateError, TokenLogprobs, TokenizerError},
+    engine::{
+        Engine, EngineError, GenerateRequest, TemplateError, TokenLogprobs, TokenizerError,
+        grammar::Constraint,
+    },
     scheduler::{Event, Finish, Handle, Job},
 };
 
@@ -335,7 +338,22 @@ async fn start(
         .unwrap_or_else(|| default_max_tokens(room))
         .min(room);
     let sampling = engine.generation_defaults().resolve(&request.sampling);
-    let job = |choice: usize| {
+    // One matcher per choice, compiled off the async threads.
+    let constraints: Vec<Option<Box<Constraint>>> = match request.constraint.clone() {
+        None => (0..request.n).map(|_| None).collect(),
+        Some((spec, field)) => {
+            let (engine, n) = (Arc::clone(&engine), request.n);
+            let compiled = tokio::task::spawn_blocking(move || {
+                (0..n)
+                    .map(|_| engine.compile_constraint(&spec).map(|c| Some(Box::new(c))))
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("grammar compilation task failed: {e}")))?;
+            compiled.map_err(|e| ApiError::invalid(format!("`{field}`: {e}"), Some(field)))?
+        }
+    };
+    let job = |choice: usize, constraint: Option<Box<Constraint>>| {
         let mut sampling = sampling.clone();
         // vLLM's rule: choice i of a seeded request samples with `seed + i`, so the choices
         // differ from each other and each is repeatable.
@@ -352,6 +370,7 @@ async fn start(
                 sampling,
                 ignore_eos: request.ignore_eos,
                 logprobs: request.logprobs,
+                constraint,
             },
             stop: request.stop.clone(),
             arrived,
@@ -366,7 +385,9 @@ async fn start(
                 other => other,
             })
     };
-    let mut first = submit(job(0))?;
+    let mut constraints = constraints.into_iter().enumerate();
+    let (_, constraint) = constraints.next().expect("n >= 1");
+    let mut first = submit(job(0, constraint))?;
     let mut handles = Vec::with_capacity(request.n);
     if request.n > 1 {
         // The other choices start once the first has computed the prompt (its first event
@@ -375,8 +396,8 @@ async fn start(
         // together, they would all be prefilled in the same step.
         let early = first.next().await;
         handles.push((first, early));
-        for choice in 1..request.n {
-            handles.push((submit(job(choice))?, None));
+        for (choice, constraint) in constraints {
+            handles.push((submit(job(choice, constraint))?, None));
         }
     } else {
         handles.push((first, None));

@@ -39,6 +39,14 @@ pub struct CommonParams {
     pub repetition_penalty: Option<f64>,
     /// Chat: `true`/`false`; completions: the number of top logprobs.
     pub logprobs: Option<Value>,
+    /// vLLM's structured-output fields (both endpoints).
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    /// Lark, in llguidance's dialect.
+    pub guided_grammar: Option<String>,
+    /// vLLM's newer spelling: `{"json" | "regex" | "choice" | "grammar" | "json_object": …}`.
+    pub structured_outputs: Option<Value>,
     /// OpenAI's accepted-and-ignored field (an end-user id for abuse
     /// monitoring, which an offline server has no use for).
     pub user: Option<String>,
@@ -50,7 +58,12 @@ pub struct CommonParams {
 }
 
 /// Top-level names of [`CommonParams`], for naming `param` in errors.
-pub const COMMON_FIELDS: [&str; 20] = [
+pub const COMMON_FIELDS: [&str; 25] = [
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
     "temperature",
     "top_p",
     "top_k",
@@ -103,11 +116,14 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<i64>,
     /// 0–20 alternatives per token; needs `logprobs: true`.
     pub top_logprobs: Option<i64>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {…}}`.
+    pub response_format: Option<Value>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
 
-pub const CHAT_FIELDS: [&str; 4] = [
+pub const CHAT_FIELDS: [&str; 5] = [
+    "response_format",
     "messages",
     "max_tokens",
     "max_completion_tokens",

@@ -14,7 +14,7 @@ use super::{
         CompletionRequest, Prompt, Stop,
     },
 };
-use crate::engine::RequestedSampling;
+use crate::engine::{RequestedSampling, grammar::ConstraintSpec};
 
 /// OpenAI's default for the legacy completions endpoint.
 pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
@@ -59,6 +59,9 @@ pub struct Validated {
     /// `Some(k)`: report each token's logprob and its `k` most likely
     /// alternatives.
     pub logprobs: Option<usize>,
+    /// Structured output, and the request field it came from (for the 400
+    /// when it does not compile).
+    pub constraint: Option<(ConstraintSpec, &'static str)>,
 }
 
 /// The most alternatives per token `logprobs` may ask for (OpenAI's chat
@@ -191,14 +194,130 @@ pub fn chat(req: ChatRequest, served: &str) -> Result<Validated, ApiError> {
         Some(_) => max_tokens(req.max_completion_tokens, "max_completion_tokens")?,
         None => max_tokens(req.max_tokens, "max_tokens")?,
     };
-    common(
+    let format = response_format(req.response_format)?;
+    let mut v = common(
         req.common,
         Input::Chat(messages),
         max_tokens,
         Logprobs::Chat {
             top: req.top_logprobs,
         },
-    )
+    )?;
+    if let Some(format) = format {
+        if let Some((_, other)) = &v.constraint {
+            return Err(invalid(
+                format!("`response_format` and `{other}` cannot both be set."),
+                "response_format",
+            ));
+        }
+        v.constraint = Some((format, "response_format"));
+    }
+    Ok(v)
+}
+
+/// OpenAI's `response_format`.
+fn response_format(value: Option<Value>) -> Result<Option<ConstraintSpec>, ApiError> {
+    const P: &str = "response_format";
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match value.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ConstraintSpec::JsonObject)),
+        Some("json_schema") => match value.get("json_schema").and_then(|j| j.get("schema")) {
+            Some(schema) => Ok(Some(ConstraintSpec::JsonSchema(schema.clone()))),
+            None => Err(invalid(
+                "`response_format.json_schema.schema` is required for type `json_schema`.",
+                P,
+            )),
+        },
+        Some(other) => Err(invalid(
+            format!(
+                "`response_format.type` must be `text`, `json_object` or `json_schema`, got `{other}`."
+            ),
+            P,
+        )),
+        None => Err(invalid("`response_format.type` is required.", P)),
+    }
+}
+
+/// vLLM's `guided_*` fields and `structured_outputs`: at most one constraint.
+fn guided(p: &CommonParams) -> Result<Option<(ConstraintSpec, &'static str)>, ApiError> {
+    let mut found: Vec<(ConstraintSpec, &'static str)> = Vec::new();
+    if let Some(schema) = p.guided_json.clone().filter(|v| !v.is_null()) {
+        // vLLM takes the schema as an object or as its JSON text.
+        let schema = match schema {
+            Value::String(text) => serde_json::from_str(&text).map_err(|e| {
+                invalid(
+                    format!("`guided_json` is not a JSON schema: {e}"),
+                    "guided_json",
+                )
+            })?,
+            other => other,
+        };
+        found.push((ConstraintSpec::JsonSchema(schema), "guided_json"));
+    }
+    if let Some(regex) = &p.guided_regex {
+        found.push((ConstraintSpec::Regex(regex.clone()), "guided_regex"));
+    }
+    if let Some(choice) = &p.guided_choice {
+        found.push((ConstraintSpec::Choice(choice.clone()), "guided_choice"));
+    }
+    if let Some(grammar) = &p.guided_grammar {
+        found.push((ConstraintSpec::Lark(grammar.clone()), "guided_grammar"));
+    }
+    const S: &str = "structured_outputs";
+    if let Some(so) = p.structured_outputs.as_ref().filter(|v| !v.is_null()) {
+        let Value::Object(fields) = so else {
+            return Err(invalid("`structured_outputs` must be an object.", S));
+        };
+        for (key, value) in fields {
+            let spec = match (key.as_str(), value) {
+                (_, Value::Null) => continue,
+                ("json", Value::String(text)) => {
+                    ConstraintSpec::JsonSchema(serde_json::from_str(text).map_err(|e| {
+                        invalid(
+                            format!("`structured_outputs.json` is not a JSON schema: {e}"),
+                            S,
+                        )
+                    })?)
+                }
+                ("json", schema) => ConstraintSpec::JsonSchema(schema.clone()),
+                ("regex", Value::String(r)) => ConstraintSpec::Regex(r.clone()),
+                ("grammar", Value::String(g)) => ConstraintSpec::Lark(g.clone()),
+                ("choice", Value::Array(items)) => ConstraintSpec::Choice(
+                    items
+                        .iter()
+                        .map(|i| i.as_str().map(str::to_owned))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| {
+                            invalid("`structured_outputs.choice` must be a list of strings.", S)
+                        })?,
+                ),
+                ("json_object", Value::Bool(true)) => ConstraintSpec::JsonObject,
+                ("json_object", Value::Bool(false)) => continue,
+                (key, _) => {
+                    return Err(invalid(
+                        format!(
+                            "`structured_outputs.{key}` is not supported (or has the wrong type); this server implements json, regex, choice, grammar and json_object."
+                        ),
+                        S,
+                    ));
+                }
+            };
+            found.push((spec, S));
+        }
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(invalid(
+            format!(
+                "Only one structured-output constraint may be set, got `{}` and `{}`.",
+                found[0].1, found[1].1
+            ),
+            found[1].1,
+        )),
+    }
 }
 
 fn unsupported(param: &'static str) -> ApiError {
@@ -222,6 +341,7 @@ fn common(
         Some(options) => options.include_usage == Some(true),
         None => false,
     };
+    let constraint = guided(&p)?;
     let n = match p.n {
         None => 1,
         Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
@@ -374,6 +494,7 @@ fn common(
         include_usage,
         n,
         logprobs,
+        constraint,
     })
 }
 
@@ -480,6 +601,66 @@ mod tests {
         assert_eq!(param_of(chat(bad)), Some("messages"));
         let named = chat(json!({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}));
         assert!(named.is_ok(), "{named:?}");
+    }
+
+    #[test]
+    fn structured_output_takes_one_source() {
+        let chat = |extra: Value| {
+            let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            let mut body = body;
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            parse_body::<ChatRequest>(body, chat_fields()).and_then(|r| chat(r, "m"))
+        };
+        let schema = json!({"type": "object"});
+        let v = chat(json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": schema}}}))
+        .unwrap();
+        assert_eq!(
+            v.constraint,
+            Some((
+                ConstraintSpec::JsonSchema(schema.clone()),
+                "response_format"
+            ))
+        );
+        let v = chat(json!({"response_format": {"type": "text"}})).unwrap();
+        assert_eq!(v.constraint, None);
+        let v = chat(json!({"guided_json": schema.to_string()})).unwrap();
+        assert_eq!(
+            v.constraint,
+            Some((ConstraintSpec::JsonSchema(schema), "guided_json"))
+        );
+        let v = chat(json!({"structured_outputs": {"regex": "a+"}})).unwrap();
+        assert_eq!(
+            v.constraint,
+            Some((ConstraintSpec::Regex("a+".into()), "structured_outputs"))
+        );
+        for (bad, param) in [
+            (
+                json!({"response_format": {"type": "xml"}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_object"}, "guided_regex": "a"}),
+                "response_format",
+            ),
+            (
+                json!({"guided_regex": "a", "guided_choice": ["b"]}),
+                "guided_choice",
+            ),
+            (
+                json!({"structured_outputs": {"xml": "a"}}),
+                "structured_outputs",
+            ),
+            (json!({"guided_json": "{not json"}), "guided_json"),
+        ] {
+            assert_eq!(param_of(chat(bad.clone())), Some(param), "{bad}");
+        }
     }
 
     #[test]

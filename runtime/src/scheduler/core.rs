@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
+use tracing::warn;
+
 use super::planner::{Plan, Planner, PlannerConfig, SeqId};
+use crate::engine::grammar::Constraint;
 use crate::{
     engine::{
         Engine, EngineError, FinishReason, GenerateRequest, Sampler, TokenLogprobs, sampling,
@@ -55,6 +58,7 @@ struct Request {
     ignore_eos: bool,
     /// `Some(n)`: report logprobs with the `n` most likely ids.
     logprobs: Option<usize>,
+    constraint: Option<Box<Constraint>>,
     generated: usize,
 }
 
@@ -125,6 +129,7 @@ impl<'e> Core<'e> {
                 max_new_tokens: request.max_new_tokens,
                 ignore_eos: request.ignore_eos,
                 logprobs: request.logprobs,
+                constraint: request.constraint,
                 generated: 0,
             },
         );
@@ -180,7 +185,30 @@ impl<'e> Core<'e> {
                 continue;
             };
             let row = logits.row(row);
-            let token = req.sampler.sample(row);
+            let token = match req.constraint.as_mut() {
+                // Only constrained rows are copied and masked; the others sample in place.
+                Some(c) => {
+                    let mut masked = row.to_vec();
+                    match c.mask_logits(&mut masked) {
+                        Ok(()) => req.sampler.sample(&masked),
+                        Err(e) => {
+                            warn!("sequence {id}: the grammar allows no token ({e}); ending it");
+                            self.remove(id);
+                            out.finished.push((id, FinishReason::Stop));
+                            continue;
+                        }
+                    }
+                }
+                None => req.sampler.sample(row),
+            };
+            if let Some(c) = req.constraint.as_mut()
+                && let Err(e) = c.accept(token)
+            {
+                warn!("sequence {id}: the grammar refused its sampled token ({e}); ending it");
+                self.remove(id);
+                out.finished.push((id, FinishReason::Stop));
+                continue;
+            }
             if let Some(top) = req.logprobs {
                 out.logprobs.insert(id, sampling::logprobs(row, token, top));
             }

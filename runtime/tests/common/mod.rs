@@ -585,3 +585,49 @@ pub fn without_special_tokens(dir: &Path, text: &str) -> String {
     }
     text
 }
+
+/// Runs `tests/<script>` (an OpenAI-client script) with `input` as JSON on stdin against
+/// `server`, and returns the JSON it prints. Only 127.0.0.1 is reached: no proxy may intercept
+/// the client's requests. Fails with the script's and the server's output.
+#[allow(dead_code)]
+pub fn run_client_script(
+    script: &str,
+    input: &serde_json::Value,
+    server: &Server,
+    deadline: Duration,
+) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let mut python = Command::new("python3");
+    python.arg(&path).env("NO_PROXY", "*");
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        python.env_remove(var);
+    }
+    let mut child = spawn_with_input(
+        &mut python,
+        input.to_string().as_bytes(),
+        "run python3 (scripts/install-test-deps installs it with openai and jsonschema)",
+    );
+    let status = wait_with_deadline(&mut child, deadline).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("{script} did not finish within {deadline:?}")
+    });
+    let output = child.wait_with_output().expect("script output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        status.success(),
+        "{script} failed ({status}):\n{stderr}\n{stdout}\nserver log:\n{}",
+        server.output()
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{script} output is not JSON ({e}): {stdout}\n{stderr}"))
+}
