@@ -153,10 +153,52 @@ pub enum Stop {
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    pub content: MessageContent,
     /// OpenAI's participant name; templates that know it render it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// A message's `content`: a string, or OpenAI's list of content parts, of
+/// which this text-only server takes `text` parts (joined with newlines,
+/// as vLLM does) and refuses the others by name.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl MessageContent {
+    /// The text the chat template sees; `Err` names what is not text.
+    pub fn into_text(self) -> Result<String, String> {
+        match self {
+            Self::Text(text) => Ok(text),
+            Self::Parts(parts) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for part in parts {
+                    match (part.kind.as_str(), part.text) {
+                        ("text", Some(text)) => texts.push(text),
+                        ("text", None) => return Err("a `text` part has no `text`".into()),
+                        (other, _) => {
+                            return Err(format!(
+                                "content parts of type `{other}` are not supported (text only)"
+                            ));
+                        }
+                    }
+                }
+                Ok(texts.join("\n"))
+            }
+        }
+    }
 }
 
 /// Chat `logprobs`: one entry per generated token.

@@ -11,7 +11,7 @@ use super::{
     error::ApiError,
     openai::{
         CHAT_FIELDS, COMMON_FIELDS, COMPLETION_FIELDS, ChatRequest, CommonParams,
-        CompletionRequest, Prompt, Stop,
+        CompletionRequest, MessageContent, Prompt, Stop,
     },
 };
 use crate::engine::{RequestedSampling, grammar::ConstraintSpec};
@@ -187,6 +187,14 @@ pub fn chat(req: ChatRequest, served: &str) -> Result<Validated, ApiError> {
             format!("messages[{i}].role must not be empty."),
             "messages",
         ));
+    }
+    let mut messages = messages;
+    for (i, m) in messages.iter_mut().enumerate() {
+        let content = std::mem::replace(&mut m.content, MessageContent::Text(String::new()));
+        let text = content
+            .into_text()
+            .map_err(|e| invalid(format!("messages[{i}].content: {e}."), "messages"))?;
+        m.content = MessageContent::Text(text);
     }
     let messages = serde_json::to_value(messages)
         .map_err(|e| ApiError::Internal(format!("re-encoding messages: {e}")))?;
@@ -601,6 +609,23 @@ mod tests {
         assert_eq!(param_of(chat(bad)), Some("messages"));
         let named = chat(json!({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}));
         assert!(named.is_ok(), "{named:?}");
+        // Text content parts are joined; other parts are refused by name.
+        let parts = chat(json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}))
+        .unwrap();
+        assert_eq!(
+            parts.input,
+            Input::Chat(json!([{"role": "user", "content": "a\nb"}]))
+        );
+        let image = chat(json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "x"}}]}]}));
+        match image {
+            Err(ApiError::InvalidRequest { message, param }) => {
+                assert_eq!(param.as_deref(), Some("messages"));
+                assert!(message.contains("image_url"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
