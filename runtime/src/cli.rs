@@ -236,6 +236,16 @@ pub struct ServeArgs {
     )]
     pub max_queued_requests: u32,
 
+    /// How the model writes tool calls, read back for `tool_choice: auto`
+    /// (vLLM's flag); by default recognised from the chat template's markers
+    #[arg(
+        long,
+        env = "APPLIANCE_TOOL_CALL_PARSER",
+        hide_env_values = true,
+        value_name = "FORMAT"
+    )]
+    pub tool_call_parser: Option<crate::api::tools::ToolCallParser>,
+
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT
     #[arg(
         long,

@@ -166,6 +166,7 @@ async fn serve(
             Arc::clone(&metrics),
         ),
         metrics,
+        tool_call_parser: args.tool_call_parser,
     });
     let options = LoadOptions {
         device: args.device,

@@ -38,6 +38,7 @@ use super::{
         CompletionRequest, CompletionResponse, Usage,
     },
     stream::{self, Kind},
+    tools::{ToolCallParser, ToolOutput},
     validation::{self, DEFAULT_COMPLETION_MAX_TOKENS, Input, Validated},
 };
 use crate::{
@@ -59,9 +60,14 @@ pub async fn completions(
     let id = random_id("cmpl");
     let (return_ids, streaming) = (request.return_token_ids, request.stream);
     let (include_usage, logprobs) = (request.include_usage, request.logprobs.is_some());
-    let started = start(&state, request, &id, arrived, |_| {
-        DEFAULT_COMPLETION_MAX_TOKENS
-    })
+    let started = start(
+        &state,
+        request,
+        &id,
+        arrived,
+        |_| DEFAULT_COMPLETION_MAX_TOKENS,
+        false,
+    )
     .await?;
     let created = crate::serve::unix_now();
     if streaming {
@@ -73,6 +79,7 @@ pub async fn completions(
             include_usage,
             return_ids,
             logprobs,
+            None,
         ));
     }
     let (engine, prompt) = (Arc::clone(&started.engine), started.prompt.clone());
@@ -126,13 +133,21 @@ pub async fn chat_completions(
     let (include_usage, logprobs) = (request.include_usage, request.logprobs.is_some());
     // Chat without `max_tokens`: the checkpoint's `max_new_tokens`, else the rest of the context
     // (vLLM's defaults).
-    let configured = state
-        .engine
-        .get()
-        .and_then(|e| e.generation_defaults().max_new_tokens);
-    let started = start(&state, request, &id, arrived, |room| {
-        configured.unwrap_or(room)
-    })
+    let engine = state.engine.get().cloned().ok_or(ApiError::ModelLoading)?;
+    let configured = engine.generation_defaults().max_new_tokens;
+    let tools = match &request.tools {
+        Some(t) => t.output(tool_call_parser(&state, &engine))?,
+        None => None,
+    };
+    let keep_special = tools.as_ref().is_some_and(ToolOutput::keep_special_tokens);
+    let started = start(
+        &state,
+        request,
+        &id,
+        arrived,
+        |room| configured.unwrap_or(room),
+        keep_special,
+    )
     .await?;
     let created = crate::serve::unix_now();
     if streaming {
@@ -144,9 +159,10 @@ pub async fn chat_completions(
             include_usage,
             return_ids,
             logprobs,
+            tools,
         ));
     }
-    let (engine, prompt) = (Arc::clone(&started.engine), started.prompt.clone());
+    let prompt = started.prompt.clone();
     let out = started.collect().await?;
     let usage = usage(&prompt, &out);
     let choices = out
@@ -160,14 +176,25 @@ pub async fn chat_completions(
                 ),
                 false => None,
             };
+            let (content, tool_calls, called) = match &tools {
+                None => (Some(c.text), Vec::new(), false),
+                Some(tools) => {
+                    let mut parse = tools.stream();
+                    let mut pieces = parse.push(&c.text);
+                    pieces.extend(parse.finish());
+                    let (content, calls) = super::tools::gather(pieces);
+                    (content, calls, parse.called())
+                }
+            };
             Ok(ChatChoice {
                 index: i as u32,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: c.text,
+                    content,
+                    tool_calls,
                 },
                 logprobs,
-                finish_reason: c.finish.as_str(),
+                finish_reason: finish_reason(c.finish, called),
                 token_ids: return_ids.then_some(c.tokens),
             })
         })
@@ -182,6 +209,25 @@ pub async fn chat_completions(
         choices,
     })
     .into_response())
+}
+
+/// The tool-call format for `tool_choice: auto`: the flag's, else the one
+/// the chat template teaches.
+fn tool_call_parser(state: &AppState, engine: &Engine) -> Option<ToolCallParser> {
+    state.tool_call_parser.or_else(|| {
+        engine
+            .chat_template_source()
+            .and_then(ToolCallParser::detect)
+    })
+}
+
+/// OpenAI's `tool_calls` when a choice ended by calling tools (a call cut
+/// off by `max_tokens` stays `length`).
+pub(super) fn finish_reason(finish: Finish, called: bool) -> &'static str {
+    match (finish, called) {
+        (Finish::Stop, true) => "tool_calls",
+        _ => finish.as_str(),
+    }
 }
 
 /// The events of a request's choices, merged in the order the engine sent
@@ -250,6 +296,7 @@ impl Started {
         include_usage: bool,
         return_token_ids: bool,
         logprobs: bool,
+        tools: Option<ToolOutput>,
     ) -> Response {
         stream::respond(stream::Stream {
             kind,
@@ -262,6 +309,7 @@ impl Started {
             include_usage,
             return_token_ids,
             logprobs,
+            tools,
             param: self.param,
         })
     }
@@ -319,6 +367,7 @@ async fn start(
     id: &str,
     arrived: Instant,
     default_max_tokens: impl FnOnce(usize) -> usize,
+    keep_special_tokens: bool,
 ) -> Result<Started, ApiError> {
     let engine = state.engine.get().cloned().ok_or(ApiError::ModelLoading)?;
     let param = request.input.param();
@@ -373,6 +422,7 @@ async fn start(
                 constraint,
             },
             stop: request.stop.clone(),
+            keep_special_tokens,
             arrived,
         }
     };
@@ -438,7 +488,7 @@ fn encode(engine: &Engine, input: Input) -> Result<Vec<u32>, EngineError> {
         Input::Tokens(ids) => Ok(ids),
         // As vLLM: completion prompts get the tokenizer's special tokens.
         Input::Text(text) => Ok(engine.tokenizer().encode(&text, true)?),
-        Input::Chat(messages) => engine.encode_chat(&messages, None, true),
+        Input::Chat { messages, tools } => engine.encode_chat(&messages, tools.as_ref(), true),
     }
 }
 

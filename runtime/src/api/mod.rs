@@ -22,6 +22,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 mod tokenize;
+pub mod tools;
 pub mod validation;
 
 pub mod error;
@@ -59,6 +60,9 @@ pub struct AppState {
     pub scheduler: crate::scheduler::Scheduler,
     /// Prometheus metrics under vLLM's names (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `--tool-call-parser`: how the model writes tool calls, where its chat
+    /// template does not tell.
+    pub tool_call_parser: Option<tools::ToolCallParser>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

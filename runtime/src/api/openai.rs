@@ -118,11 +118,20 @@ pub struct ChatRequest {
     pub top_logprobs: Option<i64>,
     /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {…}}`.
     pub response_format: Option<Value>,
+    /// Function definitions, checked in `tools.rs` and handed to the chat
+    /// template as they are.
+    pub tools: Option<Value>,
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name"}}`.
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
 
-pub const CHAT_FIELDS: [&str; 5] = [
+pub const CHAT_FIELDS: [&str; 8] = [
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
     "response_format",
     "messages",
     "max_tokens",
@@ -147,16 +156,45 @@ pub enum Stop {
     Many(Vec<String>),
 }
 
-/// A message of the conversation. Unknown fields are refused (a
-/// `tool_calls` the template never sees would be a silent ignore).
+/// A message of the conversation. Unknown fields are refused (a field the
+/// template never sees would be a silent ignore).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: MessageContent,
+    /// Absent or `null` only on an assistant message (one that called
+    /// tools); rendered as `""`, which every template can concatenate.
+    #[serde(default)]
+    pub content: Option<MessageContent>,
     /// OpenAI's participant name; templates that know it render it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// An assistant turn's calls. Templates get each call's `arguments` as
+    /// the JSON object the string spells (they write `arguments | tojson`),
+    /// as vLLM hands them over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// A call in the history, as OpenAI's response gave it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: MessageFunction,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageFunction {
+    pub name: String,
+    /// A JSON string from the client; a JSON object for the template.
+    pub arguments: Value,
 }
 
 /// A message's `content`: a string, or OpenAI's list of content parts, of
@@ -310,7 +348,55 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the model only called tools.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A call the model made, in OpenAI's shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text, as OpenAI sends it.
+    pub arguments: String,
+}
+
+impl ToolCall {
+    pub fn new(id: String, name: String, arguments: String) -> Self {
+        Self {
+            id,
+            kind: "function",
+            function: FunctionCall { name, arguments },
+        }
+    }
+}
+
+/// A streamed piece of a call: the first carries `id`, `type` and the
+/// name; later ones only argument text, which clients concatenate.
+#[derive(Debug, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// One `chat.completion.chunk` of a stream.
@@ -347,6 +433,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// One `text_completion` chunk of a stream.

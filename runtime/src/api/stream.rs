@@ -18,7 +18,7 @@
 //! the exact bytes are the contract with OpenAI clients, and a hand-written
 //! frame keeps them explicit (no `event:`/`id:` lines, no keep-alives).
 
-use std::{convert::Infallible, mem};
+use std::{collections::VecDeque, convert::Infallible, mem};
 
 use axum::{
     body::Body,
@@ -30,17 +30,18 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::{
-    completions::{Choices, to_api_error, worker_vanished},
+    completions::{Choices, finish_reason, to_api_error, worker_vanished},
     error::ApiError,
     logprobs,
     openai::{
         ChatChunk, ChatChunkChoice, ChatDelta, ChatLogprobs, CompletionChunk,
-        CompletionChunkChoice, CompletionLogprobs, Usage,
+        CompletionChunkChoice, CompletionLogprobs, FunctionDelta, ToolCallDelta, Usage,
     },
+    tools::{ToolDelta, ToolOutput, ToolStream},
 };
 use crate::{
     engine::{Engine, TokenLogprobs},
-    scheduler::{Event, Finish},
+    scheduler::Event,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,8 @@ pub struct Stream {
     pub include_usage: bool,
     pub return_token_ids: bool,
     pub logprobs: bool,
+    /// Chat with tools: text is read for tool calls.
+    pub tools: Option<ToolOutput>,
     /// The request field the prompt came from, for error events.
     pub param: &'static str,
 }
@@ -90,6 +93,9 @@ struct State {
     /// cached prompt tokens.
     completion_tokens: usize,
     cached_tokens: usize,
+    /// Frames due before the next event is read (a choice's last tool
+    /// calls come before its final chunk).
+    queued: VecDeque<String>,
 }
 
 #[derive(Default)]
@@ -98,6 +104,7 @@ struct ChoiceState {
     pending: Vec<u32>,
     /// Characters of text sent so far (completions' `text_offset`).
     offset: usize,
+    tools: Option<ToolStream>,
 }
 
 pub fn respond(s: Stream) -> Response {
@@ -108,12 +115,18 @@ pub fn respond(s: Stream) -> Response {
     let n = s.choices.n;
     let state = State {
         prompt_ids: s.return_token_ids.then(|| s.prompt.clone()),
-        s,
         phase,
-        choice: (0..n).map(|_| ChoiceState::default()).collect(),
+        choice: (0..n)
+            .map(|_| ChoiceState {
+                tools: s.tools.as_ref().map(ToolOutput::stream),
+                ..ChoiceState::default()
+            })
+            .collect(),
         open: n,
         completion_tokens: 0,
         cached_tokens: 0,
+        queued: VecDeque::new(),
+        s,
     };
     let frames = futures_util::stream::unfold(state, |mut state| async move {
         let frame = state.next_frame().await?;
@@ -144,6 +157,9 @@ fn frame(data: &impl Serialize) -> String {
 
 impl State {
     async fn next_frame(&mut self) -> Option<String> {
+        if let Some(frame) = self.queued.pop_front() {
+            return Some(frame);
+        }
         match self.phase {
             Phase::Opening(i) => {
                 self.phase = if i + 1 < self.s.choices.n {
@@ -154,6 +170,7 @@ impl State {
                 let delta = ChatDelta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    tool_calls: None,
                 };
                 Some(self.chunk(i, String::new(), None, Some(delta), &[]))
             }
@@ -207,13 +224,18 @@ impl State {
                     },
                 )) => {
                     self.choice[i].pending.extend(tokens);
-                    if text.is_empty() && logprobs.is_empty() {
+                    let delta = match &mut self.choice[i].tools {
+                        Some(tools) => tool_delta(tools.push(&text)),
+                        None => ChatDelta {
+                            content: Some(text.clone()),
+                            ..ChatDelta::default()
+                        },
+                    };
+                    let empty = delta.content.as_ref().is_none_or(String::is_empty)
+                        && delta.tool_calls.is_none();
+                    if empty && logprobs.is_empty() {
                         continue;
                     }
-                    let delta = ChatDelta {
-                        role: None,
-                        content: Some(text.clone()),
-                    };
                     return self.chunk(i, text, None, Some(delta), &logprobs);
                 }
                 Some((
@@ -236,13 +258,32 @@ impl State {
                             Phase::Done
                         };
                     }
-                    return self.chunk(
+                    // A choice's last tool calls settle when it ends: their chunk goes first.
+                    let (last, called) = match &mut self.choice[i].tools {
+                        Some(tools) => {
+                            let pieces = tools.finish();
+                            (
+                                (!pieces.is_empty()).then(|| tool_delta(pieces)),
+                                tools.called(),
+                            )
+                        }
+                        None => (None, false),
+                    };
+                    let reason = finish_reason(reason, called);
+                    let end = self.chunk(
                         i,
                         String::new(),
                         Some(reason),
                         Some(ChatDelta::default()),
                         &[],
                     );
+                    return match last {
+                        Some(delta) => {
+                            self.queued.push_back(end);
+                            self.chunk(i, String::new(), None, Some(delta), &[])
+                        }
+                        None => end,
+                    };
                 }
                 Some((_, Event::Failed(e))) => return self.error(to_api_error(e, self.s.param)),
                 None => return self.error(worker_vanished()),
@@ -261,7 +302,7 @@ impl State {
         &mut self,
         i: usize,
         text: String,
-        finish: Option<Finish>,
+        finish_reason: Option<&'static str>,
         delta: Option<ChatDelta>,
         tokens: &[TokenLogprobs],
     ) -> String {
@@ -269,7 +310,6 @@ impl State {
         let choice = &mut self.choice[i];
         let token_ids = s.return_token_ids.then(|| mem::take(&mut choice.pending));
         let usage = s.include_usage.then_some(None);
-        let finish_reason = finish.map(Finish::as_str);
         let tokenizer = s.engine.tokenizer();
         match s.kind {
             Kind::Chat => {
@@ -326,5 +366,44 @@ impl State {
                 })
             }
         }
+    }
+}
+
+/// Content and tool-call pieces as one chat delta.
+fn tool_delta(pieces: Vec<ToolDelta>) -> ChatDelta {
+    let mut content: Option<String> = None;
+    let mut calls = Vec::new();
+    for piece in pieces {
+        match piece {
+            ToolDelta::Content(text) => content.get_or_insert_default().push_str(&text),
+            ToolDelta::Call {
+                index,
+                id,
+                name,
+                arguments,
+            } => calls.push(ToolCallDelta {
+                index,
+                id: Some(id),
+                kind: Some("function"),
+                function: FunctionDelta {
+                    name: Some(name),
+                    arguments,
+                },
+            }),
+            ToolDelta::Arguments { index, text } => calls.push(ToolCallDelta {
+                index,
+                id: None,
+                kind: None,
+                function: FunctionDelta {
+                    name: None,
+                    arguments: text,
+                },
+            }),
+        }
+    }
+    ChatDelta {
+        role: None,
+        content,
+        tool_calls: (!calls.is_empty()).then_some(calls),
     }
 }

@@ -37,6 +37,7 @@ fn app(api_key: Option<&str>) -> (axum::Router, ReadinessTx) {
             Arc::clone(&metrics),
         ),
         metrics,
+        tool_call_parser: None,
     };
     (router(Arc::new(state)), tx)
 }

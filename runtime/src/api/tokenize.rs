@@ -19,6 +19,8 @@ use super::{
     AppState,
     completions::{bad_json, to_api_error},
     error::ApiError,
+    openai::ChatMessage,
+    validation,
 };
 use crate::engine::{Engine, EngineError};
 
@@ -49,10 +51,7 @@ pub async fn tokenize(
     let engine = engine(&state, req.model.as_deref())?;
     let input = match (req.prompt, req.messages) {
         (Some(prompt), None) => Input::Prompt(prompt),
-        (None, Some(messages)) => {
-            check_messages(&messages)?;
-            Input::Chat(messages)
-        }
+        (None, Some(messages)) => Input::Chat(check_messages(messages)?),
         _ => {
             return Err(ApiError::invalid(
                 "Send exactly one of `prompt` (a string) or `messages` (a list of chat messages).",
@@ -108,21 +107,16 @@ fn engine(state: &AppState, model: Option<&str>) -> Result<Arc<Engine>, ApiError
     state.engine.get().cloned().ok_or(ApiError::ModelLoading)
 }
 
-/// Messages must be a list of objects with a string `role`; anything else
-/// would surface as an obscure template error.
-fn check_messages(messages: &Value) -> Result<(), ApiError> {
-    let list = messages
-        .as_array()
-        .ok_or_else(|| ApiError::invalid("`messages` must be a list.", Some("messages")))?;
-    for (i, m) in list.iter().enumerate() {
-        if !m.get("role").is_some_and(Value::is_string) {
-            return Err(ApiError::invalid(
-                format!("messages[{i}] must be an object with a string `role`."),
-                Some("messages"),
-            ));
-        }
-    }
-    Ok(())
+/// The messages exactly as a chat completion would render them (content
+/// parts joined, calls' arguments as objects), or the same 400.
+fn check_messages(messages: Value) -> Result<Value, ApiError> {
+    let messages: Vec<ChatMessage> = serde_json::from_value(messages).map_err(|e| {
+        ApiError::invalid(
+            format!("`messages` must be a list of chat messages: {e}"),
+            Some("messages"),
+        )
+    })?;
+    validation::chat_messages(messages)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -10,9 +10,10 @@ use serde_json::{Map, Value};
 use super::{
     error::ApiError,
     openai::{
-        CHAT_FIELDS, COMMON_FIELDS, COMPLETION_FIELDS, ChatRequest, CommonParams,
+        CHAT_FIELDS, COMMON_FIELDS, COMPLETION_FIELDS, ChatMessage, ChatRequest, CommonParams,
         CompletionRequest, MessageContent, Prompt, Stop,
     },
+    tools::ToolRequest,
 };
 use crate::engine::{RequestedSampling, grammar::ConstraintSpec};
 
@@ -24,15 +25,19 @@ pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
 pub enum Input {
     Text(String),
     Tokens(Vec<u32>),
-    /// Chat messages, rendered by the model's chat template.
-    Chat(Value),
+    /// Chat messages and tool definitions, rendered by the model's chat
+    /// template.
+    Chat {
+        messages: Value,
+        tools: Option<Value>,
+    },
 }
 
 impl Input {
     /// The request field the prompt came from, for error `param`s.
     pub fn param(&self) -> &'static str {
         match self {
-            Self::Chat(_) => "messages",
+            Self::Chat { .. } => "messages",
             _ => "prompt",
         }
     }
@@ -62,6 +67,8 @@ pub struct Validated {
     /// Structured output, and the request field it came from (for the 400
     /// when it does not compile).
     pub constraint: Option<(ConstraintSpec, &'static str)>,
+    /// Chat `tools` and `tool_choice`.
+    pub tools: Option<ToolRequest>,
 }
 
 /// The most alternatives per token `logprobs` may ask for (OpenAI's chat
@@ -182,22 +189,8 @@ pub fn chat(req: ChatRequest, served: &str) -> Result<Validated, ApiError> {
         }
         Some(m) => m,
     };
-    if let Some(i) = messages.iter().position(|m| m.role.is_empty()) {
-        return Err(invalid(
-            format!("messages[{i}].role must not be empty."),
-            "messages",
-        ));
-    }
-    let mut messages = messages;
-    for (i, m) in messages.iter_mut().enumerate() {
-        let content = std::mem::replace(&mut m.content, MessageContent::Text(String::new()));
-        let text = content
-            .into_text()
-            .map_err(|e| invalid(format!("messages[{i}].content: {e}."), "messages"))?;
-        m.content = MessageContent::Text(text);
-    }
-    let messages = serde_json::to_value(messages)
-        .map_err(|e| ApiError::Internal(format!("re-encoding messages: {e}")))?;
+    let messages = chat_messages(messages)?;
+    let tools = ToolRequest::parse(req.tools, req.tool_choice, req.parallel_tool_calls)?;
     let max_tokens = match req.max_completion_tokens {
         Some(_) => max_tokens(req.max_completion_tokens, "max_completion_tokens")?,
         None => max_tokens(req.max_tokens, "max_tokens")?,
@@ -205,7 +198,10 @@ pub fn chat(req: ChatRequest, served: &str) -> Result<Validated, ApiError> {
     let format = response_format(req.response_format)?;
     let mut v = common(
         req.common,
-        Input::Chat(messages),
+        Input::Chat {
+            messages,
+            tools: tools.as_ref().map(|t| t.definitions.clone()),
+        },
         max_tokens,
         Logprobs::Chat {
             top: req.top_logprobs,
@@ -220,7 +216,81 @@ pub fn chat(req: ChatRequest, served: &str) -> Result<Validated, ApiError> {
         }
         v.constraint = Some((format, "response_format"));
     }
+    if let Some(spec) = tools.as_ref().and_then(ToolRequest::constraint) {
+        if let Some((_, other)) = &v.constraint {
+            return Err(invalid(
+                format!(
+                    "`tool_choice` `required` or a named function constrains the output itself; `{other}` cannot be set with it."
+                ),
+                "tool_choice",
+            ));
+        }
+        v.constraint = Some((spec, "tool_choice"));
+    }
+    v.tools = tools;
     Ok(v)
+}
+
+/// Chat messages as the template sees them: content as text (`""` where an
+/// assistant turn only called tools), calls' arguments as JSON objects.
+pub fn chat_messages(mut messages: Vec<ChatMessage>) -> Result<Value, ApiError> {
+    for (i, m) in messages.iter_mut().enumerate() {
+        if m.role.is_empty() {
+            return Err(invalid(
+                format!("messages[{i}].role must not be empty."),
+                "messages",
+            ));
+        }
+        let is_assistant = m.role == "assistant";
+        let text = match m.content.take() {
+            Some(content) => content
+                .into_text()
+                .map_err(|e| invalid(format!("messages[{i}].content: {e}."), "messages"))?,
+            None if is_assistant => String::new(),
+            None => {
+                return Err(invalid(
+                    format!(
+                        "messages[{i}].content is required (only an assistant message may leave it out)."
+                    ),
+                    "messages",
+                ));
+            }
+        };
+        m.content = Some(MessageContent::Text(text));
+        if m.tool_calls.is_some() && !is_assistant {
+            return Err(invalid(
+                format!("messages[{i}].tool_calls: only assistant messages carry tool calls."),
+                "messages",
+            ));
+        }
+        for (j, call) in m.tool_calls.iter_mut().flatten().enumerate() {
+            let at = format!("messages[{i}].tool_calls[{j}]");
+            if call.kind != "function" {
+                return Err(invalid(
+                    format!("{at}.type must be `function`, got `{}`.", call.kind),
+                    "messages",
+                ));
+            }
+            let args = match &call.function.arguments {
+                Value::String(text) => serde_json::from_str(text).map_err(|e| {
+                    invalid(
+                        format!("{at}.function.arguments is not JSON: {e}."),
+                        "messages",
+                    )
+                })?,
+                other => other.clone(),
+            };
+            if !args.is_object() {
+                return Err(invalid(
+                    format!("{at}.function.arguments must be a JSON object."),
+                    "messages",
+                ));
+            }
+            call.function.arguments = args;
+        }
+    }
+    serde_json::to_value(messages)
+        .map_err(|e| ApiError::Internal(format!("re-encoding messages: {e}")))
 }
 
 /// OpenAI's `response_format`.
@@ -503,6 +573,7 @@ fn common(
         n,
         logprobs,
         constraint,
+        tools: None,
     })
 }
 
@@ -554,6 +625,23 @@ mod tests {
         completion(req, "m")
     }
 
+    /// A chat request with `extra` fields over a minimal valid one.
+    fn chat_with(extra: Value) -> Result<Validated, ApiError> {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let req = parse_body::<ChatRequest>(merged(body, extra), chat_fields())?;
+        chat(req, "m")
+    }
+
+    fn completion_with(extra: Value) -> Result<Validated, ApiError> {
+        completion_of(merged(json!({"model": "m", "prompt": "hi"}), extra))
+    }
+
+    fn merged(mut body: Value, extra: Value) -> Value {
+        let extra = extra.as_object().expect("an object").clone();
+        body.as_object_mut().expect("an object").extend(extra);
+        body
+    }
+
     fn param_of(r: Result<Validated, ApiError>) -> Option<&'static str> {
         match r {
             // Leaked: test-only, to compare with literals.
@@ -590,34 +678,31 @@ mod tests {
             let body = json!({"model": "m", "prompt": "hi", field: 1});
             assert_eq!(param_of(completion_of(body)), Some(field), "{field}");
         }
-        let chat = |extra: Value| {
-            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
-            body.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            parse_body::<ChatRequest>(body, chat_fields()).and_then(|r| chat(r, "m"))
-        };
         assert_eq!(
-            param_of(chat(json!({"tool_choice": "auto"}))),
+            param_of(chat_with(json!({"tool_choice": "auto"}))),
             Some("tool_choice")
         );
         // `top_logprobs` is a chat field only.
         let body = json!({"model": "m", "prompt": "hi", "top_logprobs": 2});
         assert_eq!(param_of(completion_of(body)), Some("top_logprobs"));
         // Message fields are checked too.
-        let bad = json!({"messages": [{"role": "user", "content": "hi", "tool_call_id": "x"}]});
-        assert_eq!(param_of(chat(bad)), Some("messages"));
-        let named = chat(json!({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}));
+        let bad = json!({"messages": [{"role": "user", "content": "hi", "function_call": {}}]});
+        assert_eq!(param_of(chat_with(bad)), Some("messages"));
+        let named =
+            chat_with(json!({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}));
         assert!(named.is_ok(), "{named:?}");
         // Text content parts are joined; other parts are refused by name.
-        let parts = chat(json!({"messages": [{"role": "user", "content": [
+        let parts = chat_with(json!({"messages": [{"role": "user", "content": [
             {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}))
         .unwrap();
         assert_eq!(
             parts.input,
-            Input::Chat(json!([{"role": "user", "content": "a\nb"}]))
+            Input::Chat {
+                messages: json!([{"role": "user", "content": "a\nb"}]),
+                tools: None
+            }
         );
-        let image = chat(json!({"messages": [{"role": "user", "content": [
+        let image = chat_with(json!({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "x"}}]}]}));
         match image {
             Err(ApiError::InvalidRequest { message, param }) => {
@@ -629,17 +714,71 @@ mod tests {
     }
 
     #[test]
-    fn structured_output_takes_one_source() {
-        let chat = |extra: Value| {
-            let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
-            let mut body = body;
-            body.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            parse_body::<ChatRequest>(body, chat_fields()).and_then(|r| chat(r, "m"))
+    fn tool_calls_in_the_history_reach_the_template_as_objects() {
+        let v = chat_with(json!({
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                    "type": "function", "function": {"name": "w", "arguments": "{\"city\": \"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "w"}}],
+        }))
+        .unwrap();
+        let Input::Chat { messages, tools } = v.input else {
+            panic!()
         };
+        assert_eq!(messages[1]["content"], "", "null content renders as empty");
+        assert_eq!(
+            messages[1]["tool_calls"][0]["function"]["arguments"],
+            json!({"city": "Oslo"})
+        );
+        assert_eq!(messages[2]["tool_call_id"], "call_1");
+        assert_eq!(
+            tools,
+            Some(json!([{"type": "function", "function": {"name": "w"}}]))
+        );
+        for bad in [
+            json!([{"role": "user"}]),
+            json!([{"role": "user", "content": "x", "tool_calls": []}]),
+            json!([{"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "w", "arguments": "{oops"}}]}]),
+            json!([{"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "w", "arguments": "[1]"}}]}]),
+            json!([{"role": "assistant", "tool_calls": [{"id": "c", "type": "retrieval",
+                "function": {"name": "w", "arguments": "{}"}}]}]),
+        ] {
+            assert_eq!(
+                param_of(chat_with(json!({"messages": bad.clone()}))),
+                Some("messages"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn forced_tool_choices_become_the_constraint() {
+        let tools = json!([{"type": "function", "function": {"name": "w",
+            "parameters": {"type": "object", "properties": {"c": {"type": "string"}}}}}]);
+        let v = chat_with(json!({"tools": tools.clone(), "tool_choice": "required"})).unwrap();
+        assert!(matches!(
+            v.constraint,
+            Some((ConstraintSpec::JsonSchema(_), "tool_choice"))
+        ));
+        let v = chat_with(json!({"tools": tools.clone()})).unwrap();
+        assert_eq!(
+            (v.constraint, v.tools.map(|t| t.choice)),
+            (None, Some(super::super::tools::ToolChoice::Auto))
+        );
+        let both = json!({"tools": tools, "tool_choice": "required",
+            "response_format": {"type": "json_object"}});
+        assert_eq!(param_of(chat_with(both)), Some("tool_choice"));
+    }
+
+    #[test]
+    fn structured_output_takes_one_source() {
         let schema = json!({"type": "object"});
-        let v = chat(json!({"response_format": {"type": "json_schema",
+        let v = chat_with(json!({"response_format": {"type": "json_schema",
             "json_schema": {"name": "x", "schema": schema}}}))
         .unwrap();
         assert_eq!(
@@ -649,14 +788,14 @@ mod tests {
                 "response_format"
             ))
         );
-        let v = chat(json!({"response_format": {"type": "text"}})).unwrap();
+        let v = chat_with(json!({"response_format": {"type": "text"}})).unwrap();
         assert_eq!(v.constraint, None);
-        let v = chat(json!({"guided_json": schema.to_string()})).unwrap();
+        let v = chat_with(json!({"guided_json": schema.to_string()})).unwrap();
         assert_eq!(
             v.constraint,
             Some((ConstraintSpec::JsonSchema(schema), "guided_json"))
         );
-        let v = chat(json!({"structured_outputs": {"regex": "a+"}})).unwrap();
+        let v = chat_with(json!({"structured_outputs": {"regex": "a+"}})).unwrap();
         assert_eq!(
             v.constraint,
             Some((ConstraintSpec::Regex("a+".into()), "structured_outputs"))
@@ -684,60 +823,55 @@ mod tests {
             ),
             (json!({"guided_json": "{not json"}), "guided_json"),
         ] {
-            assert_eq!(param_of(chat(bad.clone())), Some(param), "{bad}");
+            assert_eq!(param_of(chat_with(bad.clone())), Some(param), "{bad}");
         }
     }
 
     #[test]
     fn logprobs_and_n_follow_each_endpoint() {
-        let chat = |extra: Value| {
-            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
-            body.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            parse_body::<ChatRequest>(body, chat_fields()).and_then(|r| chat(r, "m"))
-        };
-        let v = chat(json!({"logprobs": true, "top_logprobs": 5, "n": 3})).unwrap();
+        let v = chat_with(json!({"logprobs": true, "top_logprobs": 5, "n": 3})).unwrap();
         assert_eq!((v.logprobs, v.n), (Some(5), 3));
-        assert_eq!(chat(json!({"logprobs": true})).unwrap().logprobs, Some(0));
-        assert_eq!(chat(json!({"logprobs": false})).unwrap().logprobs, None);
-        assert_eq!(param_of(chat(json!({"logprobs": 2}))), Some("logprobs"));
         assert_eq!(
-            param_of(chat(json!({"top_logprobs": 2}))),
-            Some("top_logprobs")
-        );
-        assert_eq!(
-            param_of(chat(json!({"logprobs": true, "top_logprobs": 21}))),
-            Some("top_logprobs")
-        );
-        let completion = |extra: Value| {
-            let mut body = json!({"model": "m", "prompt": "hi"});
-            body.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            completion_of(body)
-        };
-        assert_eq!(
-            completion(json!({"logprobs": 0})).unwrap().logprobs,
+            chat_with(json!({"logprobs": true})).unwrap().logprobs,
             Some(0)
         );
         assert_eq!(
-            completion(json!({"logprobs": 20})).unwrap().logprobs,
+            chat_with(json!({"logprobs": false})).unwrap().logprobs,
+            None
+        );
+        assert_eq!(
+            param_of(chat_with(json!({"logprobs": 2}))),
+            Some("logprobs")
+        );
+        assert_eq!(
+            param_of(chat_with(json!({"top_logprobs": 2}))),
+            Some("top_logprobs")
+        );
+        assert_eq!(
+            param_of(chat_with(json!({"logprobs": true, "top_logprobs": 21}))),
+            Some("top_logprobs")
+        );
+        assert_eq!(
+            completion_with(json!({"logprobs": 0})).unwrap().logprobs,
+            Some(0)
+        );
+        assert_eq!(
+            completion_with(json!({"logprobs": 20})).unwrap().logprobs,
             Some(20)
         );
         assert_eq!(
-            param_of(completion(json!({"logprobs": 21}))),
+            param_of(completion_with(json!({"logprobs": 21}))),
             Some("logprobs")
         );
         assert_eq!(
-            param_of(completion(json!({"logprobs": true}))),
+            param_of(completion_with(json!({"logprobs": true}))),
             Some("logprobs")
         );
-        assert_eq!(param_of(completion(json!({"n": 0}))), Some("n"));
-        assert_eq!(param_of(completion(json!({"n": 17}))), Some("n"));
-        assert_eq!(completion(json!({"n": 2, "best_of": 2})).unwrap().n, 2);
+        assert_eq!(param_of(completion_with(json!({"n": 0}))), Some("n"));
+        assert_eq!(param_of(completion_with(json!({"n": 17}))), Some("n"));
+        assert_eq!(completion_with(json!({"n": 2, "best_of": 2})).unwrap().n, 2);
         assert_eq!(
-            param_of(completion(json!({"n": 2, "best_of": 3}))),
+            param_of(completion_with(json!({"n": 2, "best_of": 3}))),
             Some("best_of")
         );
     }

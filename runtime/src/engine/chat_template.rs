@@ -53,6 +53,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// `bos_token`, `eos_token`, ... as the template context sees them.
     special_tokens: Vec<(&'static str, String)>,
+    /// The template text, where the tool-call format is read from.
+    source: String,
 }
 
 impl ChatTemplate {
@@ -75,7 +77,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(NAME, source)
+        env.add_template_owned(NAME, source.clone())
             .map_err(|source| TemplateError::Compile {
                 source_name: origin,
                 source,
@@ -96,7 +98,12 @@ impl ChatTemplate {
         Ok(Some(Self {
             env,
             special_tokens,
+            source,
         }))
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders `messages` (a JSON array of message objects) and, for tool
@@ -111,13 +118,18 @@ impl ChatTemplate {
             .env
             .get_template(NAME)
             .map_err(|e| TemplateError::Render(e.to_string()))?;
+        // `tools` and `documents` are always defined, `none` when absent, as transformers
+        // passes them: Llama 3.1's template tests `tools is not none`, which an undefined
+        // variable passes.
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
+            (
+                "tools",
+                tools.map_or(Value::from(()), Value::from_serialize),
+            ),
+            ("documents", Value::from(())),
         ];
-        if let Some(tools) = tools {
-            ctx.push(("tools", Value::from_serialize(tools)));
-        }
         for (key, value) in &self.special_tokens {
             ctx.push((key, Value::from(value.as_str())));
         }

@@ -366,6 +366,11 @@ impl Engine {
         self.chat_template.is_some()
     }
 
+    /// The chat template's text, if the model has one.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat_template.as_ref().map(ChatTemplate::source)
+    }
+
     /// Prompt text as the model's chat template renders `messages`.
     pub fn render_chat(
         &self,

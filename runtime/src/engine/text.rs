@@ -34,6 +34,7 @@ pub struct TextStream {
     released: usize,
     stop: Vec<String>,
     stopped: bool,
+    skip_special_tokens: bool,
 }
 
 impl TextStream {
@@ -46,7 +47,15 @@ impl TextStream {
             released: 0,
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
             stopped: false,
+            skip_special_tokens: true,
         }
+    }
+
+    /// Special tokens are left out of the text unless `keep` (vLLM's
+    /// `skip_special_tokens: false`).
+    pub fn keep_special_tokens(mut self, keep: bool) -> Self {
+        self.skip_special_tokens = !keep;
+        self
     }
 
     /// Whether a stop string matched (everything after it is withheld).
@@ -84,8 +93,9 @@ impl TextStream {
 
     fn decode_window(&mut self, tokenizer: &Tokenizer, flush: bool) -> Result<(), TokenizerError> {
         let window = &self.ids[self.prefix_offset..];
-        let prefix = tokenizer.decode(&window[..self.read_offset - self.prefix_offset], true)?;
-        let full = tokenizer.decode(window, true)?;
+        let skip = self.skip_special_tokens;
+        let prefix = tokenizer.decode(&window[..self.read_offset - self.prefix_offset], skip)?;
+        let full = tokenizer.decode(window, skip)?;
         if full.len() <= prefix.len() || (!flush && full.ends_with('\u{fffd}')) {
             return Ok(());
         }

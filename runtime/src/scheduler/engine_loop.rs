@@ -185,7 +185,7 @@ fn admit(
             job_id: job.id,
             prompt_tokens: job.request.prompt.len(),
             events,
-            text: TextStream::new(job.stop),
+            text: TextStream::new(job.stop).keep_special_tokens(job.keep_special_tokens),
             unreported: Vec::new(),
             unreported_logprobs: Vec::new(),
             generated: 0,

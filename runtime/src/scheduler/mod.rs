@@ -54,6 +54,8 @@ pub struct Job {
     pub request: GenerateRequest,
     /// Non-empty stop strings: text is cut before the first match.
     pub stop: Vec<String>,
+    /// Detokenize special tokens too (a tool-call marker can be one).
+    pub keep_special_tokens: bool,
     /// When the HTTP request arrived (TTFT and e2e latency start here).
     pub arrived: Instant,
 }

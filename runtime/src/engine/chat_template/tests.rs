@@ -97,3 +97,29 @@ fn strftime_now_formats_the_current_date() {
     assert_eq!(year.len(), 4, "{year}");
     assert!(year.starts_with("20"), "{year}");
 }
+
+/// Tool-calling templates in the three families' styles render a
+/// conversation with tools, a call and its result exactly as transformers
+/// does (`testdata/expected.json`, recorded by
+/// `scripts/record-chat-templates.py`): tools as JSON (`tojson`, indented
+/// too), `tools is not none` false without tools, a call's arguments as an
+/// object, `selectattr`, slicing, `is iterable` on a string.
+#[test]
+fn tool_templates_render_as_transformers_does() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine/chat_template/testdata");
+    let read = |name: &str| -> Json {
+        serde_json::from_str(&fs::read_to_string(dir.join(name)).expect(name)).expect(name)
+    };
+    let (spec, expected) = (read("cases.json"), read("expected.json"));
+    let expected = expected.as_object().expect("an object");
+    assert_eq!(expected.len(), 3);
+    for (name, cases) in expected {
+        let t = template(&fs::read_to_string(dir.join(format!("{name}.jinja"))).expect(name));
+        for (case, want) in cases.as_object().expect("an object") {
+            let c = &spec["cases"][case];
+            let tools = c["tools"].as_bool().unwrap().then_some(&spec["tools"]);
+            let got = t.render(&c["messages"], tools, true).expect(case);
+            assert_eq!(got, want.as_str().unwrap(), "{name}/{case}");
+        }
+    }
+}
