@@ -5,7 +5,8 @@
 # what the holder of KEY signed: every blob's sha256 equals its name, index.json → manifest →
 # config → layers (digests, sizes, diff_ids) and manifest.json agree, the cosign signature
 # over the manifest digest and the DSSE-signed SBOM and provenance verify with KEY, and the
-# model files inside the layers have the digests the signed SBOM lists.
+# model files inside the layers have the digests the signed SBOM lists, and a signed evaluation
+# (test-result attestation) passed against exactly those files and server.
 #
 # Needs only: POSIX sh, tar, sha256sum, base64, openssl, python3 (for JSON; standard library
 # only). Exit 0 only if everything checks; otherwise exit 1 naming the culprit.
@@ -157,6 +158,38 @@ if not model: die(apath, "the SBOM has no machine-learning-model component")
 with open(os.path.join(work, "files.todo"), "w") as f:
     for c in model[0].get("components", []):
         f.write("%s\t%s\n" % (c["hashes"][0]["content"], c["name"]))
+# The release gate's results, when signed into the image: a passing result, its cases document
+# intact, and every file it ran against (server, model files) with the digest the SBOM lists.
+tr = statements.get("https://in-toto.io/attestation/test-result/v0.1")
+evaluation = ""
+if tr:
+    pred = tr["predicate"]
+    if pred.get("result") not in ("PASSED", "WARNED"):
+        die(apath, "the test-result attestation says %s" % pred.get("result"))
+    listed = {}
+    def walk(cs):
+        for c in cs:
+            if c.get("hashes"):
+                listed[c.get("name", "").lstrip("/")] = c["hashes"][0]["content"]
+                for prop in c.get("properties", []):
+                    if prop.get("name") == "appliance:path":
+                        listed[prop.get("value", "").lstrip("/")] = c["hashes"][0]["content"]
+            walk(c.get("components", []))
+    walk(sbom["predicate"].get("components", []))
+    import hashlib
+    cases = None
+    for d in pred.get("configuration", []):
+        want = d.get("digest", {}).get("sha256")
+        if d.get("name") == "appliance-eval.json":
+            raw = base64.b64decode(d.get("content", ""))
+            if hashlib.sha256(raw).hexdigest() != want: die(apath, "appliance-eval.json does not match its digest")
+            cases = json.loads(raw)["cases"]
+        elif listed.get(d.get("name")) != want:
+            die(d.get("name"), "the evaluation ran against sha256 %s, the SBOM lists %s" % (want, listed.get(d.get("name"))))
+    if cases is None: die(apath, "the test-result attestation has no appliance-eval.json")
+    passed = sum(1 for c in cases if c["result"]["passed"])
+    evaluation = ", evaluation %d of %d cases passed (%s)" % (passed, len(cases), pred["result"])
+with open(os.path.join(work, "evaluation.txt"), "w") as f: f.write(evaluation)
 with open(os.path.join(work, "layers.todo"), "w") as f:
     for l in layers: f.write(l + "\n")
 for b in os.listdir("blobs/sha256"):
@@ -184,4 +217,4 @@ while IFS="$tab" read -r want path; do
     [ "$found" = "$want" ] || die "$path: sha256 in the layers is $found, the SBOM says $want"
 done < "$work/files.todo"
 
-echo "verify-offline: OK: $count blobs, signature and attestations verify with $pub, model files match the SBOM"
+echo "verify-offline: OK: $count blobs, signature and attestations verify with $pub, model files match the SBOM$(cat "$work/evaluation.txt")"

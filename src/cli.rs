@@ -39,6 +39,15 @@ pub enum Command {
         /// digest, size), or if there is no lock; never rewrite the lock.
         #[arg(long)]
         locked: bool,
+        /// Package without running the manifest's `[[eval]]` cases; the provenance says so.
+        #[arg(long)]
+        skip_eval: bool,
+        /// Also write the delta from this earlier release's tarball (see `appliance delta`).
+        #[arg(long, value_name = "OLD.tar")]
+        delta_from: Option<PathBuf>,
+        /// Where to write that delta (default: the tarball's name with `.delta.tar`).
+        #[arg(long, value_name = "FILE", requires = "delta_from")]
+        delta_output: Option<PathBuf>,
         #[command(flatten)]
         hub: HubArgs,
     },
@@ -87,7 +96,41 @@ pub enum Command {
         /// The signer's public key (`.pub`, PEM).
         #[arg(long, value_name = "PUB")]
         key: PathBuf,
+        /// TARBALL is a delta bundle made against this tarball: blobs the delta leaves out are
+        /// checked in it.
+        #[arg(long, value_name = "OLD.tar")]
+        base: Option<PathBuf>,
         /// Print the audit report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a delta bundle: NEW's tarball without the blobs OLD already has.
+    ///
+    /// Carry it to a site that has OLD: `docker load -i DELTA` works as it is on a host that
+    /// loaded OLD; `appliance assemble` rebuilds NEW bit for bit for every other tool.
+    Delta {
+        /// The release the site already has.
+        old: PathBuf,
+        /// The new release's full tarball.
+        new: PathBuf,
+        /// Where to write the delta.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a release's full tarball from the one before it and a delta bundle; the result
+    /// is checked against the size and sha256 the delta records.
+    Assemble {
+        /// The release the delta was made against.
+        old: PathBuf,
+        /// The delta bundle.
+        delta: PathBuf,
+        /// Where to write the full tarball.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Print a JSON summary.
         #[arg(long)]
         json: bool,
     },

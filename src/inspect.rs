@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::digest::Sha256Digest;
 use crate::image::Healthcheck;
-use crate::summary::{ImageSummary, LayerSummary, ModelSummary};
+use crate::summary::{EvaluationSummary, ImageSummary, LayerSummary, ModelSummary};
 
 /// Entries larger than this are never buffered (JSON documents are far smaller).
 use crate::verify::scan::MAX_DOCUMENT;
@@ -232,7 +232,35 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
         model: ModelSummary::from_labels(&labels),
         labels,
         layers,
+        evaluation: evaluation(&docs),
     })
+}
+
+/// The test-result statement in the cosign attestation manifest, read as it is (unverified).
+fn evaluation(docs: &HashMap<String, Vec<u8>>) -> Option<EvaluationSummary> {
+    use crate::sign::cosign;
+    use base64::Engine as _;
+    let json = |name: &str| serde_json::from_slice::<serde_json::Value>(docs.get(name)?).ok();
+    let blob = |desc: &serde_json::Value| {
+        let digest = Sha256Digest::parse_prefixed(desc["digest"].as_str()?).ok()?;
+        json(&format!("blobs/sha256/{}", digest.hex()))
+    };
+    let index = json(cosign::SIGNATURES_INDEX)?;
+    let atts = index["manifests"]
+        .as_array()?
+        .iter()
+        .find(|m| m["annotations"][cosign::KIND_ANNOTATION] == cosign::KIND_ATTS)?;
+    let manifest = blob(atts)?;
+    let layer = manifest["layers"]
+        .as_array()?
+        .iter()
+        .find(|l| l["annotations"]["predicateType"] == crate::eval::PREDICATE_TYPE)?;
+    let envelope = blob(layer)?;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(envelope["payload"].as_str()?)
+        .ok()?;
+    let statement: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+    EvaluationSummary::from_predicate(&statement["predicate"])
 }
 
 fn docker_manifest(docs: &HashMap<String, Vec<u8>>) -> Option<DockerManifestEntry> {

@@ -10,7 +10,9 @@
 pub mod atomic_file;
 pub mod attest;
 pub mod commands;
+pub mod delta;
 pub mod digest;
+pub mod eval;
 pub mod export;
 pub mod fetch;
 pub mod image;

@@ -13,6 +13,7 @@ use clap::Parser;
 
 use appliance::commands::build::{self, BuildSettings, human_bytes};
 use appliance::commands::{fetch, lock};
+use appliance::delta;
 use appliance::fetch::hub::{HubFetcher, HubSettings};
 use appliance::inspect;
 use appliance::manifest::ManifestError;
@@ -47,8 +48,15 @@ fn run(cli: Cli) -> Result<()> {
             json,
             verify_cache,
             locked,
+            skip_eval,
+            delta_from,
+            delta_output,
             hub,
         } => {
+            // A base that cannot be read fails now, not after the build.
+            if let Some(old) = &delta_from {
+                delta::check_base(old)?;
+            }
             let settings = BuildSettings {
                 manifest,
                 output: output.map(std::path::absolute).transpose()?,
@@ -62,12 +70,17 @@ fn run(cli: Cli) -> Result<()> {
                 verify_cache,
                 hub: hub_settings(&hub, verify_cache),
                 locked,
+                skip_eval,
             };
             let reporter = Reporter {
                 bars: std::io::stderr().is_terminal(),
                 quiet: quiet || json,
             };
-            let outcome = build::build(&settings, &reporter, &reporter)?;
+            let mut outcome = build::build(&settings, &reporter, &reporter)?;
+            if let Some(old) = &delta_from {
+                let path = delta_output.unwrap_or_else(|| delta::default_output(&outcome.output));
+                outcome.delta = Some(delta::delta(old, &outcome.output, &path)?);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&outcome)?);
             } else {
@@ -81,6 +94,12 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
                 println!("{}", outcome.output.display());
+                if let Some(d) = &outcome.delta {
+                    if !quiet {
+                        eprintln!("{}", describe_delta(d));
+                    }
+                    println!("{}", d.output.display());
+                }
             }
             Ok(())
         }
@@ -146,12 +165,53 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", out.public_key.display());
             Ok(())
         }
-        Command::Verify { tarball, key, json } => {
-            let report = appliance::commands::verify::verify(&tarball, &key)?;
+        Command::Verify {
+            tarball,
+            key,
+            base,
+            json,
+        } => {
+            let report = appliance::commands::verify::verify(&tarball, &key, base.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", appliance::verify::render(&report));
+            }
+            Ok(())
+        }
+        Command::Delta {
+            old,
+            new,
+            output,
+            json,
+        } => {
+            let summary = delta::delta(&old, &new, &output)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                eprintln!("{}", describe_delta(&summary));
+                println!("{}", summary.output.display());
+            }
+            Ok(())
+        }
+        Command::Assemble {
+            old,
+            delta,
+            output,
+            json,
+        } => {
+            let summary = delta::assemble(&old, &delta, &output)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                eprintln!(
+                    "Assembled {} ({}, {}): image {}",
+                    summary.output.display(),
+                    human_bytes(summary.size),
+                    summary.sha256,
+                    summary.manifest
+                );
+                println!("{}", summary.output.display());
             }
             Ok(())
         }
@@ -165,6 +225,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn describe_delta(d: &delta::DeltaSummary) -> String {
+    format!(
+        "Delta {}: {} ({} blobs) of a {} release; {} ({} blobs) left to the base",
+        d.output.display(),
+        human_bytes(d.size),
+        d.blobs_carried,
+        human_bytes(d.target_size),
+        human_bytes(d.bytes_from_base),
+        d.blobs_from_base
+    )
 }
 
 /// The signing key password: `APPLIANCE_KEY_PASSWORD`, else cosign's `COSIGN_PASSWORD`.
@@ -231,6 +303,20 @@ fn render(s: &ImageSummary) -> String {
             hc.timeout / 1_000_000_000,
             hc.start_period / 1_000_000_000,
             hc.retries
+        );
+    }
+    if let Some(e) = &s.evaluation {
+        let _ = writeln!(
+            out,
+            "Evaluation:   {} of {} cases passed ({}; signed, check with `appliance verify`){}",
+            e.passed,
+            e.cases,
+            e.result,
+            if e.failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failed: {}", e.failed.join(", "))
+            }
         );
     }
     if let Some(m) = &s.model {

@@ -57,6 +57,44 @@ pub struct ImageSummary {
     pub labels: BTreeMap<String, String>,
     pub layers: Vec<LayerSummary>,
     pub model: Option<ModelSummary>,
+    /// The release gate's results, when the image carries them signed (test-result
+    /// attestation). `inspect` shows them without checking the signature: `verify` does that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationSummary {
+    /// `PASSED` or `WARNED` (some cases failed within `min_pass_rate`).
+    pub result: String,
+    pub passed: usize,
+    pub cases: usize,
+    /// Names of the cases that failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+}
+
+impl EvaluationSummary {
+    /// Reads a test-result predicate as [`crate::eval::predicate`] writes it.
+    pub fn from_predicate(predicate: &serde_json::Value) -> Option<Self> {
+        let names = |key: &str| -> Vec<String> {
+            predicate[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (passed, failed) = (names("passedTests"), names("warnedTests"));
+        Some(Self {
+            result: predicate["result"].as_str()?.to_string(),
+            passed: passed.len(),
+            cases: passed.len() + failed.len(),
+            failed,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -36,6 +36,20 @@ pub struct BuildFacts {
     /// and passwords come from the environment).
     pub manifest: NamedDocument,
     pub lock: Option<NamedDocument>,
+    /// The `[[eval]]` gate, when the manifest has cases.
+    pub evaluation: Option<EvaluationFacts>,
+}
+
+/// What the provenance says of the gate, and the test-result predicate when it ran.
+pub enum EvaluationFacts {
+    /// `--skip-eval`: the cases exist but were not run.
+    Skipped { cases: usize },
+    Ran {
+        /// Counts for the provenance's internal parameters.
+        summary: serde_json::Value,
+        /// The test-result predicate ([`crate::eval::predicate`]), signed as an attestation.
+        predicate: serde_json::Value,
+    },
 }
 
 /// A base image (`[runtime] base = { image, digest }`): reused byte for byte, so auditors
@@ -191,6 +205,7 @@ mod tests {
                 text: "".into(),
             },
             lock: None,
+            evaluation: None,
         }
     }
 

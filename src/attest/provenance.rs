@@ -99,6 +99,16 @@ pub fn predicate(facts: &BuildFacts) -> Value {
         external["lock"] = document(lock);
     }
     let mut internal = json!({"created": facts.created});
+    match &facts.evaluation {
+        Some(super::EvaluationFacts::Skipped { cases }) => {
+            internal["evaluation"] = json!({"skipped": true, "cases": cases});
+        }
+        Some(super::EvaluationFacts::Ran { summary, .. }) => {
+            internal["evaluation"] = summary.clone();
+            internal["evaluation"]["skipped"] = json!(false);
+        }
+        None => {}
+    }
     if let Some(q) = &facts.quantization {
         internal["steps"] = json!([{
             "step": "quantize",

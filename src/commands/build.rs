@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use super::lock::{LockPolicy, fetch_hub, has_hub_source};
 use crate::attest;
 use crate::digest::Sha256Digest;
+use crate::eval;
 use crate::export::{self, ImageWriter};
 use crate::fetch::hub::HubFetcher;
 use crate::fetch::{self, Fetcher, ModelOrigin};
@@ -43,6 +44,8 @@ pub struct BuildSettings {
     pub hub: crate::fetch::hub::HubSettings,
     /// `--locked`: refuse any drift from `<manifest>.lock`.
     pub locked: bool,
+    /// `--skip-eval`: package without running the `[[eval]]` gate (recorded in the provenance).
+    pub skip_eval: bool,
 }
 
 /// What a build produced.
@@ -51,6 +54,9 @@ pub struct BuildOutcome {
     pub output: PathBuf,
     pub tarball_size: u64,
     pub image: ImageSummary,
+    /// With `--delta-from`: the delta written beside the tarball.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<crate::delta::DeltaSummary>,
 }
 
 /// Log lines for the user; the build never prints itself.
@@ -277,7 +283,6 @@ pub fn build(
         },
         launcher,
         compression: manifest.image.compression,
-        mtime,
     });
 
     // One pass: each layer streams into the tarball, hashed as it goes. Pins are checked once
@@ -358,6 +363,21 @@ pub fn build(
             manifest.model.pins.len()
         ));
     }
+
+    // The gate runs on the bytes just packaged, before anything is committed: a failure drops
+    // the writer, which deletes the partial tarball.
+    let evaluation = evaluate(
+        &manifest,
+        settings.skip_eval,
+        &server.path,
+        model
+            .files
+            .iter()
+            .chain(tokenizer.iter().flat_map(|t| &t.files)),
+        model_bytes,
+        signer.is_some(),
+        log,
+    )?;
 
     let model_summary = ModelSummary {
         name: served.clone(),
@@ -466,6 +486,32 @@ pub fn build(
                     .map(|l| (l.digest, l.diff_id, l.size))
                     .collect(),
             }),
+            evaluation: match &evaluation {
+                Evaluation::NoCases => None,
+                Evaluation::Skipped => Some(attest::EvaluationFacts::Skipped {
+                    cases: manifest.eval.cases.len(),
+                }),
+                Evaluation::Ran(outcome) => Some(attest::EvaluationFacts::Ran {
+                    summary: serde_json::json!({
+                        "cases": outcome.results.len(),
+                        "passed": outcome.passed(),
+                        "minPassRate": outcome.min_pass_rate,
+                        "device": outcome.device,
+                    }),
+                    predicate: eval::predicate(
+                        outcome,
+                        &manifest.eval.cases,
+                        &eval::Subject {
+                            server_path: plan::SERVER_PATH,
+                            server_sha256: server.sha256,
+                            model_files: measured
+                                .iter()
+                                .map(|(path, f)| (format!("{model_dir}/{path}"), f.sha256))
+                                .collect(),
+                        },
+                    ),
+                }),
+            },
             manifest: read_document(&settings.manifest)?,
             // The lock beside the manifest (`manifest.toml` → `manifest.lock`), when there is one.
             lock: Some(settings.manifest.with_extension("lock"))
@@ -524,11 +570,27 @@ pub fn build(
             })
             .collect(),
         model: Some(model_summary),
+        // What the image carries: results are in it only when signed.
+        evaluation: match (&evaluation, &signer) {
+            (Evaluation::Ran(outcome), Some(_)) => {
+                summary::EvaluationSummary::from_predicate(&eval::predicate(
+                    outcome,
+                    &manifest.eval.cases,
+                    &eval::Subject {
+                        server_path: plan::SERVER_PATH,
+                        server_sha256: server.sha256,
+                        model_files: Vec::new(),
+                    },
+                ))
+            }
+            _ => None,
+        },
     };
     Ok(BuildOutcome {
         output,
         tarball_size,
         image,
+        delta: None,
     })
 }
 
@@ -743,6 +805,86 @@ fn cuda_launcher(
 
 /// Twice a pessimistic load time (100 MB/s from disk), never under 2 minutes, never over an
 /// hour: health checks that fail during the start period don't count (seed 003's advice).
+/// What became of the `[[eval]]` gate.
+enum Evaluation {
+    NoCases,
+    Skipped,
+    Ran(eval::EvalOutcome),
+}
+
+/// Runs the gate (unless there are no cases or `--skip-eval`) on the server binary and model
+/// files being packaged; a gate that does not pass is an error listing each failed case.
+#[allow(clippy::too_many_arguments)]
+fn evaluate<'a>(
+    manifest: &Manifest,
+    skip: bool,
+    server: &std::path::Path,
+    files: impl Iterator<Item = &'a PlannedFile>,
+    model_bytes: u64,
+    signed: bool,
+    log: &dyn BuildLog,
+) -> Result<Evaluation> {
+    let cases = &manifest.eval.cases;
+    if cases.is_empty() {
+        return Ok(Evaluation::NoCases);
+    }
+    if skip {
+        log.step(&format!(
+            "Evaluation gate skipped (--skip-eval): {} cases not run; the provenance records it",
+            cases.len()
+        ));
+        return Ok(Evaluation::Skipped);
+    }
+    let s = &manifest.server;
+    // CUDA only where the manifest asks for it and this host has an NVIDIA device.
+    let gpu = std::path::Path::new("/dev/nvidiactl").exists();
+    let device = if s.device == Device::Cuda && gpu {
+        "cuda"
+    } else {
+        "cpu"
+    };
+    log.step(&format!(
+        "Evaluating {} cases on {device} with `{}`",
+        cases.len(),
+        server.display()
+    ));
+    let outcome = eval::run(
+        &manifest.eval,
+        &eval::ServerUnderTest {
+            binary: server,
+            model_files: files
+                .map(|f| (f.rel_path.clone(), f.host_path.clone()))
+                .collect(),
+            served_model_name: &s.served_model_name,
+            max_model_len: s.max_model_len,
+            device,
+            args: &s.args,
+            ready_timeout: std::time::Duration::from_secs(
+                s.healthcheck
+                    .start_period_secs
+                    .unwrap_or_else(|| start_period_for(model_bytes)),
+            ),
+        },
+    )?;
+    let (passed, total) = (outcome.passed(), outcome.results.len());
+    if !outcome.gate_passes() {
+        bail!(
+            "Evaluation gate failed: {passed} of {total} cases passed, {} required; nothing was written:{}",
+            (manifest.eval.min_pass_rate * total as f64).ceil() as usize,
+            outcome.failures(cases)
+        );
+    }
+    log.step(&format!(
+        "Evaluation gate passed: {passed} of {total} cases{}",
+        if signed {
+            " (results attested in the signature)"
+        } else {
+            " (not attested: the image is unsigned)"
+        }
+    ));
+    Ok(Evaluation::Ran(outcome))
+}
+
 pub fn start_period_for(model_bytes: u64) -> u64 {
     let load_secs = model_bytes / 100_000_000;
     (120 + 2 * load_secs).min(3600)

@@ -61,7 +61,8 @@ pub fn userland_facts(layers: &[Layer], files: &[UserlandFile]) -> Vec<FileFact>
         .collect()
 }
 
-/// Signs the manifest digest and both attestations.
+/// Signs the manifest digest and the attestations: SBOM, provenance and, when the gate ran,
+/// its test results.
 pub fn sign_image(
     signer: &Signer,
     facts: &BuildFacts,
@@ -84,20 +85,23 @@ pub fn sign_image(
         repository,
         full_reference: &facts.reference,
     };
-    Ok(cosign::sign(
-        signer,
-        &image,
-        &[
-            Attestation {
-                predicate_type: attest::sbom::PREDICATE_TYPE.to_string(),
-                statement: sbom,
-            },
-            Attestation {
-                predicate_type: attest::provenance::PREDICATE_TYPE.to_string(),
-                statement: provenance,
-            },
-        ],
-    )?)
+    let mut attestations = vec![
+        Attestation {
+            predicate_type: attest::sbom::PREDICATE_TYPE.to_string(),
+            statement: sbom,
+        },
+        Attestation {
+            predicate_type: attest::provenance::PREDICATE_TYPE.to_string(),
+            statement: provenance,
+        },
+    ];
+    if let Some(attest::EvaluationFacts::Ran { predicate, .. }) = &facts.evaluation {
+        attestations.push(Attestation {
+            predicate_type: crate::eval::PREDICATE_TYPE.to_string(),
+            statement: attest::statement(facts, crate::eval::PREDICATE_TYPE, predicate.clone())?,
+        });
+    }
+    Ok(cosign::sign(signer, &image, &attestations)?)
 }
 
 /// The detached files written beside `<output>`: `.payload.json`, `.sig` (base64 DER, as

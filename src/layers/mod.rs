@@ -125,7 +125,8 @@ pub struct LayerSpec {
     /// Sorted by path, parents before children.
     pub entries: Vec<Entry>,
     pub compression: Compression,
-    /// mtime of every entry: the image's `created`, so no timestamp depends on the build host.
+    /// mtime of every entry: never the build host's ([`plan::STABLE_MTIME`] for appliance's own
+    /// layers, so they survive a new release).
     pub mtime: u64,
 }
 

@@ -20,6 +20,12 @@ pub const LAUNCHER_PATH: &str = "usr/local/bin/appliance-launcher";
 pub const MODELS_ROOT: &str = "models";
 /// More weight files than this are grouped, keeping far below Docker's 125-layer limit.
 pub const MAX_WEIGHT_LAYERS: usize = 100;
+/// mtime of every entry in every layer appliance writes. Not the image's `created`: a layer must
+/// be byte-identical in every release that packs the same files, or Docker and containerd, which
+/// store layers by chain ID (a layer's digest with every digest below it), would store the
+/// weights again for each release, and a new `created` alone would re-ship the userland and
+/// server. 0 is the Unix epoch, what ko and rules_oci write without `SOURCE_DATE_EPOCH`.
+pub const STABLE_MTIME: u64 = 0;
 /// Files at least this big get their own layer even if their extension is unknown.
 const BIG_FILE: u64 = 64 << 20;
 const WEIGHT_EXTENSIONS: &[&str] = &[
@@ -69,7 +75,6 @@ pub struct PlanInput<'a> {
     /// `appliance-launcher`, in CUDA images only; shares the server's layer.
     pub launcher: Option<PlannedFile>,
     pub compression: Compression,
-    pub mtime: u64,
 }
 
 /// The files of `model.tokenizer` and where they came from (`hf:org/repo`, `path:dir`).
@@ -85,7 +90,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<LayerSpec> {
         description,
         entries: with_parent_dirs(entries),
         compression: input.compression,
-        mtime: input.mtime,
+        mtime: STABLE_MTIME,
     };
     let mut layers = vec![small(
         LayerRole::Filesystem,
@@ -115,7 +120,7 @@ pub fn plan(input: PlanInput<'_>) -> Vec<LayerSpec> {
             entries: with_parent_dirs(group.iter().map(|f| model_entry(f)).collect()),
             // Weights are never compressed: they barely shrink and would cost minutes of CPU.
             compression: Compression::None,
-            mtime: input.mtime,
+            mtime: STABLE_MTIME,
         });
     }
     if !others.is_empty() {

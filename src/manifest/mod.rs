@@ -5,6 +5,7 @@
 //! [`Manifest`] is the validated, path-resolved form every later stage consumes. Relative paths
 //! resolve against the manifest's own directory so a build does not depend on the working dir.
 
+pub mod eval;
 mod reference;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,10 @@ pub struct RawManifest {
     #[serde(default)]
     pub runtime: RawRuntime,
     pub signing: Option<RawSigning>,
+    /// `[[eval]]`: the release gate's cases.
+    #[serde(default)]
+    pub eval: Vec<eval::RawEvalCase>,
+    pub evals: Option<eval::RawEvals>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +182,8 @@ pub struct Manifest {
     pub server: ServerSettings,
     pub runtime: RuntimeSettings,
     pub signing: Option<SigningSettings>,
+    /// The evaluation gate: `[[eval]]` cases, then those of `[evals] file`.
+    pub eval: eval::EvalSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +431,9 @@ impl Manifest {
             },
         };
 
+        let eval = resolve_eval(raw.eval, raw.evals.unwrap_or_default(), &resolve)
+            .map_err(|e| field(&e.field, e.message))?;
+
         Ok(Manifest {
             path: path.to_path_buf(),
             image: ImageSettings {
@@ -453,8 +463,45 @@ impl Manifest {
             signing: raw.signing.map(|s| SigningSettings {
                 key: resolve(&s.key),
             }),
+            eval,
         })
     }
+}
+
+fn resolve_eval(
+    inline: Vec<eval::RawEvalCase>,
+    evals: eval::RawEvals,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<eval::EvalSettings, eval::CaseError> {
+    let mut cases = inline
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.check(&format!("eval[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = &evals.file {
+        cases.extend(eval::read_jsonl(
+            &resolve(file),
+            &file.display().to_string(),
+        )?);
+    }
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(dup) = cases.iter().find(|c| !names.insert(c.name.as_str())) {
+        return Err(eval::CaseError {
+            field: "eval".into(),
+            message: format!("two cases are named `{}`; names identify results", dup.name),
+        });
+    }
+    let min_pass_rate = evals.min_pass_rate.unwrap_or(1.0);
+    if !(min_pass_rate > 0.0 && min_pass_rate <= 1.0) {
+        return Err(eval::CaseError {
+            field: "evals.min_pass_rate".into(),
+            message: "must be above 0 and at most 1".into(),
+        });
+    }
+    Ok(eval::EvalSettings {
+        cases,
+        min_pass_rate,
+    })
 }
 
 type FieldError = (&'static str, String);

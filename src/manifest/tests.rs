@@ -352,3 +352,92 @@ fn quantize_takes_llama_quantize_preset_names() {
     assert!(text.contains("q4_k_m, q6_k, q8_0"), "{text}");
     assert_eq!(field_of(err), "model.quantize");
 }
+
+#[test]
+fn eval_cases_parse_with_defaults_and_a_jsonl_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("model")).unwrap();
+    std::fs::write(
+        dir.path().join("evals.jsonl"),
+        "{\"name\": \"ids\", \"prompt\": [1, 2, 3], \"token_ids\": [4, 5]}\n\n\
+         {\"name\": \"schema\", \"prompt\": \"Give JSON\", \"json_schema\": {\"type\": \"object\"}}\n",
+    )
+    .unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{MINIMAL}[[eval]]\nname = \"greeting\"\nmessages = [{{ role = \"user\", content = \"Say hello\" }}]\n\
+             contains = \"hello\"\n[evals]\nfile = \"evals.jsonl\"\nmin_pass_rate = 0.5\n"
+        ),
+    )
+    .unwrap();
+    let m = Manifest::load(&path, None).unwrap();
+    let cases = &m.eval.cases;
+    assert_eq!(cases.len(), 3);
+    assert_eq!(m.eval.min_pass_rate, 0.5);
+    assert_eq!(cases[0].max_tokens, eval::DEFAULT_MAX_TOKENS);
+    assert_eq!(cases[0].temperature, 0.0, "greedy by default");
+    // A token-id expectation asks for exactly as many tokens as it lists.
+    assert_eq!(cases[1].max_tokens, 2);
+    assert!(matches!(cases[2].expect, eval::Expectation::JsonSchema(_)));
+    assert_eq!(cases[1].to_json()["token_ids"], serde_json::json!([4, 5]));
+    assert_eq!(load_str(MINIMAL).unwrap().eval.cases.len(), 0);
+}
+
+#[test]
+fn bad_eval_cases_name_the_case_and_field() {
+    let case = |body: &str| load_str(&format!("{MINIMAL}[[eval]]\n{body}\n")).map(|_| ());
+    let cases = [
+        (
+            "name = \"a\"\nprompt = \"x\"\nregex = \"(\"",
+            "eval[0].regex",
+        ),
+        (
+            "name = \"a\"\nprompt = \"x\"\njson_schema = { type = 7 }",
+            "eval[0].json_schema",
+        ),
+        ("name = \"a\"\nprompt = \"x\"", "eval[0].equals"),
+        (
+            "name = \"a\"\nprompt = \"x\"\nequals = \"y\"\ncontains = \"y\"",
+            "eval[0].equals",
+        ),
+        ("name = \"a\"\nequals = \"y\"", "eval[0].prompt"),
+        ("prompt = \"x\"\nequals = \"y\"", "eval[0].name"),
+        (
+            "name = \"a\"\nprompt = \"x\"\nequals = \"y\"\nmax_tokens = 0",
+            "eval[0].max_tokens",
+        ),
+        (
+            "name = \"a\"\nprompt = \"x\"\nequals = \"y\"\ntemperature = 3.0",
+            "eval[0].temperature",
+        ),
+    ];
+    for (body, field) in cases {
+        assert_eq!(field_of(case(body).unwrap_err()), field, "{body}");
+    }
+    let twice = "name = \"a\"\nprompt = \"x\"\nequals = \"y\"\n[[eval]]\nname = \"a\"\nprompt = \"z\"\nequals = \"y\"";
+    assert_eq!(field_of(case(twice).unwrap_err()), "eval");
+    // An unknown key in a case is a parse error naming it.
+    let err = case("name = \"a\"\nprompt = \"x\"\nequals = \"y\"\nexpect = \"y\"").unwrap_err();
+    assert!(err.to_string().contains("expect"), "{err}");
+    // A JSONL line is named by file and line number.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("model")).unwrap();
+    std::fs::write(
+        dir.path().join("e.jsonl"),
+        "{\"name\": \"ok\", \"prompt\": \"x\", \"equals\": \"y\"}\n{\"name\": \"bad\"}\n",
+    )
+    .unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, format!("{MINIMAL}[evals]\nfile = \"e.jsonl\"\n")).unwrap();
+    assert_eq!(
+        field_of(Manifest::load(&path, None).unwrap_err()),
+        "e.jsonl:2.prompt"
+    );
+    std::fs::write(&path, format!("{MINIMAL}[evals]\nmin_pass_rate = 0.0\n")).unwrap();
+    assert_eq!(
+        field_of(Manifest::load(&path, None).unwrap_err()),
+        "evals.min_pass_rate"
+    );
+}

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::attest;
+use crate::delta;
 use crate::digest::Sha256Digest;
 use crate::image::blob_path;
 use crate::sign::{self, cosign, dsse, keys};
@@ -50,7 +51,18 @@ pub struct Report {
     pub blobs: usize,
     pub bytes_hashed: u64,
     pub sbom_components: usize,
+    /// The release gate's signed results, when the image has them.
+    pub evaluation: Option<ReportEvaluation>,
     pub checks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportEvaluation {
+    /// `PASSED` (every case) or `WARNED` (enough cases for `min_pass_rate`).
+    pub result: String,
+    pub passed: usize,
+    pub cases: usize,
+    pub device: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,8 +84,15 @@ pub struct ReportFile {
 /// Verifies `tarball` against `key` (a PKIX PEM public key's text).
 pub fn verify(tarball: &Path, key: &VerifyingKey) -> Result<Report, VerifyError> {
     let scan = scan::scan(tarball)?;
+    if scan.documents.contains_key(delta::PLAN_NAME) {
+        return fail(
+            delta::PLAN_NAME,
+            "this is a delta bundle: verify it with `--base` and the tarball it was made against",
+        );
+    }
     Checker {
         scan: &scan,
+        base: None,
         key,
         referenced: BTreeSet::new(),
         checks: Vec::new(),
@@ -81,8 +100,36 @@ pub fn verify(tarball: &Path, key: &VerifyingKey) -> Result<Report, VerifyError>
     .run()
 }
 
+/// Verifies a delta bundle: NEW's documents and signature from `delta`, each blob they name
+/// from `delta` or else from `base`, with the same checks as a full tarball.
+pub fn verify_delta(delta: &Path, base: &Path, key: &VerifyingKey) -> Result<Report, VerifyError> {
+    let scan = scan::scan(delta)?;
+    if !scan.documents.contains_key(delta::PLAN_NAME) {
+        return fail(
+            delta.display().to_string(),
+            format!(
+                "is not a delta bundle (no `{}`); verify it without `--base`",
+                delta::PLAN_NAME
+            ),
+        );
+    }
+    let base_scan = scan::scan(base)?;
+    let mut report = Checker {
+        scan: &scan,
+        base: Some((&base_scan, base)),
+        key,
+        referenced: BTreeSet::new(),
+        checks: Vec::new(),
+    }
+    .run()?;
+    report.bytes_hashed += base_scan.bytes;
+    Ok(report)
+}
+
 struct Checker<'a> {
     scan: &'a Scan,
+    /// For a delta bundle: the tarball it was made against, where the blobs it left out are.
+    base: Option<(&'a Scan, &'a Path)>,
     key: &'a VerifyingKey,
     referenced: BTreeSet<Sha256Digest>,
     checks: Vec<String>,
@@ -105,11 +152,37 @@ impl<'a> Checker<'a> {
         let text = desc["digest"].as_str().unwrap_or_default();
         let digest = Sha256Digest::parse_prefixed(text)
             .or_else(|e| fail(from, format!("bad digest: {e}")))?;
-        let Some(info) = self.scan.blobs.get(&digest) else {
-            return fail(
-                from,
-                format!("references {digest}, which is missing from the tarball"),
-            );
+        let info = match (self.scan.blobs.get(&digest), self.base) {
+            (Some(info), _) => info,
+            (None, Some((base, path))) => {
+                let Some(info) = base.blobs.get(&digest) else {
+                    return fail(
+                        blob_path(&digest),
+                        format!(
+                            "is referenced by {from} but is neither in the delta nor in the base \
+                             `{}`: the delta was made against another image",
+                            path.display()
+                        ),
+                    );
+                };
+                if info.actual != Some(digest) {
+                    let actual = info.actual.map(|d| d.prefixed()).unwrap_or_default();
+                    return fail(
+                        blob_path(&digest),
+                        format!(
+                            "in the base `{}` has sha256 {actual}: the blob was modified",
+                            path.display()
+                        ),
+                    );
+                }
+                info
+            }
+            (None, None) => {
+                return fail(
+                    from,
+                    format!("references {digest}, which is missing from the tarball"),
+                );
+            }
         };
         if let Some(size) = desc["size"].as_u64() {
             if size != info.size {
@@ -586,6 +659,9 @@ impl<'a> Checker<'a> {
                 .push(format!("server binary /{path} matches the SBOM"));
         }
 
+        let evaluation =
+            self.check_evaluation(statements.get(crate::eval::PREDICATE_TYPE), &files)?;
+
         // 7. Nothing unaccounted for.
         if let Some(stray) = self
             .scan
@@ -600,6 +676,19 @@ impl<'a> Checker<'a> {
         }
         self.checks
             .push("every blob is referenced by the image or its signatures".into());
+        if let Some((_, path)) = self.base {
+            let from_base = self
+                .referenced
+                .iter()
+                .filter(|d| !self.scan.blobs.contains_key(*d))
+                .count();
+            self.checks.push(format!(
+                "delta bundle: {} blobs carried, {from_base} taken from the base `{}` (sha256 of \
+                 content equals name)",
+                self.scan.blobs.len(),
+                path.display()
+            ));
+        }
 
         let run = &config["config"];
         Ok(Report {
@@ -617,11 +706,98 @@ impl<'a> Checker<'a> {
                 .map(|m| m.keys().cloned().collect())
                 .unwrap_or_default(),
             layers: layers.len(),
-            blobs: self.scan.blobs.len(),
+            blobs: self.referenced.len(),
             bytes_hashed: self.scan.bytes,
             sbom_components: components.len(),
+            evaluation,
             checks: self.checks,
         })
+    }
+}
+
+impl Checker<'_> {
+    /// The gate's test-result attestation, when present: a passing result, its cases document
+    /// intact, and the server and model files it names are the ones in the layers.
+    fn check_evaluation(
+        &mut self,
+        statement: Option<&Value>,
+        files: &BTreeMap<String, scan::LayerFile>,
+    ) -> Result<Option<ReportEvaluation>, VerifyError> {
+        let Some(statement) = statement else {
+            return Ok(None);
+        };
+        let culprit = "test-result attestation";
+        let predicate = &statement["predicate"];
+        let result = predicate["result"].as_str().unwrap_or_default();
+        if result != "PASSED" && result != "WARNED" {
+            return fail(
+                culprit,
+                format!("result is `{result}`, not PASSED or WARNED"),
+            );
+        }
+        let mut document = None;
+        let mut ran_against = 0usize;
+        for desc in predicate["configuration"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let name = desc["name"].as_str().unwrap_or_default();
+            let want = desc["digest"]["sha256"].as_str().unwrap_or_default();
+            if name == crate::eval::RESULTS_NAME {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(desc["content"].as_str().unwrap_or_default())
+                    .or_else(|e| fail(culprit, format!("`{name}` content is not base64: {e}")))?;
+                if Sha256Digest::of(&bytes).hex() != want {
+                    return fail(culprit, format!("`{name}` does not match its digest"));
+                }
+                document = Some(
+                    serde_json::from_slice::<Value>(&bytes)
+                        .or_else(|e| fail(culprit, format!("`{name}` is not JSON: {e}")))?,
+                );
+                continue;
+            }
+            match files.get(name) {
+                Some(f) if f.sha256.hex() == want => ran_against += 1,
+                Some(f) => {
+                    return fail(
+                        name,
+                        format!(
+                            "the evaluation ran against sha256 {want}, the layers hold {}",
+                            f.sha256.hex()
+                        ),
+                    );
+                }
+                None => return fail(name, "the evaluation names it, but it is in no layer"),
+            }
+        }
+        let Some(document) = document else {
+            return fail(culprit, format!("has no `{}`", crate::eval::RESULTS_NAME));
+        };
+        let cases = document["cases"].as_array().cloned().unwrap_or_default();
+        let passed = cases
+            .iter()
+            .filter(|c| c["result"]["passed"] == true)
+            .count();
+        let listed = predicate["passedTests"].as_array().map_or(0, Vec::len);
+        if listed != passed {
+            return fail(
+                culprit,
+                format!("passedTests lists {listed} cases, the results show {passed}"),
+            );
+        }
+        self.checks.push(format!(
+            "evaluation gate: {passed} of {} cases passed ({result}), run against the server and \
+             {} files in these layers",
+            cases.len(),
+            ran_against.saturating_sub(1)
+        ));
+        Ok(Some(ReportEvaluation {
+            result: result.to_string(),
+            passed,
+            cases: cases.len(),
+            device: document["device"].as_str().unwrap_or_default().to_string(),
+        }))
     }
 }
 
@@ -668,6 +844,13 @@ pub fn render(r: &Report) -> String {
         "SBOM:         {} top-level components",
         r.sbom_components
     );
+    if let Some(e) = &r.evaluation {
+        let _ = writeln!(
+            out,
+            "Evaluation:   {} of {} cases passed ({}, on {})",
+            e.passed, e.cases, e.result, e.device
+        );
+    }
     let _ = writeln!(out, "Checked:");
     for c in &r.checks {
         let _ = writeln!(out, "  ok  {c}");

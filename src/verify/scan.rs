@@ -23,6 +23,7 @@ const DOCUMENTS: &[&str] = &[
     "index.json",
     "manifest.json",
     crate::sign::cosign::SIGNATURES_INDEX,
+    crate::delta::PLAN_NAME,
 ];
 const DIRECTORIES: &[&str] = &["blobs", "blobs/sha256", "signatures"];
 
