@@ -89,13 +89,24 @@ pub enum Command {
     },
     /// Verify an image tarball offline: every blob, the signature and the attestations.
     ///
-    /// Exits 0 only if every check passes; a failure names the blob, file or field at fault.
+    /// Exits 0 only if every check passes with `--key`; 3 if the tarball is intact but its
+    /// signature was not checked (no `--key`, or the image is unsigned); 1 on any failure,
+    /// which names the blob, file or field at fault.
     Verify {
         /// The image tarball.
         tarball: PathBuf,
-        /// The signer's public key (`.pub`, PEM).
+        /// The signer's public key (`.pub`, PEM). Without it every integrity check runs, the
+        /// signer stays unknown and the exit status is 3.
         #[arg(long, value_name = "PUB")]
-        key: PathBuf,
+        key: Option<PathBuf>,
+        /// The reviewed manifest: the image's name, labels, served model and pinned files must
+        /// be what it says (and the files what its lock records).
+        #[arg(long, value_name = "M.toml")]
+        manifest: Option<PathBuf>,
+        /// The reviewed lock (default: the manifest's `.lock`, when present): every model file
+        /// in the image has the locked path, size and sha256, and no other file is there.
+        #[arg(long, value_name = "M.lock", requires = "manifest")]
+        lock: Option<PathBuf>,
         /// TARBALL is a delta bundle made against this tarball: blobs the delta leaves out are
         /// checked in it.
         #[arg(long, value_name = "OLD.tar")]

@@ -24,7 +24,7 @@ use reporter::Reporter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {
@@ -39,7 +39,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// `verify`'s exit status for an intact tarball whose signer was not checked.
+const UNVERIFIED: u8 = 3;
+
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build {
             manifest,
@@ -101,7 +104,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{}", d.output.display());
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Lock {
             manifest,
@@ -115,7 +118,7 @@ fn run(cli: Cli) -> Result<()> {
             let fetcher = HubFetcher::new(hub_settings(&hub, false));
             let done = lock::lock(&manifest, &fetcher, &reporter, &reporter)?;
             println!("{}", done.lock_path.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Fetch {
             manifest,
@@ -142,7 +145,7 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { output } => {
             let password = match password_from_env() {
@@ -163,21 +166,33 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("Key fingerprint sha256:{}", out.fingerprint.hex());
             println!("{}", out.private_key.display());
             println!("{}", out.public_key.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
             tarball,
             key,
+            manifest,
+            lock,
             base,
             json,
         } => {
-            let report = appliance::commands::verify::verify(&tarball, &key, base.as_deref())?;
+            let report = appliance::commands::verify::verify(
+                &tarball,
+                key.as_deref(),
+                base.as_deref(),
+                manifest.as_deref(),
+                lock.as_deref(),
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", appliance::verify::render(&report));
             }
-            Ok(())
+            // Scripts must tell "intact and signed by this key" from "intact, signer unknown".
+            if report.signature != appliance::verify::SignatureStatus::Verified {
+                return Ok(ExitCode::from(UNVERIFIED));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Delta {
             old,
@@ -192,7 +207,7 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("{}", describe_delta(&summary));
                 println!("{}", summary.output.display());
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Assemble {
             old,
@@ -213,7 +228,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 println!("{}", summary.output.display());
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { tarball, json } => {
             let summary = inspect::inspect(&tarball)?;
@@ -222,7 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", render(&summary));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

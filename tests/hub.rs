@@ -1262,3 +1262,85 @@ fn a_hub_gguf_repo_with_a_missing_shard_or_a_truncated_file_fails_the_build() {
     );
     assert!(!site.output().exists());
 }
+
+/// `verify --manifest --lock`: the image is what the reviewed manifest and lock say, checked
+/// away from the build host (the auditor has neither the cache nor the model); a wrong lock
+/// digest, a wrong image name or a wrong pin exits 1 naming the file and both values.
+#[test]
+fn verify_holds_the_image_to_the_reviewed_manifest_and_lock() {
+    let (hub, _) = hub_with_fixture();
+    let site = Site::new(&hub);
+    assert_ok(&site.build(&[]));
+    // The auditor's copies, in a directory of their own.
+    let review = tempfile::tempdir().unwrap();
+    let (m, l) = (review.path().join("m.toml"), review.path().join("m.lock"));
+    std::fs::copy(site.manifest(), &m).unwrap();
+    std::fs::copy(site.lock(), &l).unwrap();
+    let tar = site.output();
+    let verify = |m: &Path, lock: Option<&Path>| {
+        let mut args = vec![
+            "verify",
+            tar.to_str().unwrap(),
+            "--manifest",
+            m.to_str().unwrap(),
+        ];
+        if let Some(l) = lock {
+            args.extend(["--lock", l.to_str().unwrap()]);
+        }
+        site.run(&args)
+    };
+    let out = verify(&m, Some(&l));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    let files = PACKAGED.len();
+    assert!(
+        report.contains(&format!(
+            "the image's {files} model files are exactly the locked paths, sizes and sha256"
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains("image `registry.local/llm/tiny:0.1.0`"),
+        "{report}"
+    );
+
+    // The lock beside the manifest (`m.lock` for `m.toml`) is found without `--lock`.
+    let out = verify(&m, None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("exactly the locked paths"));
+
+    // A lock that records another digest for config.json.
+    let text = std::fs::read_to_string(&l).unwrap();
+    let real = sha256_hex(&std::fs::read(fixture().join("config.json")).unwrap());
+    let wrong_lock = review.path().join("wrong.lock");
+    std::fs::write(&wrong_lock, text.replace(&real, &"0".repeat(64))).unwrap();
+    let out = verify(&m, Some(&wrong_lock));
+    let err = assert_fails_with(&out, &["models/tiny/config.json", &"0".repeat(64), &real]);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+
+    // A manifest naming another tag.
+    let other = review.path().join("other.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&other, text.replace("tag = \"0.1.0\"", "tag = \"0.2.0\"")).unwrap();
+    assert_fails_with(
+        &verify(&other, Some(&l)),
+        &[
+            "registry.local/llm/tiny:0.2.0",
+            "registry.local/llm/tiny:0.1.0",
+        ],
+    );
+
+    // A pin the image does not meet.
+    let pinned = review.path().join("pinned.toml");
+    std::fs::write(
+        &pinned,
+        format!(
+            "{text}[model.sha256]\n\"config.json\" = \"{}\"\n",
+            "1".repeat(64)
+        ),
+    )
+    .unwrap();
+    assert_fails_with(
+        &verify(&pinned, None),
+        &["models/tiny/config.json", &"1".repeat(64), &real],
+    );
+}

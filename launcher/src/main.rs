@@ -5,7 +5,8 @@
 //! in a container started without `--gpus` the loader kills it before `main` with exit 127 and
 //! "error while loading shared libraries". This binary has no CUDA linkage, so it can always
 //! start and say what is wrong: no driver library, the toolkit's stub instead of the driver, a
-//! driver older than the CUDA the server was built with (seed 002's incident), or no GPU visible.
+//! driver older than the CUDA the server was built with (a host whose driver lagged the image's
+//! CUDA by one release otherwise dies in the loader), or no GPU visible.
 //!
 //! `healthcheck`, `--version` and `--help` skip the GPU checks (they must answer on a busy or
 //! GPU-less host) but still need `libcuda.so.1`, without which the server cannot be loaded.

@@ -16,7 +16,6 @@ pub mod healthcheck;
 pub mod kernels;
 pub mod kv;
 pub mod metrics;
-pub mod model;
 pub mod models;
 pub mod readiness;
 pub mod scheduler;

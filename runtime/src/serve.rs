@@ -23,9 +23,10 @@ use crate::{
     api::{self, AppState},
     auth::{self, KeyFileError, Secret},
     build_info::{self, BuildInfo},
+    checkpoint::model_dir::{ModelDir, ModelError},
+    checkpoint::weights,
     cli::{CliError, ServeArgs},
     engine::{self, Engine, LoadOptions},
-    model::{ModelDir, ModelError, weights},
     readiness::{self, Readiness, ReadinessTx},
     shutdown::{Reason, Shutdown, Signals},
 };

@@ -803,8 +803,6 @@ fn cuda_launcher(
     })
 }
 
-/// Twice a pessimistic load time (100 MB/s from disk), never under 2 minutes, never over an
-/// hour: health checks that fail during the start period don't count (seed 003's advice).
 /// What became of the `[[eval]]` gate.
 enum Evaluation {
     NoCases,
@@ -885,6 +883,9 @@ fn evaluate<'a>(
     Ok(Evaluation::Ran(outcome))
 }
 
+/// Twice a pessimistic load time (100 MB/s from disk), never under 2 minutes, never over an
+/// hour: Docker ignores failed health checks during the start period, so a generous one costs
+/// nothing while a short one has a slow disk's container marked unhealthy mid-load.
 pub fn start_period_for(model_bytes: u64) -> u64 {
     let load_secs = model_bytes / 100_000_000;
     (120 + 2 * load_secs).min(3600)

@@ -317,6 +317,21 @@ impl Manifest {
     /// Reads and validates `path`. `source_date_epoch` is `SOURCE_DATE_EPOCH` as the caller read
     /// it: stages never read the environment themselves.
     pub fn load(path: &Path, source_date_epoch: Option<&str>) -> Result<Self, ManifestError> {
+        Self::load_with(path, source_date_epoch, true)
+    }
+
+    /// Reads and validates `path` as an auditor holds it, away from the build host: local model
+    /// and tokenizer directories and the eval cases file need not exist (a missing eval file
+    /// contributes no cases).
+    pub fn load_for_review(path: &Path) -> Result<Self, ManifestError> {
+        Self::load_with(path, None, false)
+    }
+
+    fn load_with(
+        path: &Path,
+        source_date_epoch: Option<&str>,
+        check_sources: bool,
+    ) -> Result<Self, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
             path: path.to_path_buf(),
             source,
@@ -333,7 +348,7 @@ impl Manifest {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_raw(raw, path, &base_dir, source_date_epoch)
+        Self::from_raw(raw, path, &base_dir, source_date_epoch, check_sources)
     }
 
     fn from_raw(
@@ -341,6 +356,7 @@ impl Manifest {
         path: &Path,
         base_dir: &Path,
         source_date_epoch: Option<&str>,
+        check_sources: bool,
     ) -> Result<Self, ManifestError> {
         let field = |field: &str, message: String| ManifestError::Field {
             path: path.to_path_buf(),
@@ -366,7 +382,8 @@ impl Manifest {
             }
         }
 
-        let model = resolve_model(&raw.model, &resolve).map_err(|(f, m)| field(f, m))?;
+        let model =
+            resolve_model(&raw.model, &resolve, check_sources).map_err(|(f, m)| field(f, m))?;
         let served_model_name = match raw.server.served_model_name {
             Some(name) => name,
             None => default_served_name(&model.source),
@@ -431,8 +448,13 @@ impl Manifest {
             },
         };
 
-        let eval = resolve_eval(raw.eval, raw.evals.unwrap_or_default(), &resolve)
-            .map_err(|e| field(&e.field, e.message))?;
+        let eval = resolve_eval(
+            raw.eval,
+            raw.evals.unwrap_or_default(),
+            &resolve,
+            check_sources,
+        )
+        .map_err(|e| field(&e.field, e.message))?;
 
         Ok(Manifest {
             path: path.to_path_buf(),
@@ -472,13 +494,18 @@ fn resolve_eval(
     inline: Vec<eval::RawEvalCase>,
     evals: eval::RawEvals,
     resolve: &dyn Fn(&Path) -> PathBuf,
+    check_sources: bool,
 ) -> Result<eval::EvalSettings, eval::CaseError> {
     let mut cases = inline
         .into_iter()
         .enumerate()
         .map(|(i, c)| c.check(&format!("eval[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(file) = &evals.file {
+    if let Some(file) = evals
+        .file
+        .as_ref()
+        .filter(|f| check_sources || resolve(f).exists())
+    {
         cases.extend(eval::read_jsonl(
             &resolve(file),
             &file.display().to_string(),
@@ -509,6 +536,7 @@ type FieldError = (&'static str, String);
 fn resolve_model(
     raw: &RawModel,
     resolve: &dyn Fn(&Path) -> PathBuf,
+    check_sources: bool,
 ) -> Result<ModelSettings, FieldError> {
     let given: Vec<&str> = [
         raw.path.as_ref().map(|_| "path"),
@@ -558,7 +586,7 @@ fn resolve_model(
     }
     let source = if let Some(path) = &raw.path {
         let dir = resolve(path);
-        if !dir.is_dir() {
+        if check_sources && !dir.is_dir() {
             return Err((
                 "model.path",
                 format!(
@@ -596,7 +624,7 @@ fn resolve_model(
                 "does not apply to a `synthetic` source, which generates its own tokenizer".into(),
             ));
         }
-        Some(t) => Some(resolve_tokenizer(t, resolve)?),
+        Some(t) => Some(resolve_tokenizer(t, resolve, check_sources)?),
     };
     let quantize = match &raw.quantize {
         None => None,
@@ -628,6 +656,7 @@ fn resolve_model(
 fn resolve_tokenizer(
     raw: &RawTokenizer,
     resolve: &dyn Fn(&Path) -> PathBuf,
+    check_sources: bool,
 ) -> Result<TokenizerSettings, FieldError> {
     let source = match (&raw.hf, &raw.path) {
         (Some(repo), None) => {
@@ -652,7 +681,7 @@ fn resolve_tokenizer(
                 ));
             }
             let dir = resolve(path);
-            if !dir.is_dir() {
+            if check_sources && !dir.is_dir() {
                 return Err((
                     "model.tokenizer.path",
                     format!(

@@ -2,7 +2,10 @@
 //! what is inside. One streaming pass over the archive ([`scan`]), then checks on what it
 //! learned; the first failure names the blob, file or field at fault.
 
+mod reviewed;
 pub mod scan;
+
+pub use reviewed::Reviewed;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -40,6 +43,9 @@ pub struct Report {
     pub image: String,
     pub manifest_digest: String,
     pub config_digest: String,
+    /// Whether the signature was checked; only `verified` proves who built the image.
+    pub signature: SignatureStatus,
+    /// Empty unless `signature` is `verified`.
     pub signer_fingerprint: String,
     pub signed_reference: String,
     pub model: Option<ReportModel>,
@@ -54,6 +60,17 @@ pub struct Report {
     /// The release gate's signed results, when the image has them.
     pub evaluation: Option<ReportEvaluation>,
     pub checks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureStatus {
+    /// The signature and attestations verify with the given key.
+    Verified,
+    /// The image is signed, but no key was given: intact, signer unknown.
+    NotChecked,
+    /// The image carries no signature: intact, signer unknown.
+    Unsigned,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,48 +98,51 @@ pub struct ReportFile {
     pub size: u64,
 }
 
-/// Verifies `tarball` against `key` (a PKIX PEM public key's text).
-pub fn verify(tarball: &Path, key: &VerifyingKey) -> Result<Report, VerifyError> {
-    let scan = scan::scan(tarball)?;
-    if scan.documents.contains_key(delta::PLAN_NAME) {
-        return fail(
-            delta::PLAN_NAME,
-            "this is a delta bundle: verify it with `--base` and the tarball it was made against",
-        );
-    }
-    Checker {
-        scan: &scan,
-        base: None,
-        key,
-        referenced: BTreeSet::new(),
-        checks: Vec::new(),
-    }
-    .run()
+/// What to verify a tarball against, besides its own contents.
+#[derive(Default)]
+pub struct Against<'a> {
+    /// The signer's public key; without it every integrity check runs and the report says the
+    /// signer is unknown.
+    pub key: Option<&'a VerifyingKey>,
+    /// The tarball is a delta bundle made against this one (`--base`).
+    pub base: Option<&'a Path>,
+    /// The reviewed manifest and lock (`--manifest`, `--lock`).
+    pub reviewed: Option<&'a reviewed::Reviewed>,
 }
 
-/// Verifies a delta bundle: NEW's documents and signature from `delta`, each blob they name
-/// from `delta` or else from `base`, with the same checks as a full tarball.
-pub fn verify_delta(delta: &Path, base: &Path, key: &VerifyingKey) -> Result<Report, VerifyError> {
-    let scan = scan::scan(delta)?;
-    if !scan.documents.contains_key(delta::PLAN_NAME) {
-        return fail(
-            delta.display().to_string(),
-            format!(
-                "is not a delta bundle (no `{}`); verify it without `--base`",
-                delta::PLAN_NAME
-            ),
-        );
-    }
-    let base_scan = scan::scan(base)?;
+/// Verifies `tarball`; see [`Against`] for what else it is held to.
+pub fn verify(tarball: &Path, against: &Against) -> Result<Report, VerifyError> {
+    let scan = scan::scan(tarball)?;
+    let is_delta = scan.documents.contains_key(delta::PLAN_NAME);
+    let base_scan = match (against.base, is_delta) {
+        (None, true) => {
+            return fail(
+                delta::PLAN_NAME,
+                "this is a delta bundle: verify it with `--base` and the tarball it was made against",
+            );
+        }
+        (Some(_), false) => {
+            return fail(
+                tarball.display().to_string(),
+                format!(
+                    "is not a delta bundle (no `{}`); verify it without `--base`",
+                    delta::PLAN_NAME
+                ),
+            );
+        }
+        (Some(base), true) => Some(scan::scan(base)?),
+        (None, false) => None,
+    };
     let mut report = Checker {
         scan: &scan,
-        base: Some((&base_scan, base)),
-        key,
+        base: base_scan.as_ref().zip(against.base),
+        key: against.key,
+        reviewed: against.reviewed,
         referenced: BTreeSet::new(),
         checks: Vec::new(),
     }
     .run()?;
-    report.bytes_hashed += base_scan.bytes;
+    report.bytes_hashed += base_scan.map_or(0, |b| b.bytes);
     Ok(report)
 }
 
@@ -130,7 +150,9 @@ struct Checker<'a> {
     scan: &'a Scan,
     /// For a delta bundle: the tarball it was made against, where the blobs it left out are.
     base: Option<(&'a Scan, &'a Path)>,
-    key: &'a VerifyingKey,
+    /// `None`: `verify` without `--key`: every check but the cryptographic ones.
+    key: Option<&'a VerifyingKey>,
+    reviewed: Option<&'a reviewed::Reviewed>,
     referenced: BTreeSet<Sha256Digest>,
     checks: Vec<String>,
 }
@@ -220,8 +242,46 @@ impl<'a> Checker<'a> {
         Ok((digest, value))
     }
 
+    /// The checks, in the order an auditor would do them by hand; each step records what it
+    /// proved in `checks` and the first failure names the culprit.
     fn run(mut self) -> Result<Report, VerifyError> {
-        // 1. Every blob's content matches its name.
+        self.blobs_match_their_names()?;
+        let image = self.image()?;
+        let repository = self.docker_view(&image)?;
+        let labelled = self.labels_match_layers(&image)?;
+        if let Some(reviewed) = self.reviewed {
+            let checks = reviewed::check(
+                reviewed,
+                &repository.repo_tag,
+                &config_labels(&image.config),
+                &image.files,
+            )?;
+            self.checks.extend(checks);
+        }
+        if self.key.is_none() && !self.scan.documents.contains_key(cosign::SIGNATURES_INDEX) {
+            // Intact, and nothing to check a signature against: the report says so.
+            self.nothing_unaccounted()?;
+            let signature = Signature {
+                fingerprint: None,
+                present: false,
+                signed_reference: String::new(),
+                image: repository.repo_tag,
+            };
+            return Ok(self.report(image, signature, labelled, None));
+        }
+        let signature = self.signature(&image, &repository)?;
+        let statements = self.attestations(&image, &signature)?;
+        let contents = self.contents(&image, &statements)?;
+        let evaluation = self.check_evaluation(
+            statements.statements.get(crate::eval::PREDICATE_TYPE),
+            &image.files,
+        )?;
+        self.nothing_unaccounted()?;
+        Ok(self.report(image, signature, contents, evaluation))
+    }
+
+    /// Step 1: Every blob's content matches its name.
+    fn blobs_match_their_names(&mut self) -> Result<(), VerifyError> {
         for (name, info) in &self.scan.blobs {
             if info.actual != Some(*name) {
                 let actual = info.actual.map(|d| d.prefixed()).unwrap_or_default();
@@ -236,8 +296,11 @@ impl<'a> Checker<'a> {
             self.scan.blobs.len(),
             self.scan.bytes
         ));
+        Ok(())
+    }
 
-        // 2. The OCI layout and its one image.
+    /// Step 2: The OCI layout and its one image: index → manifest → config → layers and diff_ids.
+    fn image(&mut self) -> Result<Image, VerifyError> {
         let layout = self.document("oci-layout")?;
         if layout["imageLayoutVersion"] != "1.0.0" {
             return fail("oci-layout", "imageLayoutVersion is not 1.0.0");
@@ -314,8 +377,27 @@ impl<'a> Checker<'a> {
             layer_digests.push(digest);
         }
         self.checks.push(format!("index.json → manifest {manifest_digest} → config and {} layers: digests, sizes and diff_ids agree", layers.len()));
+        Ok(Image {
+            manifest_digest,
+            config_digest,
+            config,
+            layers: layers.len(),
+            layer_digests,
+            files,
+            ref_name,
+        })
+    }
 
-        // 3. docker-archive view agrees with the OCI view.
+    /// Step 3: The docker-archive view (`manifest.json`) agrees with the OCI view; returns the
+    /// repository the signature must name.
+    fn docker_view(&mut self, image: &Image) -> Result<Repository, VerifyError> {
+        let Image {
+            config_digest,
+            layer_digests,
+            ref_name,
+            ..
+        } = image;
+        let ref_name = ref_name.as_str();
         let docker = self.document("manifest.json")?;
         let docker_entries = docker.as_array().cloned().unwrap_or_default();
         if docker_entries.len() != 1 {
@@ -328,13 +410,13 @@ impl<'a> Checker<'a> {
             );
         }
         let d = &docker_entries[0];
-        if d["Config"].as_str() != Some(blob_path(&config_digest).as_str()) {
+        if d["Config"].as_str() != Some(blob_path(config_digest).as_str()) {
             return fail(
                 "manifest.json",
                 format!(
                     "Config is {}, but the signed manifest's config is {}",
                     d["Config"],
-                    blob_path(&config_digest)
+                    blob_path(config_digest)
                 ),
             );
         }
@@ -381,22 +463,137 @@ impl<'a> Checker<'a> {
         };
         self.checks
             .push("manifest.json agrees with index.json (config, layers, name)".into());
+        Ok(Repository {
+            repo_tag: repo_tag.clone(),
+            name: repository,
+        })
+    }
 
-        // 4. The cosign signature over the manifest digest.
-        let fingerprint = keys::fingerprint(self.key);
+    /// Step 3b: The model files and server the config's labels list are in the layers with those
+    /// digests and sizes (the labels are covered by the manifest digest, signed or not).
+    fn labels_match_layers(&mut self, image: &Image) -> Result<Contents, VerifyError> {
+        use crate::summary::{ModelSummary, labels};
+        let config = blob_path(&image.config_digest);
+        let found = config_labels(&image.config);
+        let Some(model) = ModelSummary::from_labels(&found) else {
+            return fail(
+                config,
+                format!(
+                    "has no readable `{}` labels: not an appliance image",
+                    labels::MODEL_FILES
+                ),
+            );
+        };
+        let dir = model.path.trim_start_matches('/');
+        for f in &model.files {
+            let path = format!("{dir}/{}", f.path);
+            match image.files.get(&path) {
+                Some(l) if l.sha256.hex() == f.sha256 && l.size == f.size => {}
+                Some(l) => {
+                    return fail(
+                        &path,
+                        format!(
+                            "the layers hold sha256 {} ({} bytes), the label `{}` says {} ({} bytes)",
+                            l.sha256.hex(),
+                            l.size,
+                            labels::MODEL_FILES,
+                            f.sha256,
+                            f.size
+                        ),
+                    );
+                }
+                None => {
+                    return fail(
+                        &path,
+                        format!("is in the label `{}` but in no layer", labels::MODEL_FILES),
+                    );
+                }
+            }
+        }
+        if let Some(extra) = image.files.keys().find(|p| {
+            p.starts_with(&format!("{dir}/"))
+                && !model
+                    .files
+                    .iter()
+                    .any(|f| format!("{dir}/{}", f.path) == **p)
+        }) {
+            return fail(
+                extra,
+                format!(
+                    "is in the model directory but not in the label `{}`",
+                    labels::MODEL_FILES
+                ),
+            );
+        }
+        let server_sha256 = found.get(labels::SERVER_SHA256).cloned();
+        if let Some(want) = &server_sha256 {
+            let path = crate::layers::plan::SERVER_PATH;
+            let have = image.files.get(path).map(|f| f.sha256.prefixed());
+            if have.as_deref() != Some(want.as_str()) {
+                return fail(
+                    path,
+                    format!(
+                        "the label `{}` says {want}, the layers hold {}",
+                        labels::SERVER_SHA256,
+                        have.unwrap_or_else(|| "nothing".into())
+                    ),
+                );
+            }
+        }
+        self.checks.push(format!(
+            "{} model files and the server in the layers match the image's labels",
+            model.files.len()
+        ));
+        Ok(Contents {
+            model: Some(ReportModel {
+                name: model.name,
+                source: model.source,
+                revision: model.revision,
+                purl: None,
+                files: model
+                    .files
+                    .into_iter()
+                    .map(|f| ReportFile {
+                        path: f.path,
+                        sha256: f.sha256,
+                        size: f.size,
+                    })
+                    .collect(),
+            }),
+            server_version: found.get(labels::SERVER_VERSION).cloned(),
+            server_sha256,
+            sbom_components: 0,
+        })
+    }
+
+    /// `signatures/index.json`'s entries, looked up by their cosign `kind` annotation.
+    fn signature_entries(&self) -> Result<impl Fn(&str) -> Option<Value> + use<>, VerifyError> {
         let sigs = self
             .document(cosign::SIGNATURES_INDEX)
             .map_err(|_| VerifyError::Check {
                 culprit: cosign::SIGNATURES_INDEX.into(),
                 message: "missing: the image is not signed".into(),
             })?;
-        let sig_entries = sigs["manifests"].as_array().cloned().unwrap_or_default();
-        let kind = |k: &str| {
-            sig_entries
+        let entries = sigs["manifests"].as_array().cloned().unwrap_or_default();
+        Ok(move |k: &str| {
+            entries
                 .iter()
                 .find(|e| e["annotations"][cosign::KIND_ANNOTATION] == k)
                 .cloned()
-        };
+        })
+    }
+
+    /// Step 4: The cosign signature over the manifest digest.
+    fn signature(
+        &mut self,
+        image: &Image,
+        repository: &Repository,
+    ) -> Result<Signature, VerifyError> {
+        let manifest_digest = image.manifest_digest;
+        let repo_tag = repository.repo_tag.clone();
+        let repository = &repository.name;
+        let fingerprint = self.key.map(keys::fingerprint);
+        let kind = self.signature_entries()?;
         let image_entry = kind(cosign::KIND_IMAGE)
             .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no image entry"))?;
         if image_entry["digest"].as_str() != Some(manifest_digest.prefixed().as_str()) {
@@ -438,7 +635,9 @@ impl<'a> Checker<'a> {
                     ),
                 )
             })?;
-        if !sign::verify(self.key, &payload_bytes, &signature) {
+        if let (Some(key), Some(fingerprint)) = (self.key, fingerprint)
+            && !sign::verify(key, &payload_bytes, &signature)
+        {
             return fail(
                 &sig_name,
                 format!(
@@ -470,7 +669,7 @@ impl<'a> Checker<'a> {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        if signed_reference != repository {
+        if signed_reference != *repository {
             return fail(
                 blob_path(&payload_digest),
                 format!(
@@ -478,12 +677,33 @@ impl<'a> Checker<'a> {
                 ),
             );
         }
-        self.checks.push(format!(
-            "cosign signature over {manifest_digest} verifies with key sha256:{}",
-            fingerprint.hex()
-        ));
+        self.checks.push(match fingerprint {
+            Some(f) => format!(
+                "cosign signature over {manifest_digest} verifies with key sha256:{}",
+                f.hex()
+            ),
+            None => format!(
+                "cosign signature over {manifest_digest} present and well-formed; NOT verified (no key given)"
+            ),
+        });
+        Ok(Signature {
+            fingerprint,
+            present: true,
+            signed_reference,
+            image: repo_tag,
+        })
+    }
 
-        // 5. Attestations: SBOM and provenance, DSSE-signed by the same key, about this image.
+    /// Step 5: Attestations: DSSE-signed by the same key, about this image; SBOM and provenance
+    /// required.
+    fn attestations(
+        &mut self,
+        image: &Image,
+        signature: &Signature,
+    ) -> Result<Statements, VerifyError> {
+        let manifest_digest = image.manifest_digest;
+        let fingerprint = signature.fingerprint;
+        let kind = self.signature_entries()?;
         let att_entry = kind(cosign::KIND_ATTS)
             .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no attestation manifest"))?;
         let (att_digest, att_manifest) = self.json_blob(
@@ -507,7 +727,9 @@ impl<'a> Checker<'a> {
             let culprit = format!("{} ({predicate_type} attestation)", blob_path(&digest));
             let envelope: dsse::Envelope = serde_json::from_value(envelope)
                 .or_else(|e| fail(&culprit, format!("is not a DSSE envelope: {e}")))?;
-            if !envelope.verify(self.key) {
+            if let (Some(key), Some(fingerprint)) = (self.key, fingerprint)
+                && !envelope.verify(key)
+            {
                 return fail(
                     &culprit,
                     format!(
@@ -545,9 +767,28 @@ impl<'a> Checker<'a> {
         let provenance = statements
             .get(attest::provenance::PREDICATE_TYPE)
             .ok_or_else(|| check(&att_name, "has no SLSA provenance attestation"))?;
-        self.checks.push("SBOM (CycloneDX 1.6) and provenance (SLSA v1) attestations verify and name this manifest".into());
+        self.checks.push(if self.key.is_some() {
+            "SBOM (CycloneDX 1.6) and provenance (SLSA v1) attestations verify and name this manifest".into()
+        } else {
+            "SBOM (CycloneDX 1.6) and provenance (SLSA v1) attestations name this manifest; their signatures NOT verified (no key given)".into()
+        });
+        Ok(Statements {
+            sbom: sbom.clone(),
+            provenance: provenance.clone(),
+            att_name,
+            statements,
+        })
+    }
 
-        // 6. Model files and server in the layers equal the attested digests.
+    /// Step 6: Model files (and, in 6b, the server) in the layers equal the attested digests.
+    fn contents(
+        &mut self,
+        image: &Image,
+        statements: &Statements,
+    ) -> Result<Contents, VerifyError> {
+        let files = &image.files;
+        let (sbom, provenance) = (&statements.sbom, &statements.provenance);
+        let att_name = statements.att_name.clone();
         let bom = &sbom["predicate"];
         let components = bom["components"].as_array().cloned().unwrap_or_default();
         let model = components
@@ -634,35 +875,48 @@ impl<'a> Checker<'a> {
                 "the SBOM has no machine-learning-model component",
             );
         }
-        let server = components.iter().find(|c| c["bom-ref"] == "server");
-        let mut server_version = None;
-        let mut server_sha256 = None;
-        if let Some(server) = server {
-            let path = server["properties"]
-                .as_array()
-                .and_then(|p| p.iter().find(|p| p["name"] == "appliance:path"))
-                .and_then(|p| p["value"].as_str())
-                .unwrap_or_default()
-                .trim_start_matches('/');
-            let want = server["hashes"][0]["content"].as_str().unwrap_or_default();
-            if files.get(path).map(|f| f.sha256.hex()).as_deref() != Some(want) {
-                return fail(
-                    path,
-                    format!(
-                        "the server binary in the layers does not have the SBOM's sha256 {want}"
-                    ),
-                );
-            }
-            server_version = server["version"].as_str().map(str::to_string);
-            server_sha256 = Some(want.to_string());
-            self.checks
-                .push(format!("server binary /{path} matches the SBOM"));
+        let (server_version, server_sha256) =
+            match components.iter().find(|c| c["bom-ref"] == "server") {
+                Some(server) => self.server_binary(server, files)?,
+                None => (None, None),
+            };
+        Ok(Contents {
+            model: report_model,
+            server_version,
+            server_sha256,
+            sbom_components: components.len(),
+        })
+    }
+
+    /// Step 6b: The server binary in the layers is the SBOM's; returns its version and sha256.
+    fn server_binary(
+        &mut self,
+        server: &Value,
+        files: &BTreeMap<String, scan::LayerFile>,
+    ) -> Result<(Option<String>, Option<String>), VerifyError> {
+        let path = server["properties"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "appliance:path"))
+            .and_then(|p| p["value"].as_str())
+            .unwrap_or_default()
+            .trim_start_matches('/');
+        let want = server["hashes"][0]["content"].as_str().unwrap_or_default();
+        if files.get(path).map(|f| f.sha256.hex()).as_deref() != Some(want) {
+            return fail(
+                path,
+                format!("the server binary in the layers does not have the SBOM's sha256 {want}"),
+            );
         }
+        self.checks
+            .push(format!("server binary /{path} matches the SBOM"));
+        Ok((
+            server["version"].as_str().map(str::to_string),
+            Some(want.to_string()),
+        ))
+    }
 
-        let evaluation =
-            self.check_evaluation(statements.get(crate::eval::PREDICATE_TYPE), &files)?;
-
-        // 7. Nothing unaccounted for.
+    /// Step 7: Nothing unaccounted for.
+    fn nothing_unaccounted(&mut self) -> Result<(), VerifyError> {
         if let Some(stray) = self
             .scan
             .blobs
@@ -689,30 +943,95 @@ impl<'a> Checker<'a> {
                 path.display()
             ));
         }
+        Ok(())
+    }
 
-        let run = &config["config"];
-        Ok(Report {
-            image: repo_tag.clone(),
-            manifest_digest: manifest_digest.prefixed(),
-            config_digest: config_digest.prefixed(),
-            signer_fingerprint: format!("sha256:{}", fingerprint.hex()),
-            signed_reference,
-            model: report_model,
-            server_version,
-            server_sha256,
+    fn report(
+        self,
+        image: Image,
+        signature: Signature,
+        contents: Contents,
+        evaluation: Option<ReportEvaluation>,
+    ) -> Report {
+        let run = &image.config["config"];
+        Report {
+            image: signature.image,
+            manifest_digest: image.manifest_digest.prefixed(),
+            config_digest: image.config_digest.prefixed(),
+            signature: match (signature.fingerprint, signature.present) {
+                (Some(_), _) => SignatureStatus::Verified,
+                (None, true) => SignatureStatus::NotChecked,
+                (None, false) => SignatureStatus::Unsigned,
+            },
+            signer_fingerprint: signature
+                .fingerprint
+                .map(|f| format!("sha256:{}", f.hex()))
+                .unwrap_or_default(),
+            signed_reference: signature.signed_reference,
+            model: contents.model,
+            server_version: contents.server_version,
+            server_sha256: contents.server_sha256,
             user: run["User"].as_str().unwrap_or_default().to_string(),
             exposed_ports: run["ExposedPorts"]
                 .as_object()
                 .map(|m| m.keys().cloned().collect())
                 .unwrap_or_default(),
-            layers: layers.len(),
+            layers: image.layers,
             blobs: self.referenced.len(),
             bytes_hashed: self.scan.bytes,
-            sbom_components: components.len(),
+            sbom_components: contents.sbom_components,
             evaluation,
             checks: self.checks,
-        })
+        }
     }
+}
+
+/// What the documents say the image is (step 2); the later steps check against it.
+struct Image {
+    manifest_digest: Sha256Digest,
+    config_digest: Sha256Digest,
+    config: Value,
+    layers: usize,
+    layer_digests: Vec<Sha256Digest>,
+    /// Every regular file of every layer, by path.
+    files: BTreeMap<String, scan::LayerFile>,
+    /// `index.json`'s `org.opencontainers.image.ref.name`.
+    ref_name: String,
+}
+
+/// The name `manifest.json` gives the image (step 3).
+struct Repository {
+    /// `name:tag`.
+    repo_tag: String,
+    /// `name`, what the signature must name.
+    name: String,
+}
+
+/// Who signed it and for which name (step 4).
+struct Signature {
+    /// `None` when no key was given.
+    fingerprint: Option<Sha256Digest>,
+    /// Whether the image carries a signature at all.
+    present: bool,
+    signed_reference: String,
+    /// `name:tag`, for the report.
+    image: String,
+}
+
+/// The verified attestation statements by predicate type (step 5).
+struct Statements {
+    sbom: Value,
+    provenance: Value,
+    att_name: String,
+    statements: BTreeMap<String, Value>,
+}
+
+/// What the SBOM-checked layers hold (step 6).
+struct Contents {
+    model: Option<ReportModel>,
+    server_version: Option<String>,
+    server_sha256: Option<String>,
+    sbom_components: usize,
 }
 
 impl Checker<'_> {
@@ -801,6 +1120,18 @@ impl Checker<'_> {
     }
 }
 
+/// The image config's labels.
+fn config_labels(config: &Value) -> BTreeMap<String, String> {
+    config["config"]["Labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn check(culprit: &str, message: &str) -> VerifyError {
     VerifyError::Check {
         culprit: culprit.into(),
@@ -812,11 +1143,32 @@ fn check(culprit: &str, message: &str) -> VerifyError {
 pub fn render(r: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "Verified:     {}", r.image);
+    let verdict = if r.signature == SignatureStatus::Verified {
+        "Verified:"
+    } else {
+        "Intact:  "
+    };
+    let _ = writeln!(out, "{verdict}     {}", r.image);
     let _ = writeln!(out, "Digest:       {}", r.manifest_digest);
     let _ = writeln!(out, "Config:       {}", r.config_digest);
-    let _ = writeln!(out, "Signed by:    key {}", r.signer_fingerprint);
-    let _ = writeln!(out, "Signed name:  {}", r.signed_reference);
+    match r.signature {
+        SignatureStatus::Verified => {
+            let _ = writeln!(out, "Signed by:    key {}", r.signer_fingerprint);
+            let _ = writeln!(out, "Signed name:  {}", r.signed_reference);
+        }
+        SignatureStatus::NotChecked => {
+            let _ = writeln!(
+                out,
+                "Signature:    NOT CHECKED: the image is signed, but no --key was given; the signer is unknown"
+            );
+        }
+        SignatureStatus::Unsigned => {
+            let _ = writeln!(
+                out,
+                "Signature:    NONE: the image is not signed; it is intact, but the signer is unknown"
+            );
+        }
+    }
     if let Some(s) = &r.server_version {
         let _ = writeln!(
             out,

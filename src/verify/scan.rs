@@ -106,6 +106,9 @@ pub fn scan(path: &Path) -> Result<Scan, ScanError> {
     let mut scan = Scan::default();
     let mut seen = BTreeSet::new();
     let mut end_of_last = 0u64;
+    // Where each entry's zero padding is: tar readers skip it unread, so a changed byte there
+    // would pass every digest; checked once the stream is done.
+    let mut padding: Vec<(String, u64, u64)> = Vec::new();
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(|e| bad(&shown, format!("unreadable tar header: {e}")))?;
         let raw = entry.path_bytes().into_owned();
@@ -121,6 +124,13 @@ pub fn scan(path: &Path) -> Result<Scan, ScanError> {
         let kind = header.entry_type();
         let size = entry.size();
         end_of_last = entry.raw_file_position() + size.div_ceil(512) * 512;
+        if size % 512 != 0 {
+            padding.push((
+                name.clone(),
+                entry.raw_file_position() + size,
+                512 - size % 512,
+            ));
+        }
         match kind {
             tar::EntryType::Directory if DIRECTORIES.contains(&name.as_str()) => continue,
             tar::EntryType::Regular => {}
@@ -179,7 +189,26 @@ pub fn scan(path: &Path) -> Result<Scan, ScanError> {
             "truncated archive: the end-of-archive marker is missing",
         ));
     }
+    check_padding(path, &padding).map_err(io_err)??;
     Ok(scan)
+}
+
+/// Every entry's padding (after its data, up to the next 512-byte block) is zero.
+fn check_padding(path: &Path, padding: &[(String, u64, u64)]) -> io::Result<Result<(), ScanError>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut buf = [0u8; 512];
+    for (name, at, len) in padding {
+        let buf = &mut buf[..*len as usize];
+        file.read_exact_at(buf, *at)?;
+        if buf.iter().any(|&b| b != 0) {
+            return Ok(Err(bad(
+                name,
+                "the padding after its data is not zero (the archive was altered)",
+            )));
+        }
+    }
+    Ok(Ok(()))
 }
 
 fn truncated(name: &str, got: u64, want: u64) -> ScanError {

@@ -9,6 +9,8 @@
 
 pub mod gguf;
 pub mod gguf_tokenizer;
+pub mod model_dir;
+pub mod weights;
 
 use std::sync::Arc;
 

@@ -201,7 +201,7 @@ impl Engine {
     }
 
     /// [`Engine::load`] with `config.json` already resolved (the server
-    /// reads it once, at its startup check: `crate::model::ModelDir`).
+    /// reads it once, at its startup check: `crate::checkpoint::model_dir::ModelDir`).
     pub fn load_resolved(
         dir: &Path,
         spec: ModelSpec,

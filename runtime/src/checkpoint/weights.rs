@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::ModelError;
+use super::model_dir::ModelError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WeightFile {

@@ -5,9 +5,7 @@
 //! This runs before the server binds its port, so a wrong path or a broken
 //! config fails the container immediately with a message naming the path,
 //! instead of leaving a process that serves `/health` but never gets ready.
-//! Loading the weights is the engine's job; [`weights`] only inventories them.
-
-pub mod weights;
+//! Loading the weights is the engine's job; [`super::weights`] only inventories them.
 
 use std::{
     fs, io,
