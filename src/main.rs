@@ -66,7 +66,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cache_dir: cache_dir(),
                 exe_dir: exe_dir()?,
                 source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
-                key_password: appliance::commands::signing::KeyPassword {
+                key_password: appliance::commands::build::sign::KeyPassword {
                     value: password_from_env(),
                     can_prompt: std::io::stdin().is_terminal(),
                 },

@@ -1,6 +1,12 @@
 //! Defines how stages report progress without printing: they call these traits, and the binary
 //! decides how (or whether) to draw them.
 
+/// Log lines for the user: commands never print themselves (the binary decides where they
+/// go). Here, beside [`Progress`], so every command can take one without depending on another.
+pub trait BuildLog {
+    fn step(&self, message: &str);
+}
+
 /// A source of progress tasks, one per long step.
 pub trait Progress: Sync {
     /// Starts a step that will process about `total_bytes`.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use appliance::commands::build::BuildLog;
+use appliance::progress::BuildLog;
 use appliance::progress::{Progress, ProgressTask};
 
 const SHOW_AFTER: Duration = Duration::from_secs(2);

@@ -12,7 +12,8 @@
 
 use std::{env, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use crate::engine::device::{DTypeChoice as DType, DeviceChoice as Device};
+use clap::{Args, Parser, Subcommand};
 
 use crate::{auth::Secret, kv::ByteSize};
 
@@ -284,23 +285,6 @@ impl ServeArgs {
             |n| n as usize,
         )
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    /// CUDA when this build supports it and a GPU is present, else CPU
-    Auto,
-    Cuda,
-    Cpu,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DType {
-    /// The dtype from config.json (`torch_dtype`), adjusted to the device
-    Auto,
-    F32,
-    F16,
-    Bf16,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod build_info;
 pub mod checkpoint;
 pub mod cli;
 pub mod engine;
+pub mod errors;
 pub mod healthcheck;
 pub mod kernels;
 pub mod kv;

@@ -10,10 +10,9 @@
 //! binding, so `/health` answers while `/ready` says `loading`.
 
 use std::{
-    error::Error,
     io,
     sync::{Arc, OnceLock},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -27,6 +26,7 @@ use crate::{
     checkpoint::weights,
     cli::{CliError, ServeArgs},
     engine::{self, Engine, LoadOptions},
+    errors::chain,
     readiness::{self, Readiness, ReadinessTx},
     shutdown::{Reason, Shutdown, Signals},
 };
@@ -153,7 +153,7 @@ async fn serve(
     let metrics = Arc::new(crate::metrics::Metrics::new(&model.served_name));
     let state = Arc::new(AppState {
         model_name: model.served_name.clone(),
-        created: unix_now(),
+        created: crate::errors::unix_now(),
         build,
         api_key,
         readiness: ready_rx,
@@ -452,29 +452,10 @@ fn start_engine(engine: &Arc<Engine>, pool: &PoolOptions, state: &AppState) -> R
         .map_err(|e| format!("cannot start the engine loop: {e}"))
 }
 
-/// `error: cause: root cause`, the way `anyhow` would print it; this module
-/// stays on typed errors, so it formats the chain itself.
-pub fn chain(error: &dyn Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
-
 fn display_addr(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     }
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -5,11 +5,10 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::build::BuildLog;
 use super::lock::{HubFetch, LockPolicy, fetch_hub};
 use crate::fetch::hub::HubFetcher;
 use crate::manifest::Manifest;
-use crate::progress::Progress;
+use crate::progress::{BuildLog, Progress};
 
 pub fn fetch(
     manifest_path: &Path,

@@ -14,9 +14,7 @@ use crate::fetch::{FetchedModel, ModelOrigin};
 use crate::layers::plan::PlannedFile;
 use crate::lock::{self, LockFile, LockedModel, LockedSource, render_differences};
 use crate::manifest::{Manifest, ModelSource, TokenizerSource};
-use crate::progress::Progress;
-
-use super::build::BuildLog;
+use crate::progress::{BuildLog, Progress};
 
 /// How the lock file is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

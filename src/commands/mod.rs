@@ -4,5 +4,4 @@ pub mod build;
 pub mod fetch;
 pub mod keygen;
 pub mod lock;
-pub mod signing;
 pub mod verify;

@@ -7,7 +7,7 @@
 pub mod format;
 pub mod gguf;
 pub mod hub;
-pub mod synthetic;
+pub use crate::synthetic;
 pub mod tokenizer;
 
 use std::collections::{BTreeMap, BTreeSet};

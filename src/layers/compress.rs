@@ -7,7 +7,18 @@ use std::io::{self, Read, Write};
 
 use flate2::write::GzEncoder;
 
-use crate::manifest::Compression;
+/// Compression of the small layers (userland, accounts, server). Weight layers are always
+/// stored uncompressed: weights barely compress, and an uncompressed layer's digest equals its
+/// diff_id, which keeps them reproducible across toolchains and cheap to verify.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    /// Needs Docker 23 or newer at the site (Docker 20.10 cannot load zstd layers).
+    Zstd,
+}
 
 impl Compression {
     /// The compression of a layer blob from its first bytes (as `docker load` does for layers

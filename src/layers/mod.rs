@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::digest::{HashingWriter, Sha256Digest};
-use crate::manifest::Compression;
 use crate::progress::ProgressTask;
 use compress::Compressor;
-pub use compress::decoder;
+pub use compress::{Compression, decoder};
 
 /// Read buffer for file contents; large enough that syscalls don't dominate hashing.
 const READ_BUFFER: usize = 1 << 20;

@@ -9,8 +9,8 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use super::Compression;
 use super::{Entry, EntryKind, LayerRole, LayerSpec};
-use crate::manifest::Compression;
 
 /// Where the server binary lives in the image.
 pub const SERVER_PATH: &str = "usr/local/bin/appliance-server";

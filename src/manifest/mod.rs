@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::digest::Sha256Digest;
-use crate::fetch::synthetic::SyntheticSpec;
+use crate::synthetic::SyntheticSpec;
 pub use reference::ImageRef;
 
 /// Everything that can be wrong with a manifest; the binary maps all of these to exit code 2.
@@ -66,18 +66,7 @@ pub struct RawImage {
     pub compression: Compression,
 }
 
-/// Compression of the small layers (userland, accounts, server). Weight layers are always
-/// stored uncompressed: weights barely compress, and an uncompressed layer's digest equals its
-/// diff_id, which keeps them reproducible across toolchains and cheap to verify.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    #[default]
-    None,
-    Gzip,
-    /// Needs Docker 23 or newer at the site (Docker 20.10 cannot load zstd layers).
-    Zstd,
-}
+pub use crate::layers::Compression;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -374,7 +363,7 @@ impl Manifest {
                 return Err(field("image.labels", format!("invalid label key `{key}`")));
             }
             // Auditors rely on these being what the builder measured.
-            if key.starts_with(crate::summary::labels::PREFIX) {
+            if key.starts_with(crate::labels::PREFIX) {
                 return Err(field(
                     "image.labels",
                     format!("`{key}` uses the reserved `appliance.` prefix"),

@@ -28,11 +28,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::Value;
-use tokio::{sync::mpsc, task::JoinSet};
 
 use super::{
     AppState,
-    error::ApiError,
+    choices::{Choices, finish_reason},
+    error::{ApiError, bad_json, to_api_error, worker_vanished},
     openai::{
         AssistantMessage, ChatChoice, ChatRequest, ChatResponse, CompletionChoice,
         CompletionRequest, CompletionResponse, Usage,
@@ -42,11 +42,8 @@ use super::{
     validation::{self, DEFAULT_COMPLETION_MAX_TOKENS, Input, Validated},
 };
 use crate::{
-    engine::{
-        Engine, EngineError, GenerateRequest, TemplateError, TokenLogprobs, TokenizerError,
-        grammar::Constraint,
-    },
-    scheduler::{Event, Finish, Handle, Job},
+    engine::{Engine, EngineError, GenerateRequest, TokenLogprobs, grammar::Constraint},
+    scheduler::{Event, Finish, Job},
 };
 
 pub async fn completions(
@@ -69,7 +66,7 @@ pub async fn completions(
         false,
     )
     .await?;
-    let created = crate::serve::unix_now();
+    let created = crate::errors::unix_now();
     if streaming {
         return Ok(started.stream(
             &state,
@@ -149,7 +146,7 @@ pub async fn chat_completions(
         keep_special,
     )
     .await?;
-    let created = crate::serve::unix_now();
+    let created = crate::errors::unix_now();
     if streaming {
         return Ok(started.stream(
             &state,
@@ -219,60 +216,6 @@ fn tool_call_parser(state: &AppState, engine: &Engine) -> Option<ToolCallParser>
             .chat_template_source()
             .and_then(ToolCallParser::detect)
     })
-}
-
-/// OpenAI's `tool_calls` when a choice ended by calling tools (a call cut
-/// off by `max_tokens` stays `length`).
-pub(super) fn finish_reason(finish: Finish, called: bool) -> &'static str {
-    match (finish, called) {
-        (Finish::Stop, true) => "tool_calls",
-        _ => finish.as_str(),
-    }
-}
-
-/// The events of a request's choices, merged in the order the engine sent
-/// them, tagged with the choice index.
-pub(super) struct Choices {
-    rx: mpsc::Receiver<(usize, Event)>,
-    /// One task per choice forwards its handle's events. Dropping the set
-    /// aborts them and drops the handles: that is the cancellation.
-    _forwarders: JoinSet<()>,
-    pub n: usize,
-}
-
-impl Choices {
-    fn new(handles: Vec<(Handle, Option<Event>)>) -> Self {
-        let n = handles.len();
-        // Room for a few events per choice; a client that stops reading fills it, then the
-        // handles' own buffers, and the engine pauses its sequences.
-        let (tx, rx) = mpsc::channel(4 * n);
-        let mut forwarders = JoinSet::new();
-        for (i, (mut handle, early)) in handles.into_iter().enumerate() {
-            let tx = tx.clone();
-            forwarders.spawn(async move {
-                if let Some(event) = early
-                    && tx.send((i, event)).await.is_err()
-                {
-                    return;
-                }
-                while let Some(event) = handle.next().await {
-                    if tx.send((i, event)).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Self {
-            rx,
-            _forwarders: forwarders,
-            n,
-        }
-    }
-
-    /// The next event of any choice; `None` once every handle is done.
-    pub(super) async fn next(&mut self) -> Option<(usize, Event)> {
-        self.rx.recv().await
-    }
 }
 
 /// A request admitted by the scheduler, all its choices submitted.
@@ -479,10 +422,6 @@ fn usage(prompt: &[u32], choices: &[Outcome]) -> Usage {
     )
 }
 
-pub(super) fn worker_vanished() -> ApiError {
-    ApiError::Internal("the engine worker stopped before finishing the request".into())
-}
-
 fn encode(engine: &Engine, input: Input) -> Result<Vec<u32>, EngineError> {
     match input {
         Input::Tokens(ids) => Ok(ids),
@@ -490,28 +429,6 @@ fn encode(engine: &Engine, input: Input) -> Result<Vec<u32>, EngineError> {
         Input::Text(text) => Ok(engine.tokenizer().encode(&text, true)?),
         Input::Chat { messages, tools } => engine.encode_chat(&messages, tools.as_ref(), true),
     }
-}
-
-/// The client's mistakes are 400s; the rest is ours.
-pub(super) fn to_api_error(e: EngineError, param: &'static str) -> ApiError {
-    match e {
-        EngineError::Template(TemplateError::Render(m)) => ApiError::invalid(m, Some("messages")),
-        EngineError::Template(TemplateError::Missing) => {
-            ApiError::invalid(TemplateError::Missing.to_string(), Some("messages"))
-        }
-        e @ (EngineError::Tokenizer(TokenizerError::UnknownId { .. })
-        | EngineError::EmptyPrompt
-        | EngineError::PromptTooLong { .. }
-        | EngineError::BadTokenId { .. }) => ApiError::invalid(e.to_string(), Some(param)),
-        other => ApiError::Internal(crate::serve::chain(&other)),
-    }
-}
-
-pub(super) fn bad_json(rejection: JsonRejection) -> ApiError {
-    ApiError::invalid(
-        format!("Invalid request body: {}", rejection.body_text()),
-        None,
-    )
 }
 
 /// `<prefix>-` and 32 hex digits, unique per process and unpredictable

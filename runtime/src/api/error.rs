@@ -4,12 +4,14 @@
 
 use axum::{
     Json,
+    extract::rejection::JsonRejection,
     http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::json;
 
 use crate::auth::AuthFailure;
+use crate::engine::{EngineError, TemplateError, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -161,6 +163,32 @@ impl ApiError {
             }
         })
     }
+}
+
+pub(crate) fn worker_vanished() -> ApiError {
+    ApiError::Internal("the engine worker stopped before finishing the request".into())
+}
+
+/// The client's mistakes are 400s; the rest is ours.
+pub(crate) fn to_api_error(e: EngineError, param: &'static str) -> ApiError {
+    match e {
+        EngineError::Template(TemplateError::Render(m)) => ApiError::invalid(m, Some("messages")),
+        EngineError::Template(TemplateError::Missing) => {
+            ApiError::invalid(TemplateError::Missing.to_string(), Some("messages"))
+        }
+        e @ (EngineError::Tokenizer(TokenizerError::UnknownId { .. })
+        | EngineError::EmptyPrompt
+        | EngineError::PromptTooLong { .. }
+        | EngineError::BadTokenId { .. }) => ApiError::invalid(e.to_string(), Some(param)),
+        other => ApiError::Internal(crate::errors::chain(&other)),
+    }
+}
+
+pub(crate) fn bad_json(rejection: JsonRejection) -> ApiError {
+    ApiError::invalid(
+        format!("Invalid request body: {}", rejection.body_text()),
+        None,
+    )
 }
 
 #[cfg(test)]

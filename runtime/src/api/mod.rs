@@ -13,6 +13,7 @@
 //! Middleware order, outermost first: access log (so refused requests are
 //! logged too), then API-key auth, then the routes and fallbacks.
 
+mod choices;
 mod completions;
 mod logprobs;
 mod middleware;

@@ -30,8 +30,9 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::{
-    completions::{Choices, finish_reason, to_api_error, worker_vanished},
+    choices::{Choices, finish_reason},
     error::ApiError,
+    error::{to_api_error, worker_vanished},
     logprobs,
     openai::{
         ChatChunk, ChatChunkChoice, ChatDelta, ChatLogprobs, CompletionChunk,

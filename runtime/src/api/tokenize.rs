@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    completions::{bad_json, to_api_error},
     error::ApiError,
+    error::{bad_json, to_api_error},
     openai::ChatMessage,
     validation,
 };

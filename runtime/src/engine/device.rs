@@ -10,7 +10,26 @@
 use candle_core::{DType, Device};
 
 use crate::build_info::CudaBuild;
-use crate::cli;
+
+/// `--device`: where the server runs. Defined here, beside the selection it drives, so the
+/// engine does not depend on the command line (`cli` re-exports it as `Device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA when this build supports it and a GPU is present, else CPU
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+/// `--dtype`: the weights' dtype in memory (`cli` re-exports it as `DType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DTypeChoice {
+    /// The dtype from config.json (`torch_dtype`), adjusted to the device
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
 
 const GPU_HINT: &str = "start the container with `--gpus all` (NVIDIA Container Toolkit) \
      and check `NVIDIA_VISIBLE_DEVICES`";
@@ -48,13 +67,13 @@ pub enum CudaUnusable {
 
 /// The compute device for `want`. `Auto` picks CUDA device 0 when this
 /// build has CUDA support and a GPU is usable, else the CPU with a warning.
-pub fn select_device(want: cli::Device) -> Result<Device, DeviceError> {
+pub fn select_device(want: DeviceChoice) -> Result<Device, DeviceError> {
     match want {
-        cli::Device::Cpu => Ok(Device::Cpu),
-        cli::Device::Cuda if !cfg!(feature = "cuda") => Err(DeviceError::NotBuilt),
-        cli::Device::Cuda => Ok(open_cuda()?),
-        cli::Device::Auto if !cfg!(feature = "cuda") => Ok(Device::Cpu),
-        cli::Device::Auto => match open_cuda() {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if !cfg!(feature = "cuda") => Err(DeviceError::NotBuilt),
+        DeviceChoice::Cuda => Ok(open_cuda()?),
+        DeviceChoice::Auto if !cfg!(feature = "cuda") => Ok(Device::Cpu),
+        DeviceChoice::Auto => match open_cuda() {
             Ok(device) => Ok(device),
             Err(e) => {
                 tracing::warn!("--device auto: CUDA is not usable, serving on the CPU: {e}");
@@ -128,13 +147,13 @@ fn classify(cause: String) -> CudaUnusable {
 /// weight bytes (the CPU kernels compute in f32 registers whatever the
 /// storage). A config that names no dtype means f32 on the CPU, where it is
 /// what transformers loads by default, and bf16 on a GPU.
-pub fn select_dtype(want: cli::DType, checkpoint: Option<DType>, device: &Device) -> DType {
+pub fn select_dtype(want: DTypeChoice, checkpoint: Option<DType>, device: &Device) -> DType {
     match want {
-        cli::DType::F32 => DType::F32,
-        cli::DType::F16 => DType::F16,
-        cli::DType::Bf16 => DType::BF16,
-        cli::DType::Auto if device.is_cpu() => checkpoint.unwrap_or(DType::F32),
-        cli::DType::Auto => checkpoint.unwrap_or(DType::BF16),
+        DTypeChoice::F32 => DType::F32,
+        DTypeChoice::F16 => DType::F16,
+        DTypeChoice::Bf16 => DType::BF16,
+        DTypeChoice::Auto if device.is_cpu() => checkpoint.unwrap_or(DType::F32),
+        DTypeChoice::Auto => checkpoint.unwrap_or(DType::BF16),
     }
 }
 
@@ -155,16 +174,16 @@ mod tests {
     fn auto_dtype_keeps_the_checkpoint_dtype_and_explicit_wins() {
         let cpu = Device::Cpu;
         assert_eq!(
-            select_dtype(cli::DType::Auto, Some(DType::BF16), &cpu),
+            select_dtype(DTypeChoice::Auto, Some(DType::BF16), &cpu),
             DType::BF16
         );
-        assert_eq!(select_dtype(cli::DType::Auto, None, &cpu), DType::F32);
-        assert_eq!(select_dtype(cli::DType::F16, None, &cpu), DType::F16);
-        assert!(select_device(cli::Device::Cpu).is_ok_and(|d| d.is_cpu()));
+        assert_eq!(select_dtype(DTypeChoice::Auto, None, &cpu), DType::F32);
+        assert_eq!(select_dtype(DTypeChoice::F16, None, &cpu), DType::F16);
+        assert!(select_device(DeviceChoice::Cpu).is_ok_and(|d| d.is_cpu()));
         if !cfg!(feature = "cuda") {
-            assert!(select_device(cli::Device::Auto).is_ok_and(|d| d.is_cpu()));
+            assert!(select_device(DeviceChoice::Auto).is_ok_and(|d| d.is_cpu()));
             assert!(matches!(
-                select_device(cli::Device::Cuda),
+                select_device(DeviceChoice::Cuda),
                 Err(DeviceError::NotBuilt)
             ));
         }

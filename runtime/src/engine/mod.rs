@@ -36,7 +36,6 @@ pub use tokenizer::{Tokenizer, TokenizerConfig, TokenizerError, TokenizerSource}
 
 use crate::{
     checkpoint::gguf::{self, Gguf},
-    cli,
     kernels::{gemm::WeightDType, isa::Isa},
     kv::{DEFAULT_BLOCK_SIZE, KvCache},
     models::{self, Batch, CausalLm, Kernels, ModelSpec},
@@ -92,8 +91,8 @@ pub enum EngineError {
 /// How to load: the CLI's device/dtype choices and context-length cap.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
-    pub device: cli::Device,
-    pub dtype: cli::DType,
+    pub device: device::DeviceChoice,
+    pub dtype: device::DTypeChoice,
     /// `--max-model-len`; `None` uses `max_position_embeddings`.
     pub max_model_len: Option<usize>,
     /// Run the CUDA code path (candle ops, tensor KV pool) even on the CPU:
@@ -106,8 +105,8 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            device: cli::Device::Cpu,
-            dtype: cli::DType::Auto,
+            device: device::DeviceChoice::Cpu,
+            dtype: device::DTypeChoice::Auto,
             max_model_len: None,
             candle_ops: false,
             threads: None,

@@ -134,9 +134,9 @@ pub(super) fn run(inner: &Arc<Inner>, engine: &Arc<Engine>, kv: KvCache, config:
                 error!(
                     "a step of {} sequences failed: {}",
                     failed.seqs.len(),
-                    crate::serve::chain(&failed.error)
+                    crate::errors::chain(&failed.error)
                 );
-                let message = crate::serve::chain(&failed.error);
+                let message = crate::errors::chain(&failed.error);
                 for id in failed.seqs {
                     let e = EngineError::Inference(candle_core::Error::Msg(message.clone()));
                     end(inner, &mut live, id, Outcome::Failed(e), tokenizer);

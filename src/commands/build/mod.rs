@@ -3,6 +3,8 @@
 //! This file only orchestrates: each stage lives in its own module and knows nothing of the
 //! others. What it adds is the wiring: which facts flow into labels, and the order of passes.
 
+pub mod sign;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -20,7 +22,7 @@ use crate::layers::cache::DigestCache;
 use crate::layers::plan::{self, Account, PlanInput, PlannedFile};
 use crate::layers::{FileSum, Layer, LayerRole};
 use crate::manifest::{Base, Device, Manifest};
-use crate::progress::Progress;
+use crate::progress::{BuildLog, Progress};
 use crate::server_binary;
 use crate::summary::{self, ImageSummary, LayerSummary, ModelFileSummary, ModelSummary, labels};
 use crate::userland;
@@ -39,7 +41,7 @@ pub struct BuildSettings {
     /// `--verify-cache`: rehash cached inputs instead of trusting their recorded stamps.
     pub verify_cache: bool,
     /// The signing key's password, for manifests with `[signing]`.
-    pub key_password: super::signing::KeyPassword,
+    pub key_password: sign::KeyPassword,
     /// Hub endpoint, cache, token and `--offline`, for `[model] hf` sources.
     pub hub: crate::fetch::hub::HubSettings,
     /// `--locked`: refuse any drift from `<manifest>.lock`.
@@ -57,11 +59,6 @@ pub struct BuildOutcome {
     /// With `--delta-from`: the delta written beside the tarball.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<crate::delta::DeltaSummary>,
-}
-
-/// Log lines for the user; the build never prints itself.
-pub trait BuildLog {
-    fn step(&self, message: &str);
 }
 
 pub fn build(
@@ -84,10 +81,7 @@ pub fn build(
     export::check_output(&output)?;
     // The key is decrypted first: a wrong password must fail before hours of hashing.
     let signer = match &manifest.signing {
-        Some(signing) => Some(super::signing::load_signer(
-            &signing.key,
-            &settings.key_password,
-        )?),
+        Some(signing) => Some(sign::load_signer(&signing.key, &settings.key_password)?),
         None => None,
     };
 
@@ -476,7 +470,7 @@ pub fn build(
                 crates: server.info.crates.clone(),
                 source_revision: server.info.source_revision.clone(),
             },
-            userland: super::signing::userland_facts(&layers, &userland.files),
+            userland: sign::userland_facts(&layers, &userland.files),
             base: userland.base.as_ref().map(|base| attest::BaseFacts {
                 name: base.name.clone(),
                 pinned: base.pinned,
@@ -519,15 +513,14 @@ pub fn build(
                 .map(|p| read_document(&p))
                 .transpose()?,
         };
-        let artifacts =
-            super::signing::sign_image(signer, &facts, reference.name(), docs.manifest.size())?;
+        let artifacts = sign::sign_image(signer, &facts, reference.name(), docs.manifest.size())?;
         writer.add_dir("signatures")?;
         for (path, bytes) in &artifacts.entries {
             writer.add_file(path, bytes)?;
         }
-        sidecars = Some(super::signing::stage_sidecars(
-            super::signing::sidecar_files(&output, &artifacts),
-        )?);
+        sidecars = Some(sign::stage_sidecars(sign::sidecar_files(
+            &output, &artifacts,
+        ))?);
         log.step(&format!(
             "Signed {} with key sha256:{}",
             docs.manifest.digest,
@@ -540,7 +533,7 @@ pub fn build(
         .with_context(|| format!("Failed to export the image to `{}`", output.display()))?;
     match sidecars {
         Some(sidecars) => sidecars.commit()?,
-        None => super::signing::remove_stale_sidecars(&output)?,
+        None => sign::remove_stale_sidecars(&output)?,
     }
     let tarball_size = std::fs::metadata(&output)
         .with_context(|| format!("Failed to read `{}`", output.display()))?
