@@ -352,6 +352,66 @@ fn pinned_digests_are_checked() {
     );
 }
 
+/// `[model] require_pins = true`: a packaged file without a pin fails the build, listing every
+/// unpinned file with the digest read (ready to paste once reviewed), and nothing is written;
+/// pinning them all builds.
+#[test]
+fn require_pins_refuses_unpinned_files_and_lists_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    let config = sha256_file(&fixture.join("config.json"));
+    let m = manifest(
+        dir.path(),
+        &format!("require_pins = true\n[model.sha256]\n\"config.json\" = \"{config}\"\n"),
+    );
+    let target = dir.path().join("pinned.tar");
+    let out = appliance(
+        &["build", m.to_str().unwrap(), "-o", target.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let weights = sha256_file(&fixture.join("model.safetensors"));
+    assert!(err.contains("`model.require_pins` is on"), "{err}");
+    assert!(
+        err.contains(&format!("\"model.safetensors\" = \"{weights}\"")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("\"config.json\" = "),
+        "config.json is pinned: {err}"
+    );
+    assert!(!target.exists());
+
+    // Every line the error printed, pasted under [model.sha256]: the build passes.
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.trim_start().starts_with('"'))
+        .collect();
+    let m = manifest(
+        dir.path(),
+        &format!(
+            "require_pins = true\n[model.sha256]\n\"config.json\" = \"{config}\"\n{}\n",
+            lines
+                .iter()
+                .map(|l| l.trim())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    );
+    let out = appliance(
+        &[
+            "build",
+            m.to_str().unwrap(),
+            "-o",
+            target.to_str().unwrap(),
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// A bad input: name, manifest text, extra args, expected exit code, fragments of the message.
 type BadCase<'a> = (&'a str, String, Vec<&'a str>, i32, Vec<String>);
 

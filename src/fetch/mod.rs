@@ -119,6 +119,13 @@ pub enum FetchError {
     },
     #[error("`model.sha256` pins `{file}`, which is not among the packaged model files")]
     PinnedFileMissing { file: String },
+    #[error(
+        "`model.require_pins` is on, but {} files have no pin; add them under `[model.sha256]` (or \
+         `model.tokenizer.sha256`) if these digests, as read now, are the reviewed ones:{}",
+        .0.len(),
+        .0.iter().map(|(f, d)| format!("\n  \"{f}\" = \"{d}\"")).collect::<String>()
+    )]
+    Unpinned(Vec<(String, String)>),
     #[error("Model directory `{dir}`: {error}")]
     GgufShards {
         dir: PathBuf,
@@ -353,6 +360,23 @@ pub fn check_pinned_files_present(
 }
 
 /// Compares the digests measured while packaging with the manifest's pins.
+/// `model.require_pins`: every file read has a pin (which [`check_pins`] has compared).
+pub fn check_all_pinned<'a>(
+    pinned: impl Fn(&str) -> bool,
+    measured: impl IntoIterator<Item = (&'a String, &'a Sha256Digest)>,
+) -> Result<(), FetchError> {
+    let unpinned: Vec<(String, String)> = measured
+        .into_iter()
+        .filter(|(file, _)| !pinned(file))
+        .map(|(file, digest)| (file.clone(), digest.hex()))
+        .collect();
+    if unpinned.is_empty() {
+        Ok(())
+    } else {
+        Err(FetchError::Unpinned(unpinned))
+    }
+}
+
 pub fn check_pins(
     pins: &BTreeMap<String, Sha256Digest>,
     measured: &BTreeMap<String, Sha256Digest>,

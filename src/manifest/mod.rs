@@ -82,6 +82,8 @@ pub struct RawModel {
     pub tokenizer: Option<RawTokenizer>,
     /// `"q4_k_m"`, `"q6_k"` or `"q8_0"`: turn safetensors weights into one GGUF file at build.
     pub quantize: Option<String>,
+    /// Every packaged model file must have a `[model.sha256]` pin (tokenizer files: theirs).
+    pub require_pins: Option<bool>,
 }
 
 /// `[model] tokenizer = { hf = "org/repo" }` or `{ path = "dir" }`: where the tokenizer and chat
@@ -196,6 +198,8 @@ pub struct ModelSettings {
     pub tokenizer: Option<TokenizerSettings>,
     /// Build-time quantization of safetensors weights into one GGUF file.
     pub quantize: Option<appliance_gguf::convert::FileType>,
+    /// `require_pins = true`: a packaged file without a pin is an error, not a silent pass.
+    pub require_pins: bool,
 }
 
 /// `model.tokenizer`, validated.
@@ -639,6 +643,7 @@ fn resolve_model(
         pins,
         tokenizer,
         quantize,
+        require_pins: raw.require_pins.unwrap_or(false),
     })
 }
 

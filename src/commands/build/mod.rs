@@ -197,6 +197,9 @@ pub fn build(
                 .map(|(path, digest, _)| (path.clone(), *digest))
                 .collect();
             fetch::check_pins(&manifest.model.pins, &read)?;
+            if manifest.model.require_pins {
+                fetch::check_all_pinned(|f| manifest.model.pins.contains_key(f), &read)?;
+            }
             log.step(&format!(
                 "Quantized: {} ({}){}",
                 crate::quantize::GGUF_NAME,
@@ -332,6 +335,19 @@ pub fn build(
         .collect();
     if quantization.is_none() {
         fetch::check_pins(&manifest.model.pins, &digests)?;
+    }
+    if manifest.model.require_pins {
+        // The quantizer's inputs were checked above; the GGUF it wrote has no pin to meet.
+        let tokenizer_pins = manifest.model.tokenizer.as_ref().map(|t| &t.pins);
+        let generated = |f: &str| quantization.is_some() && f == crate::quantize::GGUF_NAME;
+        fetch::check_all_pinned(
+            |f| {
+                manifest.model.pins.contains_key(f)
+                    || tokenizer_pins.is_some_and(|p| p.contains_key(f))
+                    || generated(f)
+            },
+            &digests,
+        )?;
     }
     if let Some(t) = &manifest.model.tokenizer {
         fetch::check_pins(&t.pins, &digests)?;
