@@ -97,6 +97,10 @@ pub struct ImageWriter {
     created_dirs: Vec<PathBuf>,
     /// Digests of weight layers from earlier builds (see [`crate::layers::cache`]).
     cache: DigestCache,
+    /// Base-image blobs already in the tarball, with their sizes: an image may list the same
+    /// layer twice (the empty layer `sha256:5f70bf18…` often is), but a tarball holds one entry
+    /// per name (verifiers refuse a second copy, which could shadow the first).
+    blobs_written: std::collections::BTreeMap<Sha256Digest, u64>,
 }
 
 impl ImageWriter {
@@ -144,6 +148,7 @@ impl ImageWriter {
             mtime,
             created_dirs,
             cache,
+            blobs_written: Default::default(),
         };
         writer.entry(|w| {
             w.dir("blobs")?;
@@ -220,6 +225,15 @@ impl ImageWriter {
         diff_id: Sha256Digest,
         progress: &dyn ProgressTask,
     ) -> Result<Layer, ExportError> {
+        if let Some(&size) = self.blobs_written.get(&expected) {
+            let sums = crate::layers::LayerSums {
+                diff_id,
+                digest: expected,
+                size,
+                files: Vec::new(),
+            };
+            return Ok(Layer { spec, sums });
+        }
         let (tmp, mtime) = (self.tmp.clone(), self.mtime);
         let write_err = |source| write_error(&tmp, source);
         let out = self.pipeline()?;
@@ -249,6 +263,7 @@ impl ImageWriter {
             });
         }
         close_blob(out, header_at, &digest, size, mtime).map_err(write_err)?;
+        self.blobs_written.insert(digest, size);
         let sums = crate::layers::LayerSums {
             diff_id,
             digest,

@@ -247,7 +247,10 @@ fn read_blob(entry: &mut impl Read, size: u64, name: &str) -> Result<BlobInfo, S
         head.iter().find(|b| !b.is_ascii_whitespace()),
         Some(b'{' | b'[')
     );
-    let is_tar = head.len() >= 262 && &head[257..262] == b"ustar";
+    // An empty layer is nothing but the end-of-archive marker: zero blocks, no `ustar` magic
+    // (`sha256:5f70bf18…`, common in `docker save` output and base images).
+    let is_tar = (head.len() >= 262 && &head[257..262] == b"ustar")
+        || (head.len() == 512 && head.iter().all(|&b| b == 0));
     if looks_json && size <= MAX_DOCUMENT {
         let mut bytes = head;
         outer.read_to_end(&mut bytes).map_err(read_err)?;
@@ -316,3 +319,6 @@ fn read_layer<R: Read>(compression: Compression, stream: R) -> LayerScan {
     let (_, diff_id, _) = hashed.finish();
     (Some(diff_id), files, error)
 }
+
+#[cfg(test)]
+mod tests;
