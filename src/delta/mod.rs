@@ -243,9 +243,12 @@ pub fn delta(old: &Path, new: &Path, output: &Path) -> Result<DeltaSummary, Delt
     let mut entries = Vec::with_capacity(new_spans.len());
     let (mut carried, mut from_base, mut base_bytes) = (0, 0, 0);
     let mut header = [0u8; BLOCK as usize];
+    // The delta's own entry gets the target's first mtime: as reproducible as the target.
+    let mut mtime = None;
     for span in &new_spans {
         source.read_exact(&mut header).map_err(read)?;
         hasher.update(header);
+        mtime.get_or_insert_with(|| tar::Header::from_byte_slice(&header).mtime().unwrap_or(0));
         let rest = span.end() - span.header - BLOCK;
         let reuse = span
             .blob()
@@ -259,7 +262,7 @@ pub fn delta(old: &Path, new: &Path, output: &Path) -> Result<DeltaSummary, Delt
             from_base += 1;
             base_bytes += span.size;
         } else {
-            out.write_all(&header)?;
+            out.put(&header)?;
             copy(&mut source, &mut out, rest, &mut hasher).map_err(|e| out.error(e))?;
             entries.push(PlanEntry {
                 name: span.name.clone(),
@@ -291,12 +294,6 @@ pub fn delta(old: &Path, new: &Path, output: &Path) -> Result<DeltaSummary, Delt
         trailer: tail,
     };
     let json = serde_json::to_vec_pretty(&plan).expect("a plan serializes");
-    // Same mtime as the target's first entry: the delta is as reproducible as the target.
-    let mtime = {
-        let mut file = File::open(new).map_err(read)?;
-        file.read_exact(&mut header).map_err(read)?;
-        tar::Header::from_byte_slice(&header).mtime().unwrap_or(0)
-    };
     let mut plan_header = tar::Header::new_gnu();
     plan_header
         .set_path(PLAN_NAME)
@@ -306,12 +303,12 @@ pub fn delta(old: &Path, new: &Path, output: &Path) -> Result<DeltaSummary, Delt
     plan_header.set_mode(0o644);
     plan_header.set_uid(0);
     plan_header.set_gid(0);
-    plan_header.set_mtime(mtime);
+    plan_header.set_mtime(mtime.unwrap_or(0));
     plan_header.set_cksum();
-    out.write_all(plan_header.as_bytes())?;
-    out.write_all(&json)?;
-    out.write_all(&vec![0; padding(json.len() as u64) as usize])?;
-    out.write_all(&[0; 1024])?;
+    out.put(plan_header.as_bytes())?;
+    out.put(&json)?;
+    out.put(&vec![0; padding(json.len() as u64) as usize])?;
+    out.put(&[0; 1024])?;
     let size = out.commit()?;
     Ok(DeltaSummary {
         output: output.to_path_buf(),
@@ -397,15 +394,11 @@ pub fn assemble(old: &Path, delta: &Path, output: &Path) -> Result<AssembleSumma
                 delta_file
                     .seek(SeekFrom::Start(span.header))
                     .map_err(read_err(delta))?;
-                let mut tee = Tee {
-                    out: &mut out,
-                    hasher: &mut hasher,
-                };
                 copy(
                     &mut delta_file,
-                    &mut tee,
+                    &mut out,
                     span.end() - span.header,
-                    &mut Sha256::new(),
+                    &mut hasher,
                 )
                 .map_err(read_err(delta))?;
             }
@@ -446,7 +439,7 @@ pub fn assemble(old: &Path, delta: &Path, output: &Path) -> Result<AssembleSumma
                         ),
                     ));
                 };
-                out.write_all(&header)?;
+                out.put(&header)?;
                 hasher.update(header);
                 old_file
                     .seek(SeekFrom::Start(span.data))
@@ -475,7 +468,7 @@ pub fn assemble(old: &Path, delta: &Path, output: &Path) -> Result<AssembleSumma
                     ));
                 }
                 let pad = vec![0; padding(size) as usize];
-                out.write_all(&pad)?;
+                out.put(&pad)?;
                 hasher.update(&pad);
             }
         }
@@ -493,7 +486,7 @@ pub fn assemble(old: &Path, delta: &Path, output: &Path) -> Result<AssembleSumma
         ));
     }
     let zeros = vec![0; plan.trailer as usize];
-    out.write_all(&zeros)?;
+    out.put(&zeros)?;
     hasher.update(&zeros);
     let sha256 = format!("sha256:{:x}", hasher.finalize());
     if sha256 != plan.target.sha256 || out.written != plan.target.size {
@@ -548,14 +541,13 @@ struct Tee<'a> {
 
 impl Write for Tee<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Write::write_all(self.out, buf)?;
         self.hasher.update(buf);
-        self.out.file.write_all(buf)?;
-        self.out.written += buf.len() as u64;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.file.flush()
+        self.out.flush()
     }
 }
 
@@ -591,7 +583,8 @@ impl Staged {
         }
     }
 
-    fn write_all(&mut self, bytes: &[u8]) -> Result<(), DeltaError> {
+    /// Writes `bytes`, naming the output in the error.
+    fn put(&mut self, bytes: &[u8]) -> Result<(), DeltaError> {
         self.file.write_all(bytes).map_err(|e| self.error(e))?;
         self.written += bytes.len() as u64;
         Ok(())

@@ -189,26 +189,30 @@ pub fn scan(path: &Path) -> Result<Scan, ScanError> {
             "truncated archive: the end-of-archive marker is missing",
         ));
     }
-    check_padding(path, &padding).map_err(io_err)??;
+    check_padding(path, &padding)?;
     Ok(scan)
 }
 
 /// Every entry's padding (after its data, up to the next 512-byte block) is zero.
-fn check_padding(path: &Path, padding: &[(String, u64, u64)]) -> io::Result<Result<(), ScanError>> {
+fn check_padding(path: &Path, padding: &[(String, u64, u64)]) -> Result<(), ScanError> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path)?;
+    let io_err = |source| ScanError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
     let mut buf = [0u8; 512];
     for (name, at, len) in padding {
         let buf = &mut buf[..*len as usize];
-        file.read_exact_at(buf, *at)?;
+        file.read_exact_at(buf, *at).map_err(io_err)?;
         if buf.iter().any(|&b| b != 0) {
-            return Ok(Err(bad(
+            return Err(bad(
                 name,
                 "the padding after its data is not zero (the archive was altered)",
-            )));
+            ));
         }
     }
-    Ok(Ok(()))
+    Ok(())
 }
 
 fn truncated(name: &str, got: u64, want: u64) -> ScanError {

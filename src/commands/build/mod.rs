@@ -388,6 +388,23 @@ pub fn build(
         signer.is_some(),
         log,
     )?;
+    // A signed image carries the gate's results: the test-result predicate, built once for the
+    // attestation and the summary.
+    let test_result = match (&evaluation, &signer) {
+        (Evaluation::Ran(outcome), Some(_)) => Some(eval::predicate(
+            outcome,
+            &manifest.eval.cases,
+            &eval::Subject {
+                server_path: plan::SERVER_PATH,
+                server_sha256: server.sha256,
+                model_files: measured
+                    .iter()
+                    .map(|(path, f)| (format!("{model_dir}/{path}"), f.sha256))
+                    .collect(),
+            },
+        )),
+        _ => None,
+    };
 
     let model_summary = ModelSummary {
         name: served.clone(),
@@ -501,26 +518,19 @@ pub fn build(
                 Evaluation::Skipped => Some(attest::EvaluationFacts::Skipped {
                     cases: manifest.eval.cases.len(),
                 }),
-                Evaluation::Ran(outcome) => Some(attest::EvaluationFacts::Ran {
-                    summary: serde_json::json!({
-                        "cases": outcome.results.len(),
-                        "passed": outcome.passed(),
-                        "minPassRate": outcome.min_pass_rate,
-                        "device": outcome.device,
-                    }),
-                    predicate: eval::predicate(
-                        outcome,
-                        &manifest.eval.cases,
-                        &eval::Subject {
-                            server_path: plan::SERVER_PATH,
-                            server_sha256: server.sha256,
-                            model_files: measured
-                                .iter()
-                                .map(|(path, f)| (format!("{model_dir}/{path}"), f.sha256))
-                                .collect(),
-                        },
-                    ),
-                }),
+                Evaluation::Ran(outcome) => {
+                    test_result
+                        .clone()
+                        .map(|predicate| attest::EvaluationFacts::Ran {
+                            summary: serde_json::json!({
+                                "cases": outcome.results.len(),
+                                "passed": outcome.passed(),
+                                "minPassRate": outcome.min_pass_rate,
+                                "device": outcome.device,
+                            }),
+                            predicate,
+                        })
+                }
             },
             manifest: read_document(&settings.manifest)?,
             // The lock beside the manifest (`manifest.toml` → `manifest.lock`), when there is one.
@@ -580,20 +590,9 @@ pub fn build(
             .collect(),
         model: Some(model_summary),
         // What the image carries: results are in it only when signed.
-        evaluation: match (&evaluation, &signer) {
-            (Evaluation::Ran(outcome), Some(_)) => {
-                summary::EvaluationSummary::from_predicate(&eval::predicate(
-                    outcome,
-                    &manifest.eval.cases,
-                    &eval::Subject {
-                        server_path: plan::SERVER_PATH,
-                        server_sha256: server.sha256,
-                        model_files: Vec::new(),
-                    },
-                ))
-            }
-            _ => None,
-        },
+        evaluation: test_result
+            .as_ref()
+            .and_then(summary::EvaluationSummary::from_predicate),
     };
     Ok(BuildOutcome {
         output,
