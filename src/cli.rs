@@ -145,6 +145,51 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upload the image, its cosign signature and its attestations to a registry.
+    ///
+    /// Blobs the repository already has are skipped (so a second push, or one resumed after an
+    /// interruption, sends only what is missing); the manifest goes up by tag and by digest,
+    /// the signature and attestations under cosign's `sha256-<hex>.sig` / `.att` tags, where
+    /// `cosign verify` and admission controllers find them. Prints `REGISTRY/REPO@DIGEST`.
+    Push {
+        /// The image tarball (not a delta bundle: assemble it first).
+        tarball: PathBuf,
+        /// Where to: `REGISTRY[:PORT]/REPO[:TAG]`; without a tag, the image's own.
+        #[arg(value_name = "REGISTRY/REPO[:TAG]")]
+        target: String,
+        /// Sign in with this user and password; without `:PASS`, `APPLIANCE_REGISTRY_PASSWORD`
+        /// or a prompt. Otherwise credentials come from `REGISTRY_AUTH_FILE`, podman's
+        /// `auth.json` or Docker's `config.json` (credential helpers included).
+        #[arg(long, value_name = "USER[:PASS]")]
+        creds: Option<String>,
+        /// Trust the CA certificates (`*.crt`) and use the client certificate (`*.cert` +
+        /// `*.key`) in this directory, besides the system's CA bundle (default:
+        /// `/etc/containers/certs.d/REGISTRY` and `/etc/docker/certs.d/REGISTRY`).
+        #[arg(long, value_name = "DIR")]
+        cert_dir: Option<PathBuf>,
+        /// `--tls-verify=false` accepts any certificate: only for a registry you reach over a
+        /// link you trust.
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        tls_verify: bool,
+        /// Talk HTTP, not HTTPS (a registry on localhost without TLS).
+        #[arg(long)]
+        plain_http: bool,
+        /// Before uploading a blob, ask the registry to link it from this repository (a
+        /// previous release's); repeatable.
+        #[arg(long, value_name = "REPO")]
+        mount_from: Vec<String>,
+        /// Upload blobs in chunks of this size (e.g. `64MiB`) instead of one request each,
+        /// for proxies that cap request bodies.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        chunk_size: Option<u64>,
+        /// Print nothing but errors (and the summary with `--json`).
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print a JSON summary (reference, digest, each blob's outcome) instead of the
+        /// pinned reference.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what is inside an image tarball: reference, digests, user, ports, model, layers.
     Inspect {
         /// The image tarball (from `appliance build`, `docker save` or an OCI archive).
@@ -165,4 +210,28 @@ pub struct HubArgs {
     /// Files downloaded in parallel.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+}
+
+/// `1048576`, `512KiB`, `64MiB`, `1GiB`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}`: give bytes, or a number with KiB, MiB or GiB"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}`: give a size above zero, e.g. `64MiB`"))
 }

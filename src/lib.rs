@@ -7,6 +7,7 @@
 //! [`export`] (one tarball, written atomically). [`commands::build`] runs them in order;
 //! [`inspect`] reads a finished tarball back.
 
+pub mod archive;
 pub mod atomic_file;
 pub mod attest;
 pub mod commands;
@@ -23,6 +24,7 @@ pub mod layers;
 pub mod lock;
 pub mod manifest;
 pub mod progress;
+pub mod push;
 pub mod quantize;
 pub mod secret;
 pub mod server_binary;

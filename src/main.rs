@@ -17,6 +17,7 @@ use appliance::delta;
 use appliance::fetch::hub::{HubFetcher, HubSettings};
 use appliance::inspect;
 use appliance::manifest::ManifestError;
+use appliance::push;
 use appliance::summary::ImageSummary;
 use cli::{Cli, Command};
 use reporter::Reporter;
@@ -230,6 +231,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Push {
+            tarball,
+            target,
+            creds,
+            cert_dir,
+            tls_verify,
+            plain_http,
+            mount_from,
+            chunk_size,
+            quiet,
+            json,
+        } => {
+            let target = push::Target::parse(&target).map_err(anyhow::Error::msg)?;
+            let credentials = match creds {
+                Some(flag) => Some(
+                    push::Credentials::from_flag(&flag, registry_password)
+                        .map_err(anyhow::Error::msg)?,
+                ),
+                None => push::auth::lookup(&target.registry, &push::auth::auth_files())
+                    .map_err(anyhow::Error::msg)?,
+            };
+            let settings = push::PushSettings {
+                connection: push::registry::Connection {
+                    tls_verify,
+                    cert_dir,
+                    plain_http,
+                },
+                credentials,
+                mount_from,
+                chunk_size,
+            };
+            let reporter = Reporter {
+                bars: std::io::stderr().is_terminal() && !json,
+                quiet: quiet || json,
+            };
+            let report = push::push(&tarball, &target, &settings, &reporter, &reporter)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                if !quiet {
+                    eprintln!("{}", describe_push(&report));
+                }
+                println!("{}", report.pinned);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect { tarball, json } => {
             let summary = inspect::inspect(&tarball)?;
             if json {
@@ -373,4 +420,43 @@ fn render(s: &ImageSummary) -> String {
         );
     }
     out
+}
+
+/// `--creds USER` without a password: the environment, else a prompt on a terminal.
+fn registry_password() -> Result<appliance::secret::Secret, String> {
+    if let Some(p) = std::env::var("APPLIANCE_REGISTRY_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        return Ok(appliance::secret::Secret::new(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(
+            "`--creds USER` has no password: give `USER:PASS`, set `APPLIANCE_REGISTRY_PASSWORD`, or run in a terminal to be asked"
+                .to_string(),
+        );
+    }
+    rpassword::prompt_password("Registry password: ")
+        .map(appliance::secret::Secret::new)
+        .map_err(|e| format!("Failed to read the password: {e}"))
+}
+
+fn describe_push(report: &push::PushReport) -> String {
+    let count = |what: &str| report.blobs.iter().filter(|b| b.outcome == what).count();
+    let mut text = format!(
+        "Pushed {} ({}): {} blobs uploaded ({}), {} already there, {} mounted",
+        report.reference,
+        report.digest,
+        count("uploaded"),
+        human_bytes(report.uploaded_bytes),
+        count("present"),
+        count("mounted"),
+    );
+    for tag in [&report.signature_tag, &report.attestation_tag]
+        .into_iter()
+        .flatten()
+    {
+        text.push_str(&format!("\n  cosign: {tag}"));
+    }
+    text
 }

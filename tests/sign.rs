@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 use support::paths::{appliance_bin, shared_fixtures, workspace_root};
+use support::run_ok;
 use tamper::{Tarball, sha256_hex};
 
 const PASSWORD: &str = "s3cret-pw-8f3a1c9e-do-not-leak";
@@ -1023,4 +1024,352 @@ fn any_changed_byte_anywhere_fails_verify() {
         })
         .unwrap();
     appliance::verify::verify(&tar, &against).expect("every byte was put back");
+}
+
+/// `appliance push` with only the environment given: no auth file or password from the
+/// machine running the tests can leak in.
+fn push(args: &[&str], home: &Path, envs: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(appliance_bin());
+    cmd.arg("push")
+        .args(args)
+        .env("HOME", home)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("APPLIANCE_REGISTRY_PASSWORD")
+        .stdin(std::process::Stdio::null());
+    for (name, value) in envs {
+        cmd.env(name, value);
+    }
+    cmd.output().expect("run appliance push")
+}
+
+fn push_json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", text(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
+fn outcomes(report: &serde_json::Value) -> Vec<String> {
+    let mut all: Vec<String> = report["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["outcome"].as_str().unwrap().to_string())
+        .collect();
+    all.dedup();
+    all
+}
+
+use support::registry::{Auth, PASSWORD as REG_PASSWORD, Registry, USER};
+
+/// A signed build, a registry with `auth`, and an empty home for `push` to run in.
+fn pushing(auth: Auth) -> (Signed, Registry, PathBuf) {
+    let s = signed();
+    let reg = Registry::start(auth);
+    let home = s.dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    (s, reg, home)
+}
+
+fn image_digest(tar: &Path) -> String {
+    Tarball::read(tar).json("index.json")["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn push_puts_the_image_and_its_cosign_signature_into_a_registry_with_basic_auth() {
+    let (s, reg, home) = pushing(Auth::Htpasswd);
+    let tar = s.tar.to_str().unwrap();
+    let certs = reg.cert_dir.to_str().unwrap();
+    let target = format!("{}/llm/llama-gqa", reg.host);
+    let creds = format!("{USER}:{REG_PASSWORD}");
+    let signed_in = || {
+        let args = [
+            tar,
+            &target,
+            "--cert-dir",
+            certs,
+            "--creds",
+            &creds,
+            "--json",
+        ];
+        push(&args, &home, &[])
+    };
+    let mut outputs = Vec::new();
+
+    // Refusals first: each names what is wrong and pushes nothing.
+    let out = push(&[tar, &target, "--cert-dir", certs], &home, &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("asks for credentials"),
+        "{}",
+        text(&out)
+    );
+    let out = push(
+        &[
+            tar,
+            &target,
+            "--cert-dir",
+            certs,
+            "--creds",
+            "site-admin:nope-7f3e2a",
+        ],
+        &home,
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refused the credentials from --creds"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("nope-7f3e2a"), "{}", text(&out));
+    let out = push(&[tar, &target, "--creds", &creds], &home, &[]);
+    assert!(
+        !out.status.success(),
+        "a self-signed registry must not be trusted by default"
+    );
+    assert!(
+        text(&out).to_lowercase().contains("certificate") || text(&out).contains("Issuer"),
+        "{}",
+        text(&out)
+    );
+    outputs.push(out);
+    assert_eq!(
+        reg.blob_uploads(),
+        0,
+        "a refused push uploaded something:\n{}",
+        reg.log()
+    );
+
+    let out = signed_in();
+    let report = push_json(&out);
+    outputs.push(out);
+    let digest = image_digest(&s.tar);
+    assert_eq!(report["digest"], digest);
+    assert_eq!(
+        report["reference"],
+        format!("{target}:0.1.0"),
+        "the image's own tag"
+    );
+    assert_eq!(report["pinned"], format!("{target}@{digest}"));
+    assert_eq!(outcomes(&report), ["uploaded"]);
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    assert_eq!(report["signature_tag"], format!("sha256-{hex}.sig"));
+    assert_eq!(report["attestation_tag"], format!("sha256-{hex}.att"));
+    let uploads = reg.blob_uploads();
+    assert!(uploads >= report["blobs"].as_array().unwrap().len());
+
+    // skopeo, an independent client, sees the tarball's manifest digest by tag.
+    assert_eq!(reg.skopeo_digest(&format!("{target}:0.1.0")), digest);
+    let skopeo = support::tools::require_tool("skopeo");
+
+    // Copied back out of the registry, every blob is the tarball's, byte for byte
+    // (`--preserve-digests`: skopeo would otherwise compress the uncompressed layers).
+    let copy = s.dir.join("copy.tar");
+    run_ok(
+        Command::new(&skopeo)
+            .args(["copy", "--quiet", "--preserve-digests"])
+            .args(["--src-cert-dir", certs, "--src-creds", &creds])
+            .arg(format!("docker://{target}@{digest}"))
+            .arg(format!("oci-archive:{}", copy.display())),
+        std::time::Duration::from_secs(300),
+    );
+    let original = Tarball::read(&s.tar);
+    let copied = Tarball::read(&copy);
+    let copied_blobs: Vec<&String> = copied
+        .entries
+        .iter()
+        .filter(|(name, _, _)| name.starts_with("blobs/sha256/"))
+        .map(|(name, _, _)| name)
+        .collect();
+    let manifest = original.json(&format!("blobs/sha256/{hex}"));
+    assert_eq!(
+        copied_blobs.len(),
+        2 + manifest["layers"].as_array().unwrap().len()
+    );
+    for name in copied_blobs {
+        assert_eq!(
+            copied.get(name),
+            original.get(name),
+            "{name} differs from the tarball's"
+        );
+    }
+
+    // The signature is where cosign looks, and openssl checks it with the site's key.
+    let sig_manifest: serde_json::Value = serde_json::from_slice(&reg.get(
+        &format!("/v2/llm/llama-gqa/manifests/sha256-{hex}.sig"),
+        "application/vnd.oci.image.manifest.v1+json",
+    ))
+    .unwrap();
+    let layer = &sig_manifest["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.dev.cosign.simplesigning.v1+json"
+    );
+    let payload = reg.get(
+        &format!(
+            "/v2/llm/llama-gqa/blobs/{}",
+            layer["digest"].as_str().unwrap()
+        ),
+        "*/*",
+    );
+    let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        claims["critical"]["image"]["docker-manifest-digest"],
+        digest
+    );
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(
+            layer["annotations"]["dev.cosignproject.cosign/signature"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    std::fs::write(s.dir.join("payload"), &payload).unwrap();
+    std::fs::write(s.dir.join("payload.sig"), &signature).unwrap();
+    let verified = run_ok(
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&s.public)
+            .arg("-signature")
+            .arg(s.dir.join("payload.sig"))
+            .arg(s.dir.join("payload")),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(verified.contains("Verified OK"), "{verified}");
+    let att_manifest: serde_json::Value = serde_json::from_slice(&reg.get(
+        &format!("/v2/llm/llama-gqa/manifests/sha256-{hex}.att"),
+        "application/vnd.oci.image.manifest.v1+json",
+    ))
+    .unwrap();
+    let att_layers = att_manifest["layers"].as_array().unwrap();
+    assert!(att_layers.len() >= 2, "SBOM and provenance: {att_manifest}");
+    assert!(
+        att_layers
+            .iter()
+            .all(|l| l["mediaType"] == "application/vnd.dsse.envelope.v1+json")
+    );
+
+    // A second push (or a resumed one) sends no blob, and says so.
+    let out = signed_in();
+    let again = push_json(&out);
+    outputs.push(out);
+    assert_eq!(outcomes(&again), ["present"]);
+    assert_eq!(again["uploaded_bytes"], 0);
+    assert_eq!(again["digest"], digest);
+    assert_eq!(
+        reg.blob_uploads(),
+        uploads,
+        "the second push uploaded a blob"
+    );
+
+    for out in &outputs {
+        assert!(
+            !text(out).contains(REG_PASSWORD),
+            "the password leaked: {}",
+            text(out)
+        );
+    }
+}
+
+#[test]
+fn push_signs_in_with_bearer_tokens_from_an_auth_file_uploads_in_chunks_and_mounts() {
+    let (s, reg, home) = pushing(Auth::Token);
+    let tar = s.tar.to_str().unwrap();
+    let certs = reg.cert_dir.to_str().unwrap();
+    let auth_file = s.dir.join("auth.json");
+    let write_auth = |password: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+        std::fs::write(
+            &auth_file,
+            format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host),
+        )
+        .unwrap();
+    };
+
+    write_auth("wrong-4c2d");
+    let a = format!("{}/llm/a:rc1", reg.host);
+    let out = push(
+        &[tar, &a, "--cert-dir", certs],
+        &home,
+        &[("REGISTRY_AUTH_FILE", &auth_file)],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refused the credentials from `"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("auth.json"), "{}", text(&out));
+
+    write_auth(REG_PASSWORD);
+    let out = push(
+        &[
+            tar,
+            &a,
+            "--cert-dir",
+            certs,
+            "--chunk-size",
+            "1MiB",
+            "--json",
+        ],
+        &home,
+        &[("REGISTRY_AUTH_FILE", &auth_file)],
+    );
+    let report = push_json(&out);
+    assert!(!text(&out).contains(REG_PASSWORD));
+    let digest = image_digest(&s.tar);
+    assert_eq!(report["digest"], digest);
+    assert_eq!(report["reference"], a);
+    assert_eq!(outcomes(&report), ["uploaded"]);
+    let patches = reg
+        .log()
+        .matches("\"PATCH /v2/llm/a/blobs/uploads/")
+        .count();
+    assert!(
+        patches > report["blobs"].as_array().unwrap().len(),
+        "the server layer is several MiB: chunked uploads send it in several PATCHes ({patches})"
+    );
+    assert!(
+        reg.token_requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.contains("repository:llm/a:pull,push")),
+        "{:?}",
+        reg.token_requests.lock().unwrap()
+    );
+    assert_eq!(reg.skopeo_digest(&a), digest);
+
+    // Another repository of the same registry: every blob is mounted, none re-sent.
+    let uploads = reg.blob_uploads();
+    let b = format!("{}/llm/b", reg.host);
+    let out = push(
+        &[
+            tar,
+            &b,
+            "--cert-dir",
+            certs,
+            "--mount-from",
+            "llm/a",
+            "--json",
+        ],
+        &home,
+        &[("REGISTRY_AUTH_FILE", &auth_file)],
+    );
+    let report = push_json(&out);
+    assert_eq!(outcomes(&report), ["mounted"]);
+    assert_eq!(report["uploaded_bytes"], 0);
+    assert_eq!(reg.blob_uploads(), uploads);
+    assert!(
+        reg.token_requests.lock().unwrap().iter().any(
+            |s| s.contains("repository:llm/a:pull") && s.contains("repository:llm/b:pull,push")
+        ),
+        "{:?}",
+        reg.token_requests.lock().unwrap()
+    );
 }

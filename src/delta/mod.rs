@@ -24,17 +24,15 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::archive::{ArchiveError, BLOCK, Entries, Span};
 use crate::digest::Sha256Digest;
 
 /// The delta's last entry: the [`Plan`].
 pub const PLAN_NAME: &str = "appliance-delta.json";
 /// The plan's `mediaType`, versioned so a later layout is refused rather than misread.
 pub const MEDIA_TYPE: &str = "application/vnd.appliance.delta.v1+json";
-/// A plan is a few hundred bytes per blob; anything near this is not one.
-const MAX_PLAN: u64 = 16 << 20;
 /// The end-of-archive marker is 1 KiB; tar writers pad to records of at most 10 KiB.
 const MAX_TRAILER: u64 = 1 << 20;
-const BLOCK: u64 = 512;
 const COPY_BUFFER: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +51,15 @@ pub enum DeltaError {
     },
     #[error("`{path}`: {message}")]
     Invalid { path: PathBuf, message: String },
+}
+
+impl From<ArchiveError> for DeltaError {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::Read { path, source } => Self::Read { path, source },
+            ArchiveError::Invalid { path, message } => Self::Invalid { path, message },
+        }
+    }
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> DeltaError {
@@ -95,107 +102,10 @@ pub struct PlanEntry {
     pub base_header: Option<String>,
 }
 
-/// One tar entry as bytes of its file: `header .. data + size` rounded up to a block.
-#[derive(Debug, Clone)]
-struct Span {
-    name: String,
-    header: u64,
-    data: u64,
-    size: u64,
-}
-
-impl Span {
-    fn end(&self) -> u64 {
-        self.data + self.size.div_ceil(BLOCK) * BLOCK
-    }
-
-    /// The blob digest, for `blobs/sha256/<hex>` regular files.
-    fn blob(&self) -> Option<Sha256Digest> {
-        Sha256Digest::parse(self.name.strip_prefix("blobs/sha256/")?).ok()
-    }
-}
-
-/// The entries of a tarball, in order, with where each starts and ends; reads headers only.
-/// Extension headers (PAX, GNU long names) come back as entries of their own, so the spans
-/// tile the archive up to the end-of-archive marker.
-fn index(path: &Path) -> Result<(Vec<Span>, u64), DeltaError> {
-    let read = |source| DeltaError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(read)?;
-    let len = file.metadata().map_err(read)?.len();
-    let mut archive = tar::Archive::new(BufReader::new(file));
-    let mut spans: Vec<Span> = Vec::new();
-    let entries = archive.entries_with_seek().map_err(read)?.raw(true);
-    for entry in entries {
-        let entry = entry.map_err(|e| invalid(path, format!("unreadable tar header: {e}")))?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let span = Span {
-            header: entry.raw_header_position(),
-            data: entry.raw_file_position(),
-            size: entry.size(),
-            name,
-        };
-        let at = spans.last().map_or(0, Span::end);
-        if span.header != at || span.end() > len {
-            return Err(invalid(
-                path,
-                format!("`{}` is not where a tar entry can be", span.name),
-            ));
-        }
-        spans.push(span);
-    }
-    if spans.is_empty() {
-        return Err(invalid(path, "is not a tar archive (no entries)"));
-    }
-    Ok((spans, len))
-}
-
-/// Reads a small entry's data whole.
-fn read_small(path: &Path, file: &mut File, span: &Span) -> Result<Vec<u8>, DeltaError> {
-    if span.size > MAX_PLAN {
-        return Err(invalid(
-            path,
-            format!(
-                "`{}` is {} bytes, too big to be a document",
-                span.name, span.size
-            ),
-        ));
-    }
-    let mut bytes = vec![0; span.size as usize];
-    file.seek(SeekFrom::Start(span.data))
-        .and_then(|_| file.read_exact(&mut bytes))
-        .map_err(|source| DeltaError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(bytes)
-}
-
-/// The image manifest digest that a tarball's `index.json` names.
-fn manifest_digest(path: &Path, spans: &[Span]) -> Result<String, DeltaError> {
-    let span = spans
-        .iter()
-        .find(|s| s.name == "index.json")
-        .ok_or_else(|| invalid(path, "has no `index.json`: not an OCI image tarball"))?;
-    let mut file = File::open(path).map_err(|source| DeltaError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let index: serde_json::Value = serde_json::from_slice(&read_small(path, &mut file, span)?)
-        .map_err(|e| invalid(path, format!("`index.json` is not JSON: {e}")))?;
-    index["manifests"][0]["digest"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| invalid(path, "`index.json` names no image manifest"))
-}
-
 /// Checks that `old` can serve as a delta's base (a tarball with an image index), before a
 /// build spends time on the new one; returns its image manifest digest.
 pub fn check_base(old: &Path) -> Result<String, DeltaError> {
-    let (spans, _) = index(old)?;
-    manifest_digest(old, &spans)
+    Ok(Entries::read(old)?.manifest_digest()?)
 }
 
 /// Where `build --delta-from` writes the delta by default: `x.tar` → `x.delta.tar`.
@@ -218,14 +128,20 @@ pub struct DeltaSummary {
 
 /// Writes to `output` the delta that turns `old` into `new`.
 pub fn delta(old: &Path, new: &Path, output: &Path) -> Result<DeltaSummary, DeltaError> {
-    let (old_spans, _) = index(old)?;
-    let base_manifest = manifest_digest(old, &old_spans)?;
-    let in_base: BTreeMap<Sha256Digest, u64> = old_spans
+    let old_entries = Entries::read(old)?;
+    let base_manifest = old_entries.manifest_digest()?;
+    let in_base: BTreeMap<Sha256Digest, u64> = old_entries
+        .spans
         .iter()
         .filter_map(|s| Some((s.blob()?, s.size)))
         .collect();
-    let (new_spans, new_len) = index(new)?;
-    let target_manifest = manifest_digest(new, &new_spans)?;
+    let new_entries = Entries::read(new)?;
+    let target_manifest = new_entries.manifest_digest()?;
+    let Entries {
+        spans: new_spans,
+        len: new_len,
+        ..
+    } = new_entries;
     if new_spans.iter().any(|s| s.name == PLAN_NAME) {
         return Err(invalid(
             new,
@@ -323,12 +239,12 @@ pub fn delta(old: &Path, new: &Path, output: &Path) -> Result<DeltaSummary, Delt
 
 /// Reads a delta's plan: its last entry.
 pub fn read_plan(delta: &Path) -> Result<Plan, DeltaError> {
-    let (spans, _) = index(delta)?;
-    plan_of(delta, &spans)
+    plan_of(&Entries::read(delta)?)
 }
 
-fn plan_of(delta: &Path, spans: &[Span]) -> Result<Plan, DeltaError> {
-    let last = spans.last().expect("index returns entries");
+fn plan_of(entries: &Entries) -> Result<Plan, DeltaError> {
+    let delta = entries.path.as_path();
+    let last = entries.spans.last().expect("Entries::read returns entries");
     if last.name != PLAN_NAME {
         return Err(invalid(
             delta,
@@ -339,7 +255,7 @@ fn plan_of(delta: &Path, spans: &[Span]) -> Result<Plan, DeltaError> {
         path: delta.to_path_buf(),
         source,
     })?;
-    let plan: Plan = serde_json::from_slice(&read_small(delta, &mut file, last)?)
+    let plan: Plan = serde_json::from_slice(&entries.read_small(&mut file, last)?)
         .map_err(|e| invalid(delta, format!("`{PLAN_NAME}` is malformed: {e}")))?;
     if plan.media_type != MEDIA_TYPE {
         return Err(invalid(
@@ -364,9 +280,10 @@ pub struct AssembleSummary {
 
 /// Rebuilds the full tarball from `old` and `delta` into `output`.
 pub fn assemble(old: &Path, delta: &Path, output: &Path) -> Result<AssembleSummary, DeltaError> {
-    let (delta_spans, _) = index(delta)?;
-    let plan = plan_of(delta, &delta_spans)?;
-    let (old_spans, _) = index(old)?;
+    let delta_entries = Entries::read(delta)?;
+    let plan = plan_of(&delta_entries)?;
+    let delta_spans = delta_entries.spans;
+    let old_spans = Entries::read(old)?.spans;
     let in_base: BTreeMap<&str, &Span> = old_spans.iter().map(|s| (s.name.as_str(), s)).collect();
 
     let read_err = |path: &Path| {

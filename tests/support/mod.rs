@@ -11,6 +11,7 @@
 //! - [`paths`]: the binaries under test and the shared fixtures (`../shared/fixtures`).
 //! - [`process`]: running a command with a timeout and a panic that shows its output.
 //! - [`layers`]: the files of a built image's layers, read straight from the tarball.
+//! - [`registry`]: a distribution registry on 127.0.0.1 with TLS and htpasswd or token auth.
 //! - [`elf`]: proves an unpacked rootfs loads its own ELFs (every NEEDED resolves inside it),
 //!   independently of the builder's resolver.
 //!
@@ -27,6 +28,7 @@ pub mod http;
 pub mod layers;
 pub mod paths;
 pub mod process;
+pub mod registry;
 pub mod tools;
 
 #[allow(unused_imports)]
