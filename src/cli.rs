@@ -198,6 +198,109 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print Kubernetes objects that run the image in a tarball: a hardened Deployment (the
+    /// image by digest, non-root with the image's uid/gid, read-only root, no capabilities,
+    /// probes from its HEALTHCHECK, the API key from a Secret file), a Service, a
+    /// PodDisruptionBudget and, with `--keda`, a KEDA ScaledObject.
+    ///
+    /// Every value comes from the image itself, so the same tarball and flags always print the
+    /// same bytes: `appliance k8s llm.tar --image REGISTRY/REPO | kubectl apply -f -`.
+    /// The Secret is not printed (a key does not belong in a manifest); create it with
+    /// `kubectl create secret generic NAME-api-key --from-file=api-key=FILE`.
+    K8s(K8sArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct K8sArgs {
+    /// The image tarball (a full one; assemble a delta bundle first).
+    pub tarball: PathBuf,
+    /// The repository the image was pushed to (`appliance push`). Default: the tarball's own
+    /// reference name. The tag is dropped: pods run the image by digest, so every node runs
+    /// the bytes that were verified, whatever the tag points at later.
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    pub image: Option<String>,
+    /// Name of every object. Default: the last part of the image's repository.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Namespace of every object. Default: none written, so `kubectl -n` or the current
+    /// context decides.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Pods to run (with `--keda`, the fewest it keeps: a model takes minutes to load, so
+    /// scaling to zero would make the first request wait for that).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas: u32,
+    /// GPUs per pod (CUDA images only; default 1 for them). The server drives one GPU, so
+    /// more is refused: add replicas instead.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub gpus: Option<u32>,
+    /// CPUs per pod, requested and limited alike (the server runs one inference thread per
+    /// CPU of its quota). Default: on the CPU two per GiB of weights, 2 to 16; 2 with a GPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus: Option<u32>,
+    /// KV cache size the pod gets and pays for (e.g. `8GiB`). Default: the image's
+    /// `--kv-cache-memory`, else 4 GiB on the CPU (the server's own cap); on a GPU the pool
+    /// is in GPU memory and the server sizes it.
+    #[arg(long, value_name = "BYTES", value_parser = parse_byte_size)]
+    pub kv_cache_memory: Option<u64>,
+    /// The Secret holding the API key under the key `api-key`. Default: `NAME-api-key`.
+    #[arg(long, value_name = "SECRET")]
+    pub api_key_secret: Option<String>,
+    /// Also print a KEDA ScaledObject that scales on `vllm:num_requests_waiting` (requests
+    /// queued for a batch slot or KV blocks: the sign that replicas are saturated).
+    #[arg(long)]
+    pub keda: bool,
+    /// Prometheus that scrapes the server's `/metrics`, for KEDA. Default: the
+    /// kube-prometheus-stack's service.
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "keda",
+        default_value = "http://prometheus-operated.monitoring.svc:9090"
+    )]
+    pub prometheus: String,
+    /// Most pods KEDA may run. Default: 4 × `--replicas`.
+    #[arg(long, value_name = "N", requires = "keda", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_replicas: Option<u32>,
+    /// Waiting requests per pod before KEDA adds one (vLLM production-stack's value).
+    #[arg(long, value_name = "N", requires = "keda", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keda_threshold: u32,
+    /// `yaml`: one document per object, as `kubectl apply -f -` and reviewers take them;
+    /// `json`: one `v1` `List`, for tools that hold no YAML parser.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Yaml)]
+    pub output: OutputFormat,
+}
+
+impl K8sArgs {
+    /// The settings the objects are built from; the tarball and format stay with the command.
+    pub fn settings(&self) -> appliance::k8s::K8sSettings {
+        appliance::k8s::K8sSettings {
+            image: self.image.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            replicas: self.replicas,
+            gpus: self.gpus,
+            cpus: self.cpus,
+            kv_cache_memory: self.kv_cache_memory,
+            api_key_secret: self.api_key_secret.clone(),
+            keda: self.keda.then(|| appliance::k8s::KedaSettings {
+                prometheus: self.prometheus.clone(),
+                max_replicas: self.max_replicas.unwrap_or(self.replicas.saturating_mul(4)),
+                threshold: self.keda_threshold,
+            }),
+        }
+    }
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    appliance::k8s::facts::parse_bytes(text)
+        .ok_or_else(|| format!("`{text}` is not a byte size (e.g. 8GiB, 512MiB)"))
 }
 
 /// Options for commands that get a model from the Hugging Face Hub. The endpoint, cache and

@@ -120,6 +120,7 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
     let file = std::fs::File::open(path).map_err(read_err)?;
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
     let mut docs: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut delta_bundle = false;
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
         let name = entry
@@ -128,6 +129,7 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
             .to_string_lossy()
             .trim_start_matches("./")
             .to_string();
+        delta_bundle |= name == crate::delta::PLAN_NAME;
         if entry.header().entry_type().is_file() && entry.size() <= MAX_DOCUMENT {
             let mut bytes = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut bytes).map_err(read_err)?;
@@ -138,8 +140,16 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
         }
     }
     let doc = |name: &str| {
-        docs.get(name)
-            .ok_or_else(|| invalid(format!("`{name}` is missing")))
+        docs.get(name).ok_or_else(|| {
+            invalid(if delta_bundle {
+                format!(
+                    "`{name}` is missing: this is a delta bundle and its base release holds it; \
+                     `appliance assemble` the full tarball first"
+                )
+            } else {
+                format!("`{name}` is missing")
+            })
+        })
     };
     let parse = |name: &str, bytes: &[u8]| -> Result<serde_json::Value, InspectError> {
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("`{name}`: {e}")))
@@ -233,6 +243,7 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
         labels,
         layers,
         evaluation: evaluation(&docs),
+        delta_bundle,
     })
 }
 

@@ -5,7 +5,7 @@
 //! [`manifest`] (what the user asks for) → [`fetch`] (model files on local disk) →
 //! [`layers`] (tar layers, measured then streamed) → [`image`] (config, manifest, indexes) →
 //! [`export`] (one tarball, written atomically). [`commands::build`] runs them in order;
-//! [`inspect`] reads a finished tarball back.
+//! [`inspect`] reads a finished tarball back; [`k8s`] derives Kubernetes objects from it.
 
 pub mod archive;
 pub mod atomic_file;
@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod image;
 pub mod inspect;
 pub mod json;
+pub mod k8s;
 pub mod labels;
 pub mod layers;
 pub mod lock;

@@ -16,6 +16,7 @@ use appliance::commands::{fetch, lock};
 use appliance::delta;
 use appliance::fetch::hub::{HubFetcher, HubSettings};
 use appliance::inspect;
+use appliance::k8s;
 use appliance::manifest::ManifestError;
 use appliance::push;
 use appliance::summary::ImageSummary;
@@ -31,7 +32,12 @@ fn main() -> ExitCode {
             for cause in err.chain().skip(1) {
                 eprintln!("  Caused by: {cause}");
             }
-            if err.downcast_ref::<ManifestError>().is_some() {
+            let usage = err.downcast_ref::<ManifestError>().is_some()
+                || matches!(
+                    err.downcast_ref::<k8s::K8sError>(),
+                    Some(k8s::K8sError::Flag { .. })
+                );
+            if usage {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -275,6 +281,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 println!("{}", report.pinned);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::K8s(args) => {
+            let tarball = &args.tarball;
+            let cannot = || format!("Cannot run `{}` on Kubernetes", tarball.display());
+            let summary = inspect::inspect(tarball)?;
+            let facts = k8s::ImageFacts::read(&summary).with_context(cannot)?;
+            let objects = k8s::objects::objects(&facts, &args.settings()).with_context(cannot)?;
+            let format = match args.output {
+                cli::OutputFormat::Yaml => k8s::Format::Yaml,
+                cli::OutputFormat::Json => k8s::Format::Json,
+            };
+            print!("{}", k8s::render(&objects, format));
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { tarball, json } => {

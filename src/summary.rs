@@ -31,6 +31,10 @@ pub struct ImageSummary {
     /// attestation). `inspect` shows them without checking the signature: `verify` does that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<EvaluationSummary>,
+    /// The tarball is a delta bundle (`appliance delta`): its documents describe the image, but
+    /// blobs the base release holds are missing, so it cannot be pushed or run as it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta_bundle: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

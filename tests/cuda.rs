@@ -20,29 +20,11 @@ use std::time::Duration;
 
 use appliance::userland::host::HostResolver;
 use support::{
-    Dockerd, appliance_bin, hardened_run, require_tool, run_with_timeout, shared_fixtures,
-    skopeo_inspect_config, umoci_unpack,
+    Dockerd, appliance_bin, cuda_built, hardened_run, require_tool, run_with_timeout,
+    shared_fixtures, skopeo_inspect_config, umoci_unpack,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Where `scripts/build-cuda-server` put its outputs (the same defaults and env overrides).
-fn cuda_target_dir() -> PathBuf {
-    std::env::var_os("APPLIANCE_CUDA_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/appliance-ci/target-cuda"))
-}
-
-/// A binary of the CUDA build (`release/NAME`); a missing one fails the test with what to run.
-fn cuda_built(name: &str) -> PathBuf {
-    let path = cuda_target_dir().join("release").join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: run scripts/build-cuda-server (scripts/test does)",
-        path.display()
-    );
-    path
-}
 
 fn cuda_server() -> PathBuf {
     cuda_built("appliance-server")
@@ -283,30 +265,7 @@ fn in_rootfs(
 fn cuda_image_has_a_complete_userland_and_a_launcher_that_explains_the_driver() {
     let tmp = tempfile::tempdir().unwrap();
     // The shipped manifest, pointed at wherever the CUDA build is.
-    let shipped =
-        std::fs::read_to_string(support::workspace_root().join("manifests/demo-cuda.toml"))
-            .unwrap();
-    let binary_line = shipped
-        .lines()
-        .find(|l| l.starts_with("binary = "))
-        .expect("demo-cuda.toml sets server.binary");
-    let manifest_text = shipped.replace(
-        binary_line,
-        &format!("binary = {:?}", cuda_server().display().to_string()),
-    );
-    let manifest = tmp.path().join("demo-cuda.toml");
-    std::fs::write(&manifest, manifest_text).unwrap();
-    let tarball = tmp.path().join("demo-cuda.tar");
-    let out = run_with_timeout(
-        Command::new(appliance_bin())
-            .arg("build")
-            .arg(&manifest)
-            .arg("-o")
-            .arg(&tarball)
-            .arg("--json")
-            .env("APPLIANCE_CACHE", tmp.path().join("cache")),
-        TIMEOUT,
-    );
+    let (tarball, out) = support::builder::build_demo_cuda(tmp.path(), &cuda_server(), &["--json"]);
     assert!(out.status.success(), "build failed: {}", text(&out));
     eprintln!(
         "CUDA image: {} bytes",

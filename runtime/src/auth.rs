@@ -121,6 +121,21 @@ mod tests {
         Secret("s3cret-key".to_owned())
     }
 
+    /// A Kubernetes Secret volume (what `appliance k8s` mounts): the file is a symlink into
+    /// `..data`, itself a symlink to a timestamped directory that an update swaps atomically.
+    #[test]
+    fn key_file_is_read_through_a_secret_volumes_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = dir.path().join("..2026_12_06_05_00_00.123");
+        std::fs::create_dir(&version).unwrap();
+        std::fs::write(version.join("api-key"), "s3cret-key\n").unwrap();
+        std::os::unix::fs::symlink(version.file_name().unwrap(), dir.path().join("..data"))
+            .unwrap();
+        std::os::unix::fs::symlink("..data/api-key", dir.path().join("api-key")).unwrap();
+        let read = read_key_file(&dir.path().join("api-key")).unwrap();
+        assert_eq!(read.expose(), "s3cret-key");
+    }
+
     #[test]
     fn secret_never_formats_its_value() {
         let k = key();

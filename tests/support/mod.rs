@@ -39,7 +39,9 @@ pub use http::{
     wait_for_http,
 };
 #[allow(unused_imports)]
-pub use paths::{appliance_bin, server_bin, shared_dir, shared_fixtures, workspace_root};
+pub use paths::{
+    appliance_bin, cuda_built, server_bin, shared_dir, shared_fixtures, workspace_root,
+};
 #[allow(unused_imports)]
 pub use process::{run_ok, run_with_timeout};
 #[allow(unused_imports)]

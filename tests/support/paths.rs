@@ -62,3 +62,19 @@ pub fn server_bin() -> PathBuf {
     );
     server
 }
+
+/// A binary of the CUDA build (`release/NAME`) where `scripts/build-cuda-server` put it
+/// (`APPLIANCE_CUDA_TARGET_DIR`, default `/var/cache/appliance-ci/target-cuda`); a missing one
+/// fails the test with what to run.
+pub fn cuda_built(name: &str) -> PathBuf {
+    let dir = std::env::var_os("APPLIANCE_CUDA_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/appliance-ci/target-cuda"));
+    let path = dir.join("release").join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run scripts/build-cuda-server (scripts/test does)",
+        path.display()
+    );
+    path
+}

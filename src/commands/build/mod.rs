@@ -593,6 +593,7 @@ pub fn build(
         evaluation: test_result
             .as_ref()
             .and_then(summary::EvaluationSummary::from_predicate),
+        delta_bundle: false,
     };
     Ok(BuildOutcome {
         output,
