@@ -2,7 +2,9 @@
 //!
 //! The lock is what auditors and the signing stage read: for each Hub source (the model, and a
 //! companion tokenizer source), which repository, which commit a branch or tag resolved to, and
-//! the size and sha256 of every packaged file. It is TOML in a
+//! the size and sha256 of every packaged file; for each `path` source (a local model or
+//! tokenizer directory), its file globs and the size and sha256 of every file they select, so a
+//! file added to, changed in or removed from the directory is drift like a moved Hub commit. It is TOML in a
 //! stable order (files sorted by path), so a re-lock that changes nothing changes no byte and a
 //! diff in review shows exactly what moved. It never holds a token, a host path or a time stamp.
 
@@ -30,6 +32,52 @@ pub struct LockFile {
     /// sources existed still read, and a lock without one renders byte for byte as they did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<LockedModel>,
+    /// `[model] path`: a local directory. Written by `appliance lock` only (a build never
+    /// creates it: development directories change all the time), then held by `--locked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<LockedDir>,
+    /// `model.tokenizer = { path = ... }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_path: Option<LockedDir>,
+}
+
+/// A local directory source: what its globs selected, byte for byte. No host path: the lock
+/// must read the same on every build host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedDir {
+    /// The manifest's file globs at lock time, kept to notice a manifest edit.
+    pub globs: Vec<String>,
+    /// Every selected file, sorted by path.
+    pub files: Vec<LockedFile>,
+}
+
+/// Which `path` source a lock section records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockedDirSource {
+    /// `[model] path`, the `[path]` section.
+    Model,
+    /// `model.tokenizer = { path = ... }`, the `[tokenizer_path]` section.
+    Tokenizer,
+}
+
+impl LockedDirSource {
+    pub const ALL: [LockedDirSource; 2] = [Self::Model, Self::Tokenizer];
+
+    /// The manifest field, as messages name the source.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Model => "model.path",
+            Self::Tokenizer => "model.tokenizer.path",
+        }
+    }
+
+    fn section(self) -> &'static str {
+        match self {
+            Self::Model => "path",
+            Self::Tokenizer => "tokenizer_path",
+        }
+    }
 }
 
 /// Which source of the manifest a lock section records.
@@ -114,7 +162,40 @@ impl LockFile {
             tool: format!("appliance {}", env!("CARGO_PKG_VERSION")),
             model,
             tokenizer,
+            path: None,
+            tokenizer_path: None,
         }
+    }
+
+    /// The section recording the `path` source `source`, if the lock has one.
+    pub fn dir(&self, source: LockedDirSource) -> Option<&LockedDir> {
+        match source {
+            LockedDirSource::Model => self.path.as_ref(),
+            LockedDirSource::Tokenizer => self.tokenizer_path.as_ref(),
+        }
+    }
+
+    pub fn dir_mut(&mut self, source: LockedDirSource) -> &mut Option<LockedDir> {
+        match source {
+            LockedDirSource::Model => &mut self.path,
+            LockedDirSource::Tokenizer => &mut self.tokenizer_path,
+        }
+    }
+
+    /// Every section's file list, with the section's name.
+    fn file_lists(&self) -> Vec<(&'static str, &[LockedFile])> {
+        let hub = LockedSource::ALL
+            .into_iter()
+            .filter_map(|s| Some((s.section(), self.get(s)?.files.as_slice())));
+        let dirs = LockedDirSource::ALL
+            .into_iter()
+            .filter_map(|s| Some((s.section(), self.dir(s)?.files.as_slice())));
+        hub.chain(dirs).collect()
+    }
+
+    /// Every file the lock records, across its sections.
+    pub fn all_files(&self) -> impl Iterator<Item = &LockedFile> {
+        self.file_lists().into_iter().flat_map(|(_, files)| files)
     }
 
     /// The section recording `source`, if the lock has one.
@@ -148,16 +229,14 @@ impl LockFile {
                 lock.version
             )));
         }
-        if lock.model.is_none() && lock.tokenizer.is_none() {
+        if lock.file_lists().is_empty() {
             return Err(parse_err(
-                "it records no source (neither `[model]` nor `[tokenizer]`)".into(),
+                "it records no source (none of `[model]`, `[tokenizer]`, `[path]`, `[tokenizer_path]`)"
+                    .into(),
             ));
         }
-        for source in LockedSource::ALL {
-            let Some(section) = lock.get(source) else {
-                continue;
-            };
-            if let Some(bad) = section.files.iter().find(|f| {
+        for (section, files) in lock.file_lists() {
+            if let Some(bad) = files.iter().find(|f| {
                 f.path
                     .split('/')
                     .any(|c| c.is_empty() || c == "." || c == "..")
@@ -167,12 +246,9 @@ impl LockFile {
                     bad.path
                 )));
             }
-            let mut sorted = section.files.clone();
-            sorted.sort_by(|a, b| a.path.cmp(&b.path));
-            if sorted != section.files {
+            if !files.is_sorted_by(|a, b| a.path < b.path) {
                 return Err(parse_err(format!(
-                    "`{}.files` is not sorted by path",
-                    source.section()
+                    "`{section}.files` is not sorted by path (or lists a path twice)"
                 )));
             }
         }
@@ -220,8 +296,31 @@ impl LockFile {
                 ),
             }
         }
+        for source in LockedDirSource::ALL {
+            if let (Some(a), Some(b)) = (self.dir(source), other.dir(source)) {
+                out.extend(
+                    dir_differences(a, b)
+                        .into_iter()
+                        .map(|d| format!("`{}` {d}", source.field())),
+                );
+            }
+        }
         out
     }
+}
+
+/// What differs between a locked directory and what it holds now.
+pub fn dir_differences(a: &LockedDir, b: &LockedDir) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.globs != b.globs {
+        out.push(format!(
+            "files globs: locked `{}`, now `{}`",
+            a.globs.join(", "),
+            b.globs.join(", ")
+        ));
+    }
+    out.extend(file_differences(&a.files, &b.files));
+    out
 }
 
 fn section_differences(a: &LockedModel, b: &LockedModel) -> Vec<String> {
@@ -235,8 +334,15 @@ fn section_differences(a: &LockedModel, b: &LockedModel) -> Vec<String> {
     field("revision", a.revision.clone(), b.revision.clone());
     field("commit", a.commit.clone(), b.commit.clone());
     field("files globs", a.globs.join(", "), b.globs.join(", "));
-    for f in &a.files {
-        match b.files.iter().find(|g| g.path == f.path) {
+    out.extend(file_differences(&a.files, &b.files));
+    out
+}
+
+/// Each file locked in `a` and missing or different in `b`, then each file new in `b`.
+fn file_differences(a: &[LockedFile], b: &[LockedFile]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in a {
+        match b.iter().find(|g| g.path == f.path) {
             None => out.push(format!("`{}`: locked, no longer selected", f.path)),
             Some(g) if g != f => out.push(format!(
                 "`{}`: locked {} ({} bytes), now {} ({} bytes)",
@@ -249,8 +355,8 @@ fn section_differences(a: &LockedModel, b: &LockedModel) -> Vec<String> {
             Some(_) => {}
         }
     }
-    for g in &b.files {
-        if !a.files.iter().any(|f| f.path == g.path) {
+    for g in b {
+        if !a.iter().any(|f| f.path == g.path) {
             out.push(format!("`{}`: new, not in the lock", g.path));
         }
     }
@@ -399,6 +505,43 @@ mod tests {
         let only = LockFile::new(None, Some(section("org/t")));
         only.write(&path).unwrap();
         assert_eq!(LockFile::read_optional(&path).unwrap().unwrap(), only);
+    }
+
+    /// `[path]` sections round-trip, are validated like Hub ones, and their drift is named.
+    #[test]
+    fn path_sections_round_trip_and_name_their_drift() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.lock");
+        let mut lock = LockFile::new(None, None);
+        let files = section("x").files;
+        lock.path = Some(LockedDir {
+            globs: vec!["*".into()],
+            files: files.clone(),
+        });
+        lock.write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("[path]\nglobs = [\"*\"]") && text.contains("[[path.files]]"),
+            "{text}"
+        );
+        assert_eq!(LockFile::read_optional(&path).unwrap().unwrap(), lock);
+
+        let mut other = lock.clone();
+        other.path.as_mut().unwrap().files[1].sha256 = Sha256Digest::of(b"new");
+        let diffs = lock.differences(&other);
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert!(
+            diffs[0].starts_with("`model.path` `b.json`: locked"),
+            "{diffs:?}"
+        );
+
+        other.path.as_mut().unwrap().files.reverse();
+        std::fs::write(&path, other.render()).unwrap();
+        let err = LockFile::read_optional(&path).unwrap_err().to_string();
+        assert!(err.contains("`path.files` is not sorted"), "{err}");
+        std::fs::write(&path, "version = 1\ntool = \"t\"\n").unwrap();
+        let err = LockFile::read_optional(&path).unwrap_err().to_string();
+        assert!(err.contains("records no source"), "{err}");
     }
 
     #[test]

@@ -914,14 +914,14 @@ fn a_local_tokenizer_source_completes_a_weights_only_gguf_directory() {
         "{}",
         summary["layers"]
     );
-    // No Hub source, so no lock to hold it to.
+    // Local sources are locked by `appliance lock`; without a lock `--locked` refuses.
     let out = appliance(
         &["build", "m.toml", "-o", "locked.tar", "--locked"],
         dir.path(),
     );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("`--locked` applies to `hf` sources"),
+        stderr(&out).contains("`--locked`, but there is no lock file"),
         "{}",
         stderr(&out)
     );
@@ -1009,4 +1009,155 @@ fn quantize_refuses_what_it_cannot_convert_and_writes_nothing() {
         }
         assert!(!d.join("out.tar").exists(), "{}", model.display());
     }
+}
+
+/// A `path` model gets a lock like a Hub one: `appliance lock` records every selected file's
+/// size and sha256 (no host path); `build --locked` refuses a changed, added or removed file,
+/// naming it (and both digests when only the bytes moved), writing nothing; a plain build
+/// rewrites the section it finds stale; `verify --manifest --lock` holds the image to it.
+#[test]
+fn path_sources_are_locked_and_locked_builds_refuse_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let fixture = shared_fixtures().join("models/llama-gqa");
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+        }
+    }
+    let text = "[image]\nname = \"registry.local/llm/local\"\ntag = \"1\"\ncreated = \"2025-06-01T00:00:00Z\"\n\
+                [model]\npath = \"model\"\nfiles = [\"*.json\", \"*.safetensors\"]\n";
+    std::fs::write(dir.path().join("m.toml"), text).unwrap();
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "m.toml", "-o", "out.tar", "--quiet"];
+        args.extend_from_slice(extra);
+        appliance(&args, dir.path())
+    };
+    let tarball = dir.path().join("out.tar");
+    let lock_path = dir.path().join("m.lock");
+
+    // A plain build never creates a lock for a directory.
+    assert!(build(&[]).status.success());
+    assert!(!lock_path.exists());
+
+    let out = appliance(&["lock", "m.toml"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock = std::fs::read_to_string(&lock_path).unwrap();
+    let parsed: toml::Value = toml::from_str(&lock).unwrap();
+    let files = parsed["path"]["files"].as_array().unwrap();
+    let mut on_disk: Vec<String> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") || n.ends_with(".safetensors"))
+        .collect();
+    on_disk.sort();
+    assert_eq!(
+        files
+            .iter()
+            .map(|f| f["path"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        on_disk
+    );
+    for f in files {
+        let path = model.join(f["path"].as_str().unwrap());
+        assert_eq!(f["sha256"].as_str().unwrap(), sha256_file(&path));
+        assert_eq!(
+            f["size"].as_integer().unwrap() as u64,
+            path.metadata().unwrap().len()
+        );
+    }
+    assert_eq!(parsed["path"]["globs"].as_array().unwrap().len(), 2);
+    assert!(
+        !lock.contains(&*dir.path().to_string_lossy()),
+        "host path in the lock:\n{lock}"
+    );
+    assert!(parsed.get("model").is_none(), "{lock}");
+
+    std::fs::remove_file(&tarball).unwrap();
+    let out = build(&["--locked"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = appliance(
+        &[
+            "verify",
+            "out.tar",
+            "--manifest",
+            "m.toml",
+            "--lock",
+            "m.lock",
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "intact, unsigned: {}",
+        stderr(&out)
+    );
+    std::fs::remove_file(&tarball).unwrap();
+
+    // The same size, other bytes: caught as packaged, both digests named, nothing written.
+    let config = model.join("reference.json");
+    let before = sha256_file(&config);
+    let mut bytes = std::fs::read(&config).unwrap();
+    let at = bytes.iter().position(|b| *b == b'a').unwrap();
+    bytes[at] = b'b';
+    std::fs::write(&config, &bytes).unwrap();
+    let after = sha256_file(&config);
+    assert_ne!(before, after);
+    let out = build(&["--locked"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`reference.json`") && err.contains(&before) && err.contains(&after),
+        "{err}"
+    );
+    assert!(!tarball.exists() && !dir.path().join("out.tar.tmp").exists());
+    assert_eq!(
+        std::fs::read_to_string(&lock_path).unwrap(),
+        lock,
+        "--locked rewrote the lock"
+    );
+
+    // A new file the globs select is an unpinned file: refused before anything is read.
+    std::fs::write(model.join("extra.json"), "{}").unwrap();
+    let out = build(&["--locked"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`extra.json`: new, not in the lock"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!tarball.exists());
+    std::fs::remove_file(model.join("extra.json")).unwrap();
+    std::fs::rename(
+        model.join("generation_config.json"),
+        dir.path().join("g.json"),
+    )
+    .unwrap();
+    let out = build(&["--locked"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`generation_config.json`: locked, no longer there"),
+        "{err}"
+    );
+    std::fs::rename(
+        dir.path().join("g.json"),
+        model.join("generation_config.json"),
+    )
+    .unwrap();
+
+    // Without --locked the build goes through and the lock follows what was packaged.
+    let out = appliance(&["build", "m.toml", "-o", "out.tar"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Updating"), "{}", stderr(&out));
+    let relocked = std::fs::read_to_string(&lock_path).unwrap();
+    assert!(
+        relocked.contains(&after) && !relocked.contains(&before),
+        "{relocked}"
+    );
+    std::fs::remove_file(&tarball).unwrap();
+    assert!(build(&["--locked"]).status.success());
 }

@@ -1,18 +1,25 @@
 //! `appliance lock`, and the lock policy every command that fetches Hub sources (the model,
 //! and a companion tokenizer source) shares: use the lock when it answers the manifest, write it
 //! when absent or stale, and with `--locked` refuse any drift from it.
+//!
+//! `path` sources (a local model or tokenizer directory) are locked by `appliance lock` too:
+//! every file their globs select, with size and sha256. A build checks them against the lock
+//! with the digests it measures while packaging (no second read); `--locked` refuses any drift.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::digest::Sha256Digest;
 use crate::fetch::hub::{Contents, HubFetcher, HubRequest, HubSnapshot};
 use crate::fetch::tokenizer::{self, FetchedTokenizer};
 use crate::fetch::{FetchedModel, ModelOrigin};
 use crate::layers::plan::PlannedFile;
-use crate::lock::{self, LockFile, LockedModel, LockedSource, render_differences};
+use crate::lock::{
+    self, LockFile, LockedDir, LockedDirSource, LockedFile, LockedModel, LockedSource,
+    render_differences,
+};
 use crate::manifest::{Manifest, ModelSource, TokenizerSource};
 use crate::progress::{BuildLog, Progress};
 
@@ -95,22 +102,293 @@ pub fn has_hub_source(manifest: &Manifest) -> bool {
     !hub_sources(manifest).is_empty()
 }
 
-/// `appliance lock`: resolves the manifest's revisions and records every file's digest.
+/// A `path` source as the manifest asks for it, with the files its globs select now.
+pub struct DirSource {
+    pub source: LockedDirSource,
+    pub globs: Vec<String>,
+    pub files: Vec<PlannedFile>,
+}
+
+impl DirSource {
+    /// The lock section for these files, given each one's digest.
+    pub fn locked(&self, digest: impl Fn(&str) -> Option<Sha256Digest>) -> Result<LockedDir> {
+        let mut files = Vec::new();
+        for f in &self.files {
+            let Some(sha256) = digest(&f.rel_path) else {
+                bail!(
+                    "`{}` of `{}` was not measured",
+                    f.rel_path,
+                    self.source.field()
+                );
+            };
+            files.push(LockedFile {
+                path: f.rel_path.clone(),
+                size: f.size,
+                sha256,
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(LockedDir {
+            globs: self.globs.clone(),
+            files,
+        })
+    }
+}
+
+/// The manifest's `path` sources (the tokenizer directory's first, as for Hub sources).
+pub fn dir_sources(manifest: &Manifest) -> Result<Vec<DirSource>> {
+    let mut out = Vec::new();
+    let mut companion = Vec::new();
+    if let Some(t) = &manifest.model.tokenizer
+        && let Some(fetched) = tokenizer::fetch_local(t)?
+    {
+        companion = fetched.names();
+        out.push(DirSource {
+            source: LockedDirSource::Tokenizer,
+            globs: t.files.clone(),
+            files: fetched.files,
+        });
+    }
+    if let ModelSource::Path(dir) = &manifest.model.source {
+        out.push(DirSource {
+            source: LockedDirSource::Model,
+            globs: manifest.model.files.clone(),
+            files: crate::fetch::list_model_files(dir, &manifest.model.files, &companion)?,
+        });
+    }
+    Ok(out)
+}
+
+/// What `appliance lock` recorded.
+pub struct Locked {
+    pub lock_path: PathBuf,
+    /// The Hub sources, fetched and verified.
+    pub hub: Option<HubFetch>,
+    /// The `path` sources, hashed.
+    pub dirs: Vec<(LockedDirSource, LockedDir)>,
+}
+
+/// `appliance lock`: resolves the manifest's Hub revisions and records every file's digest,
+/// and hashes every file its `path` sources select.
 pub fn lock(
     manifest_path: &Path,
     hub: &HubFetcher,
     progress: &dyn Progress,
     log: &dyn BuildLog,
-) -> Result<HubFetch> {
+) -> Result<Locked> {
     let manifest = Manifest::load(manifest_path, None)?;
-    fetch_hub(
-        &manifest,
-        manifest_path,
-        hub,
-        LockPolicy::Relock,
-        progress,
-        log,
-    )
+    let sources = dir_sources(&manifest)?;
+    if !has_hub_source(&manifest) && sources.is_empty() {
+        bail!(
+            "`{}` has no source a lock file records (`model.hf`, `model.path`, `model.tokenizer`): a synthetic model is generated from its spec",
+            manifest_path.display()
+        );
+    }
+    let lock_path = lock::lock_path(manifest_path);
+    let total = sources.iter().flat_map(|s| &s.files).map(|f| f.size).sum();
+    let task = progress.task("Hashing", total);
+    let mut dirs = Vec::new();
+    for s in &sources {
+        let mut measured = BTreeMap::new();
+        for f in &s.files {
+            let m =
+                crate::fetch::hub::verify::hash_file(&f.host_path, false).with_context(|| {
+                    format!(
+                        "Failed to read `{}` of `{}`",
+                        f.host_path.display(),
+                        s.source.field()
+                    )
+                })?;
+            task.advance(m.size);
+            measured.insert(f.rel_path.clone(), m);
+        }
+        let mut locked = s.locked(|path| measured.get(path).map(|m| m.sha256))?;
+        // The size read, not the size listed: a file growing between the two is what was hashed.
+        for f in &mut locked.files {
+            f.size = measured[&f.path].size;
+        }
+        dirs.push((s.source, locked));
+    }
+    task.finish();
+    let hub_fetch = if has_hub_source(&manifest) {
+        Some(fetch_hub(
+            &manifest,
+            manifest_path,
+            hub,
+            LockPolicy::Relock,
+            progress,
+            log,
+        )?)
+    } else {
+        None
+    };
+    let mut file = match &hub_fetch {
+        // Just written by `fetch_hub`, with the Hub sections.
+        Some(_) => LockFile::read_optional(&lock_path)?
+            .with_context(|| format!("`{}` vanished while locking", lock_path.display()))?,
+        None => LockFile::new(None, None),
+    };
+    for source in LockedDirSource::ALL {
+        *file.dir_mut(source) = dirs
+            .iter()
+            .find(|(s, _)| *s == source)
+            .map(|(_, d)| d.clone());
+    }
+    file.write(&lock_path)?;
+    for (source, dir) in &dirs {
+        log.step(&format!(
+            "Locked `{}` ({} files, {} bytes) in {}",
+            source.field(),
+            dir.files.len(),
+            dir.files.iter().map(|f| f.size).sum::<u64>(),
+            lock_path.display()
+        ));
+    }
+    Ok(Locked {
+        lock_path,
+        hub: hub_fetch,
+        dirs,
+    })
+}
+
+/// How a build holds its `path` sources to the lock.
+pub enum DirLock {
+    /// No lock records them: nothing to check or update.
+    None,
+    /// The lock's `path` sections, to check (`--locked`: refuse drift) or update.
+    Held {
+        lock: Box<LockFile>,
+        path: PathBuf,
+        locked: bool,
+    },
+}
+
+/// Before packaging: with `--locked`, the lock must record every `path` source as the
+/// manifest asks for it, and the directories must still hold the locked file names and sizes
+/// (the digests are compared as the files are packaged).
+pub fn check_dirs_before(
+    manifest_path: &Path,
+    sources: &[DirSource],
+    locked: bool,
+) -> Result<DirLock> {
+    let lock_path = lock::lock_path(manifest_path);
+    if sources.is_empty() {
+        return Ok(DirLock::None);
+    }
+    let existing = LockFile::read_optional(&lock_path)?;
+    let Some(existing) = existing else {
+        if locked {
+            bail!(
+                "`--locked`, but there is no lock file `{}`\n  hint: run `appliance lock {}` and commit the lock",
+                lock_path.display(),
+                manifest_path.display()
+            );
+        }
+        return Ok(DirLock::None);
+    };
+    if locked {
+        for s in sources {
+            let field = s.source.field();
+            let Some(dir) = existing.dir(s.source) else {
+                bail!(
+                    "`--locked`, but `{}` does not record the `{field}` source\n  hint: run `appliance lock {}`",
+                    lock_path.display(),
+                    manifest_path.display()
+                );
+            };
+            // Globs, names and sizes now; digests as the files are packaged.
+            let mut diffs = Vec::new();
+            if dir.globs != s.globs {
+                diffs.push(format!(
+                    "`{field}` files globs: locked `{}`, now `{}`",
+                    dir.globs.join(", "),
+                    s.globs.join(", ")
+                ));
+            }
+            for l in &dir.files {
+                match s.files.iter().find(|f| f.rel_path == l.path) {
+                    None => diffs.push(format!("`{field}` `{}`: locked, no longer there", l.path)),
+                    Some(f) if f.size != l.size => diffs.push(format!(
+                        "`{field}` `{}`: locked at {} bytes (sha256 {}), now {} bytes",
+                        l.path,
+                        l.size,
+                        l.sha256.hex(),
+                        f.size
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for f in &s.files {
+                if !dir.files.iter().any(|l| l.path == f.rel_path) {
+                    diffs.push(format!("`{field}` `{}`: new, not in the lock", f.rel_path));
+                }
+            }
+            if !diffs.is_empty() {
+                bail!(
+                    "`--locked`, but the `{field}` directory differs from `{}`:{}\n  hint: run `appliance lock {}` if the change is intended; nothing was written",
+                    lock_path.display(),
+                    render_differences(&diffs),
+                    manifest_path.display()
+                );
+            }
+        }
+    } else if sources.iter().all(|s| existing.dir(s.source).is_none()) {
+        return Ok(DirLock::None);
+    }
+    Ok(DirLock::Held {
+        lock: Box::new(existing),
+        path: lock_path,
+        locked,
+    })
+}
+
+impl DirLock {
+    /// After packaging, with the sha256 of every file as packaged: `--locked` fails on any
+    /// difference (naming the file and both digests); otherwise returns the lock to write
+    /// (after the image is committed) when a recorded `path` section moved.
+    pub fn check_after(
+        self,
+        sources: &[DirSource],
+        measured: impl Fn(&str) -> Option<Sha256Digest>,
+        log: &dyn BuildLog,
+    ) -> Result<Option<(LockFile, PathBuf)>> {
+        let DirLock::Held {
+            mut lock,
+            path,
+            locked,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let mut diffs = Vec::new();
+        for s in sources {
+            let now = s.locked(&measured)?;
+            if let Some(before) = lock.dir(s.source) {
+                diffs.extend(
+                    lock::dir_differences(before, &now)
+                        .into_iter()
+                        .map(|d| format!("`{}` {d}", s.source.field())),
+                );
+                *lock.dir_mut(s.source) = Some(now);
+            }
+        }
+        if diffs.is_empty() {
+            return Ok(None);
+        }
+        if locked {
+            bail!(
+                "`--locked`, but what was packaged differs from `{}`:{}\n  hint: run `appliance lock` if the change is intended; nothing was written",
+                path.display(),
+                render_differences(&diffs)
+            );
+        }
+        log.step(&format!(
+            "Updating `{}`: the `path` sources changed since it was written:{}",
+            path.display(),
+            render_differences(&diffs)
+        ));
+        Ok(Some((*lock, path)))
+    }
 }
 
 pub fn fetch_hub(
@@ -233,10 +511,15 @@ pub fn fetch_hub(
             (s.source == source).then(|| f.snapshot.to_locked(s.repo, s.revision, s.globs))
         })
     };
-    let new = LockFile::new(
+    let mut new = LockFile::new(
         section(LockedSource::Model),
         section(LockedSource::Tokenizer),
     );
+    // The `path` sections are the build's to check; a Hub re-lock carries them over.
+    if let Some(e) = &existing {
+        new.path = e.path.clone();
+        new.tokenizer_path = e.tokenizer_path.clone();
+    }
     let diffs = existing
         .as_ref()
         .map(|e| e.differences(&new))

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{VerifyError, fail, scan::LayerFile};
 use crate::digest::Sha256Digest;
-use crate::lock::{LockFile, LockedSource};
+use crate::lock::LockFile;
 use crate::manifest::Manifest;
 use crate::summary::labels;
 
@@ -113,16 +113,10 @@ pub fn check(
         ));
         return Ok(checks);
     }
-    let mut locked: BTreeMap<String, (u64, Sha256Digest)> = BTreeMap::new();
-    for source in LockedSource::ALL {
-        for f in lock
-            .get(source)
-            .map(|s| s.files.as_slice())
-            .unwrap_or_default()
-        {
-            locked.insert(f.path.clone(), (f.size, f.sha256));
-        }
-    }
+    let locked: BTreeMap<String, (u64, Sha256Digest)> = lock
+        .all_files()
+        .map(|f| (f.path.clone(), (f.size, f.sha256)))
+        .collect();
     for (path, (size, sha256)) in &locked {
         let Some(f) = in_image(path) else {
             return fail(

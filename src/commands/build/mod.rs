@@ -137,13 +137,17 @@ pub fn build(
             log,
         )?)
     } else {
-        if settings.locked {
-            bail!(
-                "`--locked` applies to `hf` sources (`model.hf`, `model.tokenizer.hf`), which have a lock file"
-            );
-        }
         None
     };
+    // `path` sources: held to the lock when it records them (`--locked`: it must).
+    let dir_sources = super::lock::dir_sources(&manifest)?;
+    if settings.locked && hub_fetch.is_none() && dir_sources.is_empty() {
+        bail!(
+            "`--locked` applies to `hf` and `path` sources, which have a lock file; a synthetic model is generated from its spec"
+        );
+    }
+    let dir_lock =
+        super::lock::check_dirs_before(&settings.manifest, &dir_sources, settings.locked)?;
     let hub_digests = hub_fetch.as_ref().map(|h| h.verified_digests());
     let (hub_model, tokenizer) = match hub_fetch {
         Some(h) => (h.model, h.tokenizer),
@@ -367,6 +371,22 @@ pub fn build(
             }
         }
     }
+    // The quantizer's inputs are what a `path` lock records for the model directory.
+    let quantizer_inputs: BTreeMap<&str, Sha256Digest> = quantization
+        .iter()
+        .flat_map(|q| &q.sources)
+        .map(|(path, digest, _)| (path.as_str(), *digest))
+        .collect();
+    let lock_update = dir_lock.check_after(
+        &dir_sources,
+        |path| {
+            digests
+                .get(path)
+                .or_else(|| quantizer_inputs.get(path))
+                .copied()
+        },
+        log,
+    )?;
     if !manifest.model.pins.is_empty() {
         log.step(&format!(
             "Verified {} pinned sha256 digests",
@@ -533,11 +553,21 @@ pub fn build(
                 }
             },
             manifest: read_document(&settings.manifest)?,
-            // The lock beside the manifest (`manifest.toml` → `manifest.lock`), when there is one.
-            lock: Some(settings.manifest.with_extension("lock"))
-                .filter(|p| p.is_file())
-                .map(|p| read_document(&p))
-                .transpose()?,
+            // The lock beside the manifest (`manifest.toml` → `manifest.lock`), when there is
+            // one; as this build is about to rewrite it, when its `path` sections moved.
+            lock: match &lock_update {
+                Some((lock, path)) => Some(attest::NamedDocument {
+                    name: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    text: lock.render(),
+                }),
+                None => Some(settings.manifest.with_extension("lock"))
+                    .filter(|p| p.is_file())
+                    .map(|p| read_document(&p))
+                    .transpose()?,
+            },
         };
         let artifacts = sign::sign_image(signer, &facts, reference.name(), docs.manifest.size())?;
         writer.add_dir("signatures")?;
@@ -557,6 +587,9 @@ pub fn build(
     writer
         .finish(&docs)
         .with_context(|| format!("Failed to export the image to `{}`", output.display()))?;
+    if let Some((lock, path)) = lock_update {
+        lock.write(&path)?;
+    }
     match sidecars {
         Some(sidecars) => sidecars.commit()?,
         None => sign::remove_stale_sidecars(&output)?,
