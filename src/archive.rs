@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use crate::digest::Sha256Digest;
 
 pub const BLOCK: u64 = 512;
-/// Documents (indexes, manifests, plans) are kept in memory only up to this size.
-pub const MAX_DOCUMENT: u64 = crate::verify::scan::MAX_DOCUMENT;
+/// JSON documents (indexes, manifests, plans) are kept in memory only up to this size
+/// (containerd's limit is 20 MiB; ours are a few KiB).
+pub const MAX_DOCUMENT: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

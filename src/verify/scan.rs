@@ -13,9 +13,8 @@ use std::path::Path;
 use crate::digest::{HashingReader, Sha256Digest};
 use crate::manifest::Compression;
 
-/// JSON documents and blobs that parse as JSON are kept only up to this size (containerd's limit
-/// is 20 MiB; ours are a few KiB).
-pub const MAX_DOCUMENT: u64 = 16 << 20;
+/// JSON documents and blobs that parse as JSON are kept only up to this size.
+pub use crate::archive::MAX_DOCUMENT;
 
 /// Whole-file names a tarball may hold besides blobs.
 const DOCUMENTS: &[&str] = &[
