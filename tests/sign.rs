@@ -1373,3 +1373,65 @@ fn push_signs_in_with_bearer_tokens_from_an_auth_file_uploads_in_chunks_and_moun
         reg.token_requests.lock().unwrap()
     );
 }
+
+/// A push killed halfway resumes: the blobs the registry completed are not sent again.
+#[test]
+fn an_interrupted_push_resumes_without_resending_completed_blobs() {
+    let (s, reg, home) = pushing(Auth::Htpasswd);
+    let target = format!("{}/llm/resume", reg.host);
+    let creds = format!("{USER}:{REG_PASSWORD}");
+    let args = [
+        s.tar.to_str().unwrap(),
+        &target,
+        "--cert-dir",
+        reg.cert_dir.to_str().unwrap(),
+        "--creds",
+        &creds,
+        "--json",
+    ];
+    // Small chunks make the large server layer take many requests: time to cut it off.
+    let mut child = Command::new(appliance_bin())
+        .arg("push")
+        .args(args)
+        .args(["--chunk-size", "64KiB"])
+        .env("HOME", &home)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while reg.blobs_completed() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no blob completed:\n{}",
+            reg.log()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the push ended before it was cut off"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let completed = reg.blobs_completed();
+
+    let out = push(&args, &home, &[]);
+    let report = push_json(&out);
+    let present = report["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["outcome"] == "present")
+        .count();
+    assert_eq!(present, completed, "{report}");
+    assert!(
+        outcomes(&report).contains(&"uploaded".to_string()),
+        "{report}"
+    );
+    assert_eq!(
+        reg.skopeo_digest(&format!("{target}:0.1.0")),
+        image_digest(&s.tar)
+    );
+}

@@ -174,6 +174,17 @@ impl Registry {
             .count()
     }
 
+    /// Blobs the registry has accepted whole (the `PUT ...?digest=` that completes an upload
+    /// answered 201), from the access log.
+    pub fn blobs_completed(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| {
+                l.contains("\"PUT /v2/") && l.contains("/blobs/uploads/") && l.contains("\" 201 ")
+            })
+            .count()
+    }
+
     /// The manifest digest skopeo, signed in, reads for `reference`.
     pub fn skopeo_digest(&self, reference: &str) -> String {
         let out = run_ok(
