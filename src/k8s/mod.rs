@@ -62,6 +62,8 @@ pub fn render(objects: &[Value], format: Format) -> String {
         Format::Yaml => yaml::documents(objects),
         Format::Json => {
             let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+            // Keys sorted explicitly (see `yaml`): the same bytes whatever serde_json's features.
+            let list = crate::json::sort_keys(list);
             let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();
             text.push('\n');
             text

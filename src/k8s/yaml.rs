@@ -36,7 +36,11 @@ fn block(out: &mut String, value: &Value, indent: usize, mut continued: bool) {
     };
     match value {
         Value::Object(map) => {
-            for (key, child) in map {
+            // Sorted here, not by serde_json: whether its maps keep insertion order depends
+            // on a feature any crate in the build may turn on, and the bytes must not.
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (key, child) in entries {
                 pad(out);
                 out.push_str(&string(key));
                 out.push(':');
