@@ -528,6 +528,13 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ConvertError> {
     Ok(files)
 }
 
+/// Reads `file`'s safetensors header as the converter does and returns how many tensors it
+/// lists: the entry point of the `safetensors_header` fuzz target.
+#[doc(hidden)]
+pub fn read_safetensors_header(file: &Path) -> Result<usize, ConvertError> {
+    read_header(file).map(|sources| sources.len())
+}
+
 fn read_header(file: &Path) -> Result<Vec<Source>, ConvertError> {
     let io = |source| ConvertError::Io {
         path: file.to_path_buf(),
@@ -582,13 +589,12 @@ fn read_header(file: &Path) -> Result<Vec<Source>, ConvertError> {
                 ),
             ));
         }
-        if data_start + end as u64 > size {
+        // Saturating: the offsets are the file's, up to u64::MAX.
+        let data_end = data_start.saturating_add(end as u64);
+        if data_end > size {
             return Err(invalid(
                 &name,
-                format!(
-                    "data ends at byte {} of a {size}-byte file (truncated?)",
-                    data_start + end as u64
-                ),
+                format!("data ends at byte {data_end} of a {size}-byte file (truncated?)"),
             ));
         }
         if info.shape.is_empty() || info.shape.len() > 2 {
@@ -736,5 +742,39 @@ mod tests {
         // llama.cpp: first and last eighth, and every third layer in between
         let more: Vec<usize> = (0..16).filter(|&i| use_more_bits(i, 16)).collect();
         assert_eq!(more, [0, 1, 4, 7, 10, 13, 14, 15]);
+    }
+
+    /// Data offsets are the file's own numbers: ending just short of 2^64, they once overflowed
+    /// `data_start + end` (a panic, or in release a wrapped check and a 2^60-byte allocation).
+    #[test]
+    fn offsets_near_u64_max_are_refused_not_overflowed() {
+        let step = 1u64 << 60;
+        let end = u64::MAX - 15;
+        let mut tensors = serde_json::Map::new();
+        for i in 0..15 {
+            let entry = serde_json::json!({
+                "dtype": "F32", "shape": [step / 4], "data_offsets": [i * step, (i + 1) * step]
+            });
+            tensors.insert(format!("t{i:02}"), entry);
+        }
+        // Named to be checked first (by name), though it ends last.
+        let last = serde_json::json!({
+            "dtype": "F32", "shape": [(end - 15 * step) / 4], "data_offsets": [15 * step, end]
+        });
+        tensors.insert("a".into(), last);
+        let header = serde_json::to_vec(&tensors).unwrap();
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&[0; 64]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.safetensors");
+        std::fs::write(&file, bytes).unwrap();
+        match read_safetensors_header(&file) {
+            Err(ConvertError::Invalid { field, message, .. }) => {
+                assert_eq!(field, "a");
+                assert!(message.contains("truncated"), "{message}");
+            }
+            other => panic!("expected the truncation error, got {other:?}"),
+        }
     }
 }

@@ -180,7 +180,10 @@ pub struct GgufFacts {
 /// order ([`shard_set`]). Metadata comes from the first shard: `llama-gguf-split` writes it there
 /// only. `tokenizer_json`: whether a `tokenizer.json` is packaged beside the set; without one the
 /// server builds the tokenizer from the metadata, which must describe one it can build.
-pub(crate) fn read_set(
+///
+/// Public for the `gguf_header` fuzz target.
+#[doc(hidden)]
+pub fn read_set(
     files: &[(&str, &Path)],
     tokenizer_json: bool,
 ) -> Result<Option<GgufFacts>, GgufError> {

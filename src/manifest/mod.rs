@@ -329,10 +329,6 @@ impl Manifest {
             path: path.to_path_buf(),
             source,
         })?;
-        let raw: RawManifest = toml::from_str(&text).map_err(|e| ManifestError::Parse {
-            path: path.to_path_buf(),
-            message: describe_toml_error(&text, &e),
-        })?;
         let base_dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -341,7 +337,25 @@ impl Manifest {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_raw(raw, path, &base_dir, source_date_epoch, check_sources)
+        Self::parse(&text, path, &base_dir, source_date_epoch, check_sources)
+    }
+
+    /// Parses and validates manifest `text` as read from `path`, relative paths resolved against
+    /// `base_dir`: what [`Manifest::load`] (`check_sources`: local sources must exist) and
+    /// [`Manifest::load_for_review`] do once the file is read. The `manifest` fuzz target's
+    /// entry point.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        base_dir: &Path,
+        source_date_epoch: Option<&str>,
+        check_sources: bool,
+    ) -> Result<Self, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(text, &e),
+        })?;
+        Self::from_raw(raw, path, base_dir, source_date_epoch, check_sources)
     }
 
     fn from_raw(

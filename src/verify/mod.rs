@@ -133,17 +133,29 @@ pub fn verify(tarball: &Path, against: &Against) -> Result<Report, VerifyError> 
         (Some(base), true) => Some(scan::scan(base)?),
         (None, false) => None,
     };
-    let mut report = Checker {
-        scan: &scan,
-        base: base_scan.as_ref().zip(against.base),
+    let mut report = check_scan(&scan, base_scan.as_ref().zip(against.base), against)?;
+    report.bytes_hashed += base_scan.map_or(0, |b| b.bytes);
+    Ok(report)
+}
+
+/// Every check [`verify`] runs on what its scans learned: the image documents, the cosign
+/// signature and the DSSE attestations are parsed here. `base`: a delta bundle's base tarball,
+/// scanned. Public for the `verify_documents` fuzz target, which feeds it altered documents.
+#[doc(hidden)]
+pub fn check_scan(
+    scan: &Scan,
+    base: Option<(&Scan, &Path)>,
+    against: &Against,
+) -> Result<Report, VerifyError> {
+    Checker {
+        scan,
+        base,
         key: against.key,
         reviewed: against.reviewed,
         referenced: BTreeSet::new(),
         checks: Vec::new(),
     }
-    .run()?;
-    report.bytes_hashed += base_scan.map_or(0, |b| b.bytes);
-    Ok(report)
+    .run()
 }
 
 struct Checker<'a> {
