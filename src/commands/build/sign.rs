@@ -1,12 +1,17 @@
-//! The signing part of `appliance build`: loads the key before any expensive work, signs the
-//! finished manifest and its attestations, and writes the detached sidecar files.
+//! The signing part of `appliance build`: loads the key before any expensive work, gathers
+//! what the build measured into the attestations' facts, signs the finished manifest and its
+//! attestations, and writes the detached sidecar files.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use super::{Assembled, BuildSettings, Evaluated, Evaluation, Fetched, Planned, Resolved};
+use super::{Session, Written};
 use crate::attest::{self, BuildFacts, FileFact};
+use crate::fetch::ModelOrigin;
+use crate::layers::plan;
 use crate::layers::{Layer, LayerRole};
 use crate::sign::cosign::{self, Attestation, SignedArtifacts, SignedImage};
 use crate::sign::{Secret, Signer, keys};
@@ -38,6 +43,204 @@ pub fn load_signer(key: &Path, password: &KeyPassword) -> Result<Signer> {
     };
     let key = keys::decrypt(&key.display().to_string(), &text, &secret)?;
     Ok(Signer::new(key))
+}
+
+/// The build's signing step, for manifests with `[signing]`: the signature entries go into the
+/// tarball before it is finished; the sidecars come back staged, to be committed with it.
+pub(super) fn sign(
+    session: &Session,
+    resolved: &Resolved,
+    fetched: &Fetched,
+    planned: &Planned,
+    written: &mut Written,
+    evaluated: &Evaluated,
+    assembled: &Assembled,
+) -> Result<Option<StagedSidecars>> {
+    let Some(signer) = &resolved.signer else {
+        return Ok(None);
+    };
+    let docs = &assembled.docs;
+    let facts = build_facts(
+        session.settings,
+        resolved,
+        fetched,
+        planned,
+        written,
+        evaluated,
+        assembled,
+    )?;
+    let reference = &resolved.manifest.image.reference;
+    let artifacts = sign_image(signer, &facts, reference.name(), docs.manifest.size())?;
+    written.writer.add_dir("signatures")?;
+    for (path, bytes) in &artifacts.entries {
+        written.writer.add_file(path, bytes)?;
+    }
+    let sidecars = stage_sidecars(sidecar_files(&resolved.output, &artifacts))?;
+    session.log.step(&format!(
+        "Signed {} with key sha256:{}",
+        docs.manifest.digest,
+        artifacts.fingerprint.hex()
+    ));
+    Ok(Some(sidecars))
+}
+
+/// What the SBOM and the provenance state: the digests measured as the layers were written,
+/// never the host files', so the attestations describe the bytes the image carries.
+pub(super) fn build_facts(
+    settings: &BuildSettings,
+    resolved: &Resolved,
+    fetched: &Fetched,
+    planned: &Planned,
+    written: &Written,
+    evaluated: &Evaluated,
+    assembled: &Assembled,
+) -> Result<BuildFacts> {
+    let Resolved {
+        manifest, server, ..
+    } = resolved;
+    let Fetched {
+        model,
+        tokenizer,
+        quantization,
+        ..
+    } = fetched;
+    let measured = &written.measured;
+    let hub = |origin: &ModelOrigin| match origin {
+        ModelOrigin::Hf { repo, revision } => Some((repo.clone(), revision.clone())),
+        _ => None,
+    };
+    Ok(BuildFacts {
+        reference: manifest.image.reference.full().to_string(),
+        manifest_digest: assembled.docs.manifest.digest,
+        created: assembled.run.created.clone(),
+        builder_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: attest::ModelFacts {
+            name: manifest.server.served_model_name.clone(),
+            dir: planned.model_dir.clone(),
+            source: assembled.model.source.clone(),
+            revision: assembled.model.revision.clone(),
+            hub: hub(&model.origin),
+            files: measured
+                .iter()
+                .map(|(path, f)| FileFact {
+                    path: path.clone(),
+                    sha256: f.sha256,
+                    size: f.size,
+                    package: None,
+                })
+                .collect(),
+            format: model.format.clone(),
+        },
+        quantization: quantization.as_ref().map(|q| attest::QuantizationFacts {
+            file_type: q.file_type.name().to_string(),
+            converter: format!(
+                "appliance {} (appliance-gguf: llama.cpp's convert_hf_to_gguf + llama-quantize reference quantizers, no importance matrix)",
+                env!("CARGO_PKG_VERSION")
+            ),
+            output: crate::quantize::GGUF_NAME.to_string(),
+            tensor_types: q.tensor_types.clone(),
+            sources: q
+                .sources
+                .iter()
+                .map(|(path, sha256, size)| FileFact {
+                    path: path.clone(),
+                    sha256: *sha256,
+                    size: *size,
+                    package: None,
+                })
+                .collect(),
+        }),
+        tokenizer: tokenizer.as_ref().map(|t| attest::TokenizerFacts {
+            source: t.origin.label(),
+            hub: hub(&t.origin),
+            files: t
+                .files
+                .iter()
+                .filter_map(|f| {
+                    let m = measured.get(&f.rel_path)?;
+                    Some(FileFact {
+                        path: f.rel_path.clone(),
+                        sha256: m.sha256,
+                        size: m.size,
+                        package: None,
+                    })
+                })
+                .collect(),
+        }),
+        server: attest::ServerFacts {
+            path: plan::SERVER_PATH.to_string(),
+            version: server.info.version.clone(),
+            sha256: server.sha256,
+            size: server.size,
+            features: server.info.features.clone(),
+            target: server.info.target.clone(),
+            crates: server.info.crates.clone(),
+            source_revision: server.info.source_revision.clone(),
+        },
+        userland: userland_facts(&written.layers, &planned.userland.files),
+        base: planned.userland.base.as_ref().map(|base| attest::BaseFacts {
+            name: base.name.clone(),
+            pinned: base.pinned,
+            layers: base
+                .layers
+                .iter()
+                .map(|l| (l.digest, l.diff_id, l.size))
+                .collect(),
+        }),
+        evaluation: evaluation_facts(manifest.eval.cases.len(), evaluated),
+        manifest: read_document(&settings.manifest)?,
+        // The lock beside the manifest (`manifest.toml` → `manifest.lock`), when there is one;
+        // as this build is about to rewrite it, when its `path` sections moved.
+        lock: match &written.lock_update {
+            Some((lock, path)) => Some(attest::NamedDocument {
+                name: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                text: lock.render(),
+            }),
+            None => Some(settings.manifest.with_extension("lock"))
+                .filter(|p| p.is_file())
+                .map(|p| read_document(&p))
+                .transpose()?,
+        },
+    })
+}
+
+/// The gate as the provenance records it; its results only when the predicate was built (a
+/// signed build whose gate ran).
+fn evaluation_facts(cases: usize, evaluated: &Evaluated) -> Option<attest::EvaluationFacts> {
+    match &evaluated.evaluation {
+        Evaluation::NoCases => None,
+        Evaluation::Skipped => Some(attest::EvaluationFacts::Skipped { cases }),
+        Evaluation::Ran(outcome) => {
+            evaluated
+                .test_result
+                .clone()
+                .map(|predicate| attest::EvaluationFacts::Ran {
+                    summary: serde_json::json!({
+                        "cases": outcome.results.len(),
+                        "passed": outcome.passed(),
+                        "minPassRate": outcome.min_pass_rate,
+                        "device": outcome.device,
+                    }),
+                    predicate,
+                })
+        }
+    }
+}
+
+/// A manifest or lock as an external parameter of the provenance: its file name and text.
+fn read_document(path: &Path) -> Result<attest::NamedDocument> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("Failed to read `{}`", path.display()))?;
+    Ok(attest::NamedDocument {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        text,
+    })
 }
 
 /// Digests of the userland files as measured while their layer was written, with packages.
