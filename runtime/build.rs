@@ -67,7 +67,7 @@ fn main() {
     );
 
     let mut marker = Vec::with_capacity(json.len() + 24);
-    marker.extend_from_slice(b"\0APPLIANCE_BUILD_INFO:");
+    marker.extend_from_slice(appliance_common::build_info::PREFIX);
     marker.extend_from_slice(json.as_bytes());
     marker.push(0);
 

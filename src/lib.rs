@@ -27,7 +27,6 @@ pub mod manifest;
 pub mod progress;
 pub mod push;
 pub mod quantize;
-pub mod secret;
 pub mod server_binary;
 pub mod sign;
 pub mod summary;

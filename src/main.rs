@@ -442,12 +442,12 @@ fn render(s: &ImageSummary) -> String {
 }
 
 /// `--creds USER` without a password: the environment, else a prompt on a terminal.
-fn registry_password() -> Result<appliance::secret::Secret, String> {
+fn registry_password() -> Result<appliance_common::Secret, String> {
     if let Some(p) = std::env::var("APPLIANCE_REGISTRY_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty())
     {
-        return Ok(appliance::secret::Secret::new(p));
+        return Ok(appliance_common::Secret::new(p));
     }
     if !std::io::stdin().is_terminal() {
         return Err(
@@ -456,7 +456,7 @@ fn registry_password() -> Result<appliance::secret::Secret, String> {
         );
     }
     rpassword::prompt_password("Registry password: ")
-        .map(appliance::secret::Secret::new)
+        .map(appliance_common::Secret::new)
         .map_err(|e| format!("Failed to read the password: {e}"))
 }
 

@@ -7,60 +7,11 @@
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use appliance_common::build_info::scan::MarkerFinder;
+
 use crate::digest::{HashingReader, Sha256Digest};
 
-/// The bytes that precede the build-info JSON inside the server binary.
-pub const MARKER: &[u8] = b"\0APPLIANCE_BUILD_INFO:";
-/// The crate list makes the marker a few KiB; this bounds a scan of a hostile binary.
-const MAX_INFO_LEN: usize = 256 << 10;
-
-/// What the server binary says about itself.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BuildInfo {
-    pub name: String,
-    pub version: String,
-    #[serde(default)]
-    pub features: Vec<String>,
-    pub target: String,
-    #[serde(default)]
-    pub profile: String,
-    /// `name@version` of every crate compiled into the server (from `cargo tree` at its build),
-    /// for the SBOM; empty for servers built before the list was recorded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub crates: Vec<String>,
-    /// The git commit the server was built from, when its build saw a git checkout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_revision: Option<String>,
-    /// Only in a `cuda` build: what its kernels were compiled with (see runtime/build.rs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cuda: Option<CudaBuild>,
-}
-
-/// The CUDA toolkit, compute capability and minimum driver a `cuda` server was built for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CudaBuild {
-    pub version: String,
-    pub compute_cap: String,
-    pub min_driver: String,
-}
-
-impl BuildInfo {
-    /// The OCI architecture name for the binary's target triple.
-    pub fn oci_architecture(&self) -> &str {
-        match self.target.split('-').next().unwrap_or_default() {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "riscv64" => "riscv64",
-            "powerpc64le" => "ppc64le",
-            "s390x" => "s390x",
-            other => other,
-        }
-    }
-
-    pub fn has_feature(&self, feature: &str) -> bool {
-        self.features.iter().any(|f| f == feature)
-    }
-}
+pub use appliance_common::build_info::{BuildInfo, CudaBuild};
 
 /// The server binary as packaged.
 #[derive(Debug, Clone)]
@@ -130,7 +81,7 @@ pub fn inspect(path: &Path) -> Result<ServerBinary, ServerBinaryError> {
         finder.feed(&buf[..n]);
     }
     let (_, sha256, size) = reader.finish();
-    let json = finder.found.ok_or_else(|| ServerBinaryError::NoMarker {
+    let json = finder.finish().ok_or_else(|| ServerBinaryError::NoMarker {
         path: path.to_path_buf(),
     })?;
     let info: BuildInfo =
@@ -146,59 +97,6 @@ pub fn inspect(path: &Path) -> Result<ServerBinary, ServerBinaryError> {
     })
 }
 
-/// Finds `MARKER` followed by up to `MAX_INFO_LEN` bytes ending in NUL, across chunk borders.
-#[derive(Default)]
-struct MarkerFinder {
-    /// Tail of the previous chunk, long enough to hold a marker cut at the border.
-    carry: Vec<u8>,
-    /// Bytes after the marker while we wait for the terminating NUL.
-    pending: Option<Vec<u8>>,
-    found: Option<Vec<u8>>,
-}
-
-impl MarkerFinder {
-    fn feed(&mut self, chunk: &[u8]) {
-        if self.found.is_some() {
-            return;
-        }
-        let mut data = std::mem::take(&mut self.carry);
-        data.extend_from_slice(chunk);
-        let mut start = 0;
-        if let Some(mut pending) = self.pending.take() {
-            if let Some(end) = data.iter().position(|&b| b == 0) {
-                pending.extend_from_slice(&data[..end]);
-                self.found = Some(pending);
-                return;
-            }
-            pending.extend_from_slice(&data);
-            if pending.len() <= MAX_INFO_LEN {
-                self.pending = Some(pending);
-            }
-            return;
-        }
-        while let Some(pos) = find(&data[start..], MARKER) {
-            let body = start + pos + MARKER.len();
-            match data[body..].iter().position(|&b| b == 0) {
-                Some(end) if end <= MAX_INFO_LEN => {
-                    self.found = Some(data[body..body + end].to_vec());
-                    return;
-                }
-                Some(_) => start = body,
-                None => {
-                    self.pending = Some(data[body..].to_vec());
-                    return;
-                }
-            }
-        }
-        let keep = MARKER.len().saturating_sub(1).min(data.len());
-        self.carry = data[data.len() - keep..].to_vec();
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,31 +106,11 @@ mod tests {
     }
 
     #[test]
-    fn finds_marker_split_across_chunks() {
-        let mut blob = vec![7u8; 5000];
-        blob.extend_from_slice(MARKER);
-        blob.extend_from_slice(&info_json());
-        blob.push(0);
-        blob.extend_from_slice(&[9u8; 3000]);
-        for chunk in [1, 7, 13, 4096, 100_000] {
-            let mut finder = MarkerFinder::default();
-            for part in blob.chunks(chunk) {
-                finder.feed(part);
-            }
-            assert_eq!(
-                finder.found.as_deref(),
-                Some(&info_json()[..]),
-                "chunk {chunk}"
-            );
-        }
-    }
-
-    #[test]
     fn reads_build_info_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("appliance-server");
         let mut bytes = b"\x7fELF....".to_vec();
-        bytes.extend_from_slice(MARKER);
+        bytes.extend_from_slice(appliance_common::build_info::PREFIX);
         bytes.extend_from_slice(&info_json());
         bytes.push(0);
         std::fs::write(&path, &bytes).unwrap();

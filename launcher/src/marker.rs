@@ -4,71 +4,34 @@
 //! set by the image could drift from the binary it describes; the marker is written by the
 //! server's own build script (runtime/build.rs), so it is true of exactly this binary.
 
-use std::io::Read;
 use std::path::Path;
 
-use serde::Deserialize;
-
-const MARKER: &[u8] = b"\0APPLIANCE_BUILD_INFO:";
-const MAX_JSON: usize = 1 << 20;
-
-#[derive(Debug, Deserialize)]
-pub struct BuildInfo {
-    pub version: String,
-    #[serde(default)]
-    pub cuda: Option<CudaBuild>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CudaBuild {
-    pub version: String,
-    pub compute_cap: String,
-    pub min_driver: String,
-}
+use appliance_common::build_info::{BuildInfo, scan};
 
 /// Streams the file (tens of MB for a CUDA build) looking for the marker.
 pub fn read(path: &Path) -> Result<BuildInfo, String> {
-    let mut file =
+    let file =
         std::fs::File::open(path).map_err(|e| format!("cannot open `{}`: {e}", path.display()))?;
-    let finder = memchr::memmem::Finder::new(MARKER);
-    let mut window: Vec<u8> = Vec::with_capacity(2 << 20);
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut chunk)
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-        window.extend_from_slice(&chunk[..n]);
-        if let Some(at) = finder.find(&window) {
-            let rest = &window[at + MARKER.len()..];
-            if let Some(end) = memchr::memchr(0, rest) {
-                return serde_json::from_slice(&rest[..end]).map_err(|e| {
-                    format!(
-                        "`{}` has a malformed build-info marker: {e}",
-                        path.display()
-                    )
-                });
-            }
-            if n == 0 || rest.len() > MAX_JSON {
-                break;
-            }
-            continue;
-        }
-        if n == 0 {
-            break;
-        }
-        // Keep a tail long enough to hold a marker cut at the chunk border.
-        let keep = window.len().min(MARKER.len() - 1);
-        window.drain(..window.len() - keep);
-    }
-    Err(format!(
-        "`{}` is not an appliance-server binary (no build-info marker)",
-        path.display()
-    ))
+    let json = scan::read_json(file)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
+        .ok_or_else(|| {
+            format!(
+                "`{}` is not an appliance-server binary (no build-info marker)",
+                path.display()
+            )
+        })?;
+    serde_json::from_slice(&json).map_err(|e| {
+        format!(
+            "`{}` has a malformed build-info marker: {e}",
+            path.display()
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use appliance_common::build_info::PREFIX;
 
     #[test]
     fn finds_a_marker_cut_across_chunks() {
@@ -76,9 +39,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bin");
         let mut bytes = vec![7u8; (1 << 20) - 5];
-        bytes.extend_from_slice(MARKER);
+        bytes.extend_from_slice(PREFIX);
         bytes.extend_from_slice(
-            br#"{"version":"0.1.0","cuda":{"version":"13.0","compute_cap":"80","min_driver":"580.65.06"}}"#,
+            br#"{"name":"appliance-server","version":"0.1.0","target":"x86_64-unknown-linux-gnu","cuda":{"version":"13.0","compute_cap":"80","min_driver":"580.65.06"}}"#,
         );
         bytes.push(0);
         bytes.extend_from_slice(&[1u8; 100]);

@@ -6,49 +6,10 @@
 //! than a hand-written loop: it is small, audited, and written to resist the
 //! optimiser turning the loop back into an early-exit compare.
 
-use std::{fmt, fs, io, path::Path, path::PathBuf, str::FromStr};
+use std::{fs, io, path::Path, path::PathBuf};
 
+pub use appliance_common::Secret;
 use subtle::ConstantTimeEq;
-
-/// A value that must never be printed: `Debug` and `Display` show `****`.
-///
-/// The inner string is private; [`Secret::expose`] is the single, greppable
-/// place where the plaintext is read. There is deliberately no `PartialEq`:
-/// the only comparison allowed is [`check_bearer`]'s constant-time one.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-/// Used by clap. Only the empty string is rejected, because clap echoes a
-/// rejected value in its error message; an empty one is safe to echo.
-impl FromStr for Secret {
-    type Err = &'static str;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.trim().is_empty() {
-            Err("the API key must not be empty")
-        } else {
-            Ok(Self(s.to_owned()))
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
@@ -76,7 +37,7 @@ pub fn read_key_file(path: &Path) -> Result<Secret, KeyFileError> {
             path: path.to_owned(),
         });
     }
-    Ok(Secret(key.to_owned()))
+    Ok(Secret::new(key))
 }
 
 /// Why a request was refused. Deliberately carries no request data, so it
@@ -118,7 +79,7 @@ mod tests {
     use super::*;
 
     fn key() -> Secret {
-        Secret("s3cret-key".to_owned())
+        Secret::new("s3cret-key")
     }
 
     /// A Kubernetes Secret volume (what `appliance k8s` mounts): the file is a symlink into
@@ -134,24 +95,6 @@ mod tests {
         std::os::unix::fs::symlink("..data/api-key", dir.path().join("api-key")).unwrap();
         let read = read_key_file(&dir.path().join("api-key")).unwrap();
         assert_eq!(read.expose(), "s3cret-key");
-    }
-
-    #[test]
-    fn secret_never_formats_its_value() {
-        let k = key();
-        assert_eq!(format!("{k}"), "****");
-        assert_eq!(format!("{k:?}"), "****");
-        assert_eq!(format!("{:?}", Some(k)), "Some(****)");
-    }
-
-    #[test]
-    fn empty_secret_is_rejected() {
-        assert!("".parse::<Secret>().is_err());
-        assert!("  ".parse::<Secret>().is_err());
-        assert_eq!(
-            "k".parse::<Secret>().map(|s| s.expose().to_owned()),
-            Ok("k".to_owned())
-        );
     }
 
     #[test]

@@ -7,16 +7,16 @@
 //! poor habit anyway. `build.rs` produces the bytes; this module pins them
 //! into the binary and reads them back for `/version` and the startup log.
 
-use serde::{Deserialize, Serialize};
+pub use appliance_common::build_info::{BuildInfo, CudaBuild};
 
 /// Marker bytes exactly as `build.rs` wrote them.
 const MARKER_BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/build_info.marker"));
 const MARKER_LEN: usize = MARKER_BYTES.len();
 
-/// Marker prefix. Only ever used in `const` context, so the literal itself is
-/// not emitted into the binary: the embedded marker must be the *only*
-/// occurrence of the prefix, or the builder's scan would be ambiguous.
-const PREFIX: &[u8] = b"\0APPLIANCE_BUILD_INFO:";
+/// Only ever used in `const` context, so the prefix itself is not emitted into
+/// the binary: the embedded marker must be the *only* occurrence of the
+/// prefix, or the builder's scan would be ambiguous.
+const PREFIX: &[u8] = appliance_common::build_info::PREFIX;
 const PREFIX_LEN: usize = PREFIX.len();
 
 const _: () = assert!(
@@ -40,36 +40,6 @@ const _: () = assert!(
 #[unsafe(no_mangle)]
 pub static APPLIANCE_SERVER_BUILD_MARKER: [u8; MARKER_LEN] =
     *include_bytes!(concat!(env!("OUT_DIR"), "/build_info.marker"));
-
-/// What the marker describes. Field order and names are a contract with the
-/// builder; add fields, never rename them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuildInfo {
-    pub name: String,
-    pub version: String,
-    /// Enabled cargo features, sorted; `default` is omitted.
-    pub features: Vec<String>,
-    pub target: String,
-    /// `"release"` or `"debug"`.
-    pub profile: String,
-    /// The git commit the server was built from, when built from a git checkout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_revision: Option<String>,
-    /// Present in a `cuda` build only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cuda: Option<CudaBuild>,
-}
-
-/// What a CUDA build was compiled for; the launcher and the image labels rely on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CudaBuild {
-    /// Toolkit release, `"13.0"`.
-    pub version: String,
-    /// `CUDA_COMPUTE_CAP` the kernels were compiled for (`"80"`), or `"unknown"`.
-    pub compute_cap: String,
-    /// Oldest Linux driver that runs this toolkit's PTX, `"580.65.06"`.
-    pub min_driver: String,
-}
 
 /// The marker's JSON payload, read from the embedded static itself.
 pub fn json() -> &'static [u8] {

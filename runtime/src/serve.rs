@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use appliance_common::HumanBytes;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{error, info, warn};
 
@@ -312,16 +313,12 @@ fn load_blocking(model: &ModelDir, options: LoadOptions) -> Result<Engine, Strin
     let dir = model.path.as_path();
     let inv = weights::inventory(dir).map_err(|e| chain(&e))?;
     for file in &inv.files {
-        info!(
-            "weights: {} ({})",
-            file.name,
-            weights::human_bytes(file.bytes)
-        );
+        info!("weights: {} ({:.2})", file.name, HumanBytes(file.bytes));
     }
     info!(
-        "weights: {} file(s), {} in total ({} bytes)",
+        "weights: {} file(s), {:.2} in total ({} bytes)",
         inv.files.len(),
-        weights::human_bytes(inv.total_bytes),
+        HumanBytes(inv.total_bytes),
         inv.total_bytes
     );
     let started = Instant::now();

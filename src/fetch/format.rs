@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+pub use appliance_common::weights::WeightFormat;
 use serde::{Deserialize, Serialize};
 
 use super::gguf::{self, GgufError};
@@ -21,30 +22,6 @@ pub struct ModelFormat {
     /// and llama.cpp name it (`BF16`, `F16`, `F32`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WeightFormat {
-    Gguf,
-    Safetensors,
-}
-
-impl WeightFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Gguf => "gguf",
-            Self::Safetensors => "safetensors",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "gguf" => Some(Self::Gguf),
-            "safetensors" => Some(Self::Safetensors),
-            _ => None,
-        }
-    }
 }
 
 impl ModelFormat {

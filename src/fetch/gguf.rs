@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use appliance_common::weights::WeightFormat;
 use appliance_gguf::read::{GgmlType, Header, ReadError};
 
 /// The `general.architecture` values appliance-server serves: its `Gguf::architecture` in
@@ -26,7 +27,7 @@ pub const TOKENIZER_TOKENS: &str = "tokenizer.ggml.tokens";
 
 /// Whether the server loads `path` as GGUF: it looks at the model directory's top level only.
 pub(crate) fn is_gguf(path: &str) -> bool {
-    !path.contains('/') && path.ends_with(".gguf")
+    WeightFormat::of(path) == Some(WeightFormat::Gguf)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -282,7 +282,7 @@ pub(crate) fn keep_indexed_shards<T>(
     let index: Index = serde_json::from_slice(index)
         .map_err(|e| format!("is not a safetensors index (a `weight_map` object): {e}"))?;
     let shards: BTreeSet<&str> = index.weight_map.values().map(String::as_str).collect();
-    let is_weights = |p: &str| !p.contains('/') && p.ends_with(".safetensors");
+    let is_weights = |p: &str| WeightFormat::of(p) == Some(WeightFormat::Safetensors);
     let missing: Vec<&str> = shards
         .iter()
         .filter(|s| !items.iter().any(|i| path(i) == **s))

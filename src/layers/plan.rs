@@ -28,17 +28,6 @@ pub const MAX_WEIGHT_LAYERS: usize = 100;
 pub const STABLE_MTIME: u64 = 0;
 /// Files at least this big get their own layer even if their extension is unknown.
 const BIG_FILE: u64 = 64 << 20;
-const WEIGHT_EXTENSIONS: &[&str] = &[
-    "safetensors",
-    "gguf",
-    "bin",
-    "pt",
-    "pth",
-    "onnx",
-    "msgpack",
-    "h5",
-    "npz",
-];
 
 /// A model file to package: its path inside the model dir and where it is on the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,10 +170,9 @@ pub fn plan(input: PlanInput<'_>) -> Vec<LayerSpec> {
     layers
 }
 
-/// Weights by extension, or anything big; config and tokenizer files share one small layer.
+/// Tensor files of any format, or anything big; config and tokenizer files share one small layer.
 pub fn is_weight_file(file: &PlannedFile) -> bool {
-    let ext = file.rel_path.rsplit_once('.').map(|(_, e)| e);
-    file.size >= BIG_FILE || ext.is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e))
+    file.size >= BIG_FILE || appliance_common::weights::is_tensor_file(&file.rel_path)
 }
 
 /// The skeleton every image has: accounts, a writable /tmp, the user's home, mount points.

@@ -10,10 +10,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use appliance_common::Secret;
 use base64::Engine as _;
 use serde::Deserialize;
-
-use crate::secret::Secret;
 
 /// A user name and password, and where they were found (for error messages).
 #[derive(Debug, Clone)]

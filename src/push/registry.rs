@@ -10,13 +10,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use appliance_common::Secret;
 use ureq::http::Response;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
 use super::PushError;
 use super::auth::{Challenge, Credentials};
 use crate::digest::Sha256Digest;
-use crate::secret::Secret;
 
 /// How to reach the registry.
 #[derive(Debug, Clone, Default)]

@@ -15,7 +15,7 @@ use p256::ecdsa::{DerSignature, SigningKey, VerifyingKey};
 
 use crate::digest::Sha256Digest;
 
-pub use crate::secret::Secret;
+pub use appliance_common::Secret;
 
 /// A loaded private key.
 pub struct Signer {

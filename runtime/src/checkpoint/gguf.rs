@@ -20,6 +20,7 @@ use std::{
     sync::Arc,
 };
 
+use appliance_common::weights::WeightFormat;
 use candle_core::{
     DType, Device, Result, Tensor,
     quantized::{
@@ -78,7 +79,10 @@ pub fn find(dir: &Path) -> std::result::Result<Option<Vec<PathBuf>>, GgufError> 
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf") && p.is_file())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            WeightFormat::of(name) == Some(WeightFormat::Gguf) && p.is_file()
+        })
         .collect();
     files.sort();
     match files.len() {

@@ -10,6 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use appliance_common::weights::WeightFormat;
+
 use super::model_dir::ModelError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +36,8 @@ pub fn inventory(dir: &Path) -> Result<WeightInventory, ModelError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir.to_owned()))? {
         let entry = entry.map_err(io_err(dir.to_owned()))?;
         let path = entry.path();
-        if !matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("safetensors" | "gguf")
-        ) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if WeightFormat::of(&name).is_none() {
             continue;
         }
         let meta = fs::metadata(&path).map_err(io_err(path.clone()))?;
@@ -45,29 +45,13 @@ pub fn inventory(dir: &Path) -> Result<WeightInventory, ModelError> {
             continue;
         }
         files.push(WeightFile {
-            name: entry.file_name().to_string_lossy().into_owned(),
+            name,
             bytes: meta.len(),
         });
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let total_bytes = files.iter().map(|f| f.bytes).sum();
     Ok(WeightInventory { files, total_bytes })
-}
-
-/// `1234567890` → `"1.15 GiB"`; for logs, where exact byte counts are noise.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.2} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]
@@ -85,13 +69,5 @@ mod tests {
         let names: Vec<_> = inv.files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["a.safetensors", "b.safetensors"]);
         assert_eq!(inv.total_bytes, 15);
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.50 KiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.00 GiB");
     }
 }

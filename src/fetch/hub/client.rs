@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use appliance_common::Secret;
 use serde::Deserialize;
 use ureq::http::Response;
 
 use super::error::HubError;
 use crate::digest::Sha256Digest;
-use crate::secret::Secret;
 
 /// How often and how patiently to retry 408/429/5xx and dropped connections.
 #[derive(Debug, Clone, Copy)]

@@ -30,7 +30,7 @@ use super::SHARD_INDEX;
 use crate::digest::Sha256Digest;
 use crate::lock::{LockedFile, LockedModel};
 use crate::progress::Progress;
-pub use crate::secret::Secret;
+pub use appliance_common::Secret;
 use cache::{HubCache, Stamp, Stamps};
 use client::{HubClient, RemoteFile, RetryPolicy, is_commit};
 pub use error::{ExpectationSource, HubError};
