@@ -93,8 +93,27 @@ pub fn sign(
     }
     let att_manifest = manifest(&mut blob, att_layers)?;
 
+    let index = signatures_index(image, sig_manifest, att_manifest);
+    entries.push((SIGNATURES_INDEX.to_string(), json::canonical(&index)?));
+    Ok(SignedArtifacts {
+        entries,
+        payload,
+        signature,
+        fingerprint: signer.fingerprint(),
+    })
+}
+
+/// [`SIGNATURES_INDEX`]'s content, from the image and the descriptors (`digest`, `size`,
+/// `mediaType`) of the signature and attestation manifests. `verify` rebuilds it from the same
+/// facts and requires the stored bytes to be exactly its canonical form, so no byte of it
+/// (a tag name, an annotation) can change unnoticed.
+pub fn signatures_index(
+    image: &SignedImage<'_>,
+    sig_manifest: serde_json::Value,
+    att_manifest: serde_json::Value,
+) -> serde_json::Value {
     let tag = format!("sha256-{}", image.manifest_digest.hex());
-    let index = json!({
+    json!({
         "schemaVersion": 2,
         "mediaType": INDEX_MEDIA_TYPE,
         "manifests": [
@@ -110,13 +129,6 @@ pub fn sign(
             with_annotations(sig_manifest, KIND_SIGS, &format!("{tag}.sig")),
             with_annotations(att_manifest, KIND_ATTS, &format!("{tag}.att")),
         ],
-    });
-    entries.push((SIGNATURES_INDEX.to_string(), json::canonical(&index)?));
-    Ok(SignedArtifacts {
-        entries,
-        payload,
-        signature,
-        fingerprint: signer.fingerprint(),
     })
 }
 

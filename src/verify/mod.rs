@@ -595,6 +595,42 @@ impl<'a> Checker<'a> {
         })
     }
 
+    /// The signatures index is not itself signed: its bytes must be exactly what the signer
+    /// writes for this image (from `index.json`'s entry and the two manifests' descriptors),
+    /// so a changed tag name or annotation in it cannot pass unnoticed.
+    fn signatures_index_is_canonical(
+        &self,
+        manifest_digest: Sha256Digest,
+        sig_entry: &Value,
+        att_entry: &Value,
+    ) -> Result<(), VerifyError> {
+        let index = self.document("index.json")?;
+        let entry = &index["manifests"][0];
+        let full_reference = entry["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap_or_default();
+        let descriptor = |e: &Value| serde_json::json!({"digest": e["digest"], "size": e["size"], "mediaType": e["mediaType"]});
+        let expected = cosign::signatures_index(
+            &cosign::SignedImage {
+                manifest_digest,
+                manifest_size: entry["size"].as_u64().unwrap_or_default(),
+                repository: "",
+                full_reference,
+            },
+            descriptor(sig_entry),
+            descriptor(att_entry),
+        );
+        let stored = self.scan.documents.get(cosign::SIGNATURES_INDEX);
+        if crate::json::canonical(&expected).ok().as_ref() != stored {
+            return fail(
+                cosign::SIGNATURES_INDEX,
+                "is not the index the signer writes for this image: an entry, tag or annotation \
+                 was changed",
+            );
+        }
+        Ok(())
+    }
+
     /// Step 4: The cosign signature over the manifest digest.
     fn signature(
         &mut self,
@@ -619,6 +655,9 @@ impl<'a> Checker<'a> {
         }
         let sig_entry = kind(cosign::KIND_SIGS)
             .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no signature manifest"))?;
+        let att_entry = kind(cosign::KIND_ATTS)
+            .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no attestation manifest"))?;
+        self.signatures_index_is_canonical(manifest_digest, &sig_entry, &att_entry)?;
         let (sig_digest, sig_manifest) = self.json_blob(
             &sig_entry,
             cosign::SIGNATURES_INDEX,
