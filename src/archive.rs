@@ -15,6 +15,33 @@ pub const BLOCK: u64 = 512;
 /// (containerd's limit is 20 MiB; ours are a few KiB).
 pub const MAX_DOCUMENT: u64 = 16 << 20;
 
+/// One outer header, as the exporter writes every entry of an image tarball: GNU format, uid and
+/// gid 0, one mtime for the whole archive, mode 0644 for files and 0755 for directories. Outer
+/// paths are all short (`blobs/sha256/<64 hex>` is 77 bytes), so no long-name records are
+/// needed; sizes of 8 GiB and more use GNU base-256.
+///
+/// `verify` rebuilds each header with this and requires the bytes to match: the header checksum
+/// covers every header byte except its own field, which tar readers parse leniently (a leading
+/// `0` turned into a space, or the byte after the NUL, reads as the same number), so only an
+/// exact rebuild makes every header byte count.
+pub fn outer_header(
+    path: &str,
+    size: u64,
+    kind: tar::EntryType,
+    mtime: u64,
+) -> io::Result<[u8; BLOCK as usize]> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path(path)?;
+    header.set_size(size);
+    header.set_entry_type(kind);
+    header.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(mtime);
+    header.set_cksum();
+    Ok(*header.as_bytes())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("Failed to read `{path}`")]

@@ -1444,3 +1444,107 @@ fn an_interrupted_push_resumes_without_resending_completed_blobs() {
         image_digest(&s.tar)
     );
 }
+
+/// The bytes the flipped-byte property found passing verify, each flipped on purpose: parts of a
+/// tar header's checksum field that tar readers parse leniently (a leading `0` read as a space,
+/// the NUL after the digits turned into a space), a media type's case in
+/// `signatures/index.json` and `index.json`, and an outer entry's mtime re-checksummed by a
+/// forger. Each passed verify before the documents and headers were required to be exactly
+/// what appliance writes.
+#[test]
+fn bytes_no_digest_covers_still_fail_verify() {
+    use std::os::unix::fs::FileExt;
+    let s = signed();
+    let text = std::fs::read_to_string(&s.public).unwrap();
+    let key = appliance::sign::keys::parse_public("site.pub", &text).unwrap();
+    let against = appliance::verify::Against {
+        key: Some(&key),
+        ..Default::default()
+    };
+    appliance::verify::verify(&s.tar, &against).expect("the genuine tarball verifies");
+
+    // name → (header offset, data offset, size)
+    let mut entries = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&s.tar).unwrap());
+    for entry in archive.entries_with_seek().unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().to_string();
+        let at = (
+            entry.raw_header_position(),
+            entry.raw_file_position(),
+            entry.size(),
+        );
+        entries.insert(name, at);
+    }
+    let bytes = std::fs::read(&s.tar).unwrap();
+    let find = |name: &str, needle: &[u8]| -> u64 {
+        let (_, data, size) = entries[name];
+        let doc = &bytes[data as usize..(data + size) as usize];
+        data + doc.windows(needle.len()).position(|w| w == needle).unwrap() as u64
+    };
+    let index_json = entries["index.json"].0;
+    // The checksum field (bytes 148..156): `0` digits then NUL, as the tar crate writes it.
+    let field = &bytes[index_json as usize + 148..index_json as usize + 156];
+    assert_eq!(field[0], b'0', "{field:?}");
+    let nul = 148 + field.iter().position(|&b| b == 0).unwrap() as u64;
+    let mut cases: Vec<(&str, Vec<(u64, u8)>)> = vec![
+        (
+            "checksum field: leading 0 as a space",
+            vec![(index_json + 148, b' ')],
+        ),
+        (
+            "checksum field: its NUL as a space",
+            vec![(index_json + nul, b' ')],
+        ),
+        (
+            "signatures/index.json: a media type's case",
+            vec![(
+                find(
+                    "signatures/index.json",
+                    b"application/vnd.oci.image.manifest",
+                ) + 6,
+                b'T',
+            )],
+        ),
+        (
+            "index.json: a media type's case",
+            vec![(find("index.json", b"application/vnd.oci.image.") + 6, b'T')],
+        ),
+    ];
+    // A forger's mtime: one digit of the oci-layout header's mtime, checksum recomputed.
+    let layout = entries["oci-layout"].0 as usize;
+    let mut header = tar::Header::from_byte_slice(&bytes[layout..layout + 512]).clone();
+    header.set_mtime(header.mtime().unwrap() + 1);
+    header.set_cksum();
+    let forged: Vec<(u64, u8)> = header
+        .as_bytes()
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| bytes[layout + i] != **b)
+        .map(|(i, b)| ((layout + i) as u64, *b))
+        .collect();
+    cases.push(("oci-layout's mtime, re-checksummed", forged));
+
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&s.tar)
+        .unwrap();
+    for (what, changes) in &cases {
+        assert!(!changes.is_empty(), "{what}");
+        for &(at, byte) in changes {
+            assert_ne!(bytes[at as usize], byte, "{what}: no change at {at}");
+            file.write_all_at(&[byte], at).unwrap();
+        }
+        let result = appliance::verify::verify(&s.tar, &against);
+        for &(at, _) in changes {
+            file.write_all_at(&bytes[at as usize..at as usize + 1], at)
+                .unwrap();
+        }
+        let err = result
+            .err()
+            .unwrap_or_else(|| panic!("{what}: verify passed"));
+        eprintln!("{what}: {err}");
+    }
+    appliance::verify::verify(&s.tar, &against).expect("restored, it verifies again");
+}

@@ -210,18 +210,14 @@ pub fn delta(old: &Path, new: &Path, output: &Path) -> Result<DeltaSummary, Delt
         trailer: tail,
     };
     let json = serde_json::to_vec_pretty(&plan).expect("a plan serializes");
-    let mut plan_header = tar::Header::new_gnu();
-    plan_header
-        .set_path(PLAN_NAME)
-        .expect("a short relative name");
-    plan_header.set_size(json.len() as u64);
-    plan_header.set_entry_type(tar::EntryType::Regular);
-    plan_header.set_mode(0o644);
-    plan_header.set_uid(0);
-    plan_header.set_gid(0);
-    plan_header.set_mtime(mtime.unwrap_or(0));
-    plan_header.set_cksum();
-    out.put(plan_header.as_bytes())?;
+    let plan_header = crate::archive::outer_header(
+        PLAN_NAME,
+        json.len() as u64,
+        tar::EntryType::Regular,
+        mtime.unwrap_or(0),
+    )
+    .expect("a short relative name");
+    out.put(&plan_header)?;
     out.put(&json)?;
     out.put(&vec![0; padding(json.len() as u64) as usize])?;
     out.put(&[0; 1024])?;

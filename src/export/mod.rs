@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::archive::outer_header;
 use crate::digest::Sha256Digest;
 use crate::image::{ImageDocuments, blob_path};
 use crate::layers::cache::{DigestCache, Stamp};
@@ -359,7 +360,7 @@ impl ImageWriter {
             w.file(&blob_path(&docs.manifest.digest), &docs.manifest.bytes)?;
             w.file("index.json", &docs.index_json)?;
             w.file("manifest.json", &docs.docker_manifest_json)?;
-            w.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            w.file("oci-layout", crate::image::OCI_LAYOUT)?;
             w.out.write_all(&[0u8; 1024])
         })?;
         let pipeline = self.out.take().ok_or_else(|| self.write_err(closed()))?;
@@ -517,13 +518,7 @@ fn close_blob(
     size: u64,
     mtime: u64,
 ) -> io::Result<()> {
-    let header = header(
-        &blob_path(digest),
-        size,
-        tar::EntryType::Regular,
-        0o644,
-        mtime,
-    )?;
+    let header = outer_header(&blob_path(digest), size, tar::EntryType::Regular, mtime)?;
     pad(out, size)?;
     out.patch(header_at, &header)
 }
@@ -634,11 +629,10 @@ struct Entries<'a> {
 impl Entries<'_> {
     fn file(&mut self, path: &str, bytes: &[u8]) -> io::Result<()> {
         let size = bytes.len() as u64;
-        self.out.write_all(&header(
+        self.out.write_all(&outer_header(
             path,
             size,
             tar::EntryType::Regular,
-            0o644,
             self.mtime,
         )?)?;
         self.out.write_all(bytes)?;
@@ -646,33 +640,11 @@ impl Entries<'_> {
     }
 
     fn dir(&mut self, path: &str) -> io::Result<()> {
-        self.out.write_all(&header(
+        self.out.write_all(&outer_header(
             path,
             0,
             tar::EntryType::Directory,
-            0o755,
             self.mtime,
         )?)
     }
-}
-
-/// One outer header. Outer paths are all short (`blobs/sha256/<64 hex>` is 77 bytes), so no
-/// long-name records are needed; sizes of 8 GiB and more use GNU base-256.
-fn header(
-    path: &str,
-    size: u64,
-    kind: tar::EntryType,
-    mode: u32,
-    mtime: u64,
-) -> io::Result<[u8; 512]> {
-    let mut header = tar::Header::new_gnu();
-    header.set_path(path)?;
-    header.set_size(size);
-    header.set_entry_type(kind);
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(mtime);
-    header.set_cksum();
-    Ok(*header.as_bytes())
 }

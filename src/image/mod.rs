@@ -163,10 +163,44 @@ pub fn assemble(
         .map_err(build_err("manifest"))?;
     let manifest = Blob::new(json::canonical(&manifest).map_err(json_err("manifest"))?);
 
-    let mut manifest_descriptor = descriptor(MediaType::ImageManifest, &manifest)?;
+    let index_json = index_json(
+        reference.full(),
+        &manifest.digest,
+        manifest.size(),
+        &run.architecture,
+    )?;
+    let layer_digests: Vec<_> = layers.iter().map(|l| l.sums.digest).collect();
+    let docker_manifest_json =
+        docker_manifest_json(&config.digest, &reference.name_tag(), &layer_digests)?;
+
+    Ok(ImageDocuments {
+        config,
+        manifest,
+        index_json,
+        docker_manifest_json,
+    })
+}
+
+/// `oci-layout`, the same in every image.
+pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// `index.json` for the one image manifest. `verify` rebuilds it from the entry it reads and
+/// requires the same bytes, so no field or annotation in it can change unnoticed.
+pub fn index_json(
+    reference: &str,
+    manifest: &Sha256Digest,
+    manifest_size: u64,
+    architecture: &str,
+) -> Result<Vec<u8>, ImageError> {
+    let mut manifest_descriptor = DescriptorBuilder::default()
+        .media_type(MediaType::ImageManifest)
+        .digest(oci_digest(manifest))
+        .size(manifest_size)
+        .build()
+        .map_err(build_err("descriptor"))?;
     manifest_descriptor.set_platform(Some(
         PlatformBuilder::default()
-            .architecture(Arch::from(run.architecture.as_str()))
+            .architecture(Arch::from(architecture))
             .os(Os::Linux)
             .build()
             .map_err(build_err("platform"))?,
@@ -176,11 +210,11 @@ pub fn assemble(
     manifest_descriptor.set_annotations(Some(HashMap::from([
         (
             "io.containerd.image.name".to_string(),
-            reference.full().to_string(),
+            reference.to_string(),
         ),
         (
             "org.opencontainers.image.ref.name".to_string(),
-            reference.full().to_string(),
+            reference.to_string(),
         ),
     ])));
     let index = ImageIndexBuilder::default()
@@ -189,21 +223,22 @@ pub fn assemble(
         .manifests(vec![manifest_descriptor])
         .build()
         .map_err(build_err("index"))?;
-    let index_json = json::canonical(&index).map_err(json_err("index"))?;
+    json::canonical(&index).map_err(json_err("index"))
+}
 
-    let docker_manifest_json = json::canonical(&serde_json::json!([{
-        "Config": blob_path(&config.digest),
-        "RepoTags": [reference.name_tag()],
-        "Layers": layers.iter().map(|l| blob_path(&l.sums.digest)).collect::<Vec<_>>(),
+/// The docker-archive view, `manifest.json`; like [`index_json`], rebuilt byte for byte by
+/// `verify`.
+pub fn docker_manifest_json(
+    config: &Sha256Digest,
+    name_tag: &str,
+    layers: &[Sha256Digest],
+) -> Result<Vec<u8>, ImageError> {
+    json::canonical(&serde_json::json!([{
+        "Config": blob_path(config),
+        "RepoTags": [name_tag],
+        "Layers": layers.iter().map(blob_path).collect::<Vec<_>>(),
     }]))
-    .map_err(json_err("manifest.json"))?;
-
-    Ok(ImageDocuments {
-        config,
-        manifest,
-        index_json,
-        docker_manifest_json,
-    })
+    .map_err(json_err("manifest.json"))
 }
 
 /// Where a blob lives inside the exported tarball.

@@ -260,6 +260,7 @@ impl<'a> Checker<'a> {
         self.blobs_match_their_names()?;
         let image = self.image()?;
         let repository = self.docker_view(&image)?;
+        self.documents_are_canonical(&image, &repository)?;
         let labelled = self.labels_match_layers(&image)?;
         if let Some(reviewed) = self.reviewed {
             let checks = reviewed::check(
@@ -391,6 +392,7 @@ impl<'a> Checker<'a> {
         self.checks.push(format!("index.json → manifest {manifest_digest} → config and {} layers: digests, sizes and diff_ids agree", layers.len()));
         Ok(Image {
             manifest_digest,
+            manifest_size: entry["size"].as_u64().unwrap_or_default(),
             config_digest,
             config,
             layers: layers.len(),
@@ -479,6 +481,67 @@ impl<'a> Checker<'a> {
             repo_tag: repo_tag.clone(),
             name: repository,
         })
+    }
+
+    /// Step 3a: `oci-layout`, `index.json` and `manifest.json` are byte for byte what the
+    /// exporter writes for this manifest, config, name and layers, and every tar header carries
+    /// the config's `created` as its mtime. Steps 2 and 3 read only the fields that link the
+    /// image up; without this, a changed media type, annotation or mtime (bytes no digest or
+    /// signature covers) would pass.
+    fn documents_are_canonical(
+        &mut self,
+        image: &Image,
+        repository: &Repository,
+    ) -> Result<(), VerifyError> {
+        use crate::image;
+        let architecture = image.config["architecture"].as_str().unwrap_or_default();
+        let rebuilt = |what: &str, e: image::ImageError| check(what, &format!("{e:#}"));
+        let index = image::index_json(
+            &image.ref_name,
+            &image.manifest_digest,
+            image.manifest_size,
+            architecture,
+        )
+        .map_err(|e| rebuilt("index.json", e))?;
+        let docker = image::docker_manifest_json(
+            &image.config_digest,
+            &repository.repo_tag,
+            &image.layer_digests,
+        )
+        .map_err(|e| rebuilt("manifest.json", e))?;
+        for (name, want) in [
+            ("oci-layout", image::OCI_LAYOUT),
+            ("index.json", &index[..]),
+            ("manifest.json", &docker[..]),
+        ] {
+            if self.scan.documents.get(name).map(Vec::as_slice) != Some(want) {
+                return fail(
+                    name,
+                    "is not byte for byte what appliance writes for this image (a field, \
+                     annotation or whitespace was changed or added)",
+                );
+            }
+        }
+        let created = image.config["created"]
+            .as_str()
+            .and_then(|c| c.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second());
+        let mtime = self.scan.mtime.map(|m| m as i64);
+        if created != mtime {
+            return fail(
+                blob_path(&image.config_digest),
+                format!(
+                    "created ({}) is not the tar entries' mtime ({})",
+                    image.config["created"],
+                    mtime.unwrap_or_default()
+                ),
+            );
+        }
+        self.checks.push(
+            "oci-layout, index.json, manifest.json and every tar header are as appliance writes them"
+                .into(),
+        );
+        Ok(())
     }
 
     /// Step 3b: The model files and server the config's labels list are in the layers with those
@@ -609,7 +672,15 @@ impl<'a> Checker<'a> {
         let full_reference = entry["annotations"]["org.opencontainers.image.ref.name"]
             .as_str()
             .unwrap_or_default();
-        let descriptor = |e: &Value| serde_json::json!({"digest": e["digest"], "size": e["size"], "mediaType": e["mediaType"]});
+        // Digest and size come from the entry (the manifests they name are checked by digest);
+        // the media type is the signer's constant, never read back from what is checked.
+        let descriptor = |e: &Value| {
+            serde_json::json!({
+                "digest": e["digest"],
+                "size": e["size"],
+                "mediaType": cosign::MANIFEST_MEDIA_TYPE,
+            })
+        };
         let expected = cosign::signatures_index(
             &cosign::SignedImage {
                 manifest_digest,
@@ -1040,6 +1111,7 @@ impl<'a> Checker<'a> {
 /// What the documents say the image is (step 2); the later steps check against it.
 struct Image {
     manifest_digest: Sha256Digest,
+    manifest_size: u64,
     config_digest: Sha256Digest,
     config: Value,
     layers: usize,

@@ -4,7 +4,9 @@
 //! (bounded in size) are kept in memory; memory does not grow with layer size.
 //!
 //! Hostile archives are refused here: absolute or `..` paths, links, devices, FIFOs, duplicate
-//! entries, unknown names, oversized documents and truncation each fail naming the entry.
+//! entries, unknown names, oversized documents and truncation each fail naming the entry. So is
+//! any header that is not byte for byte what the exporter writes ([`crate::archive::outer_header`]):
+//! no digest covers the headers, and tar readers parse parts of them leniently.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Cursor, Read};
@@ -74,6 +76,8 @@ pub struct Scan {
     pub blobs: BTreeMap<Sha256Digest, BlobInfo>,
     pub documents: BTreeMap<String, Vec<u8>>,
     pub bytes: u64,
+    /// The one mtime every outer header carries (the image's `created`, in seconds).
+    pub mtime: Option<u64>,
 }
 
 /// Counts bytes read, so truncation and the end-of-archive marker can be checked.
@@ -111,8 +115,9 @@ pub fn scan(path: &Path) -> Result<Scan, ScanError> {
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(|e| bad(&shown, format!("unreadable tar header: {e}")))?;
         let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8(raw).map_err(|_| bad(&shown, "an entry name is not UTF-8"))?;
-        let name = safe_name(&name)?;
+        let raw_name =
+            String::from_utf8(raw).map_err(|_| bad(&shown, "an entry name is not UTF-8"))?;
+        let name = safe_name(&raw_name)?;
         if !seen.insert(name.clone()) {
             return Err(bad(
                 &name,
@@ -130,9 +135,9 @@ pub fn scan(path: &Path) -> Result<Scan, ScanError> {
                 512 - size % 512,
             ));
         }
-        match kind {
-            tar::EntryType::Directory if DIRECTORIES.contains(&name.as_str()) => continue,
-            tar::EntryType::Regular => {}
+        let is_dir = match kind {
+            tar::EntryType::Directory if DIRECTORIES.contains(&name.as_str()) => true,
+            tar::EntryType::Regular => false,
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 return Err(bad(
                     &name,
@@ -145,6 +150,25 @@ pub fn scan(path: &Path) -> Result<Scan, ScanError> {
                     format!("is not a regular file (tar entry type {:?})", other),
                 ));
             }
+        };
+        let entry_mtime = header
+            .mtime()
+            .map_err(|e| bad(&name, format!("unreadable mtime in its tar header: {e}")))?;
+        let mtime = *scan.mtime.get_or_insert(entry_mtime);
+        let canonical = crate::archive::outer_header(&raw_name, size, kind, mtime).ok();
+        if canonical.as_ref() != Some(header.as_bytes()) {
+            return Err(bad(
+                &name,
+                format!(
+                    "its tar header is not the one appliance writes (GNU, mode {}, uid and gid 0, \
+                     the archive's one mtime {mtime}, canonical checksum field): the archive \
+                     was altered",
+                    if is_dir { "0755" } else { "0644" }
+                ),
+            ));
+        }
+        if is_dir {
+            continue;
         }
         if DOCUMENTS.contains(&name.as_str()) {
             if size > MAX_DOCUMENT {

@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 /// A tarball held in memory as its entries, in order.
 pub struct Tarball {
     pub entries: Vec<(String, Vec<u8>, bool)>,
+    /// The outer headers' mtime, kept on rewrite as a forger would.
+    mtime: u64,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -23,8 +25,10 @@ impl Tarball {
     pub fn read(path: &Path) -> Self {
         let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
         let mut entries = Vec::new();
+        let mut mtime = None;
         for e in archive.entries().unwrap() {
             let mut e = e.unwrap();
+            mtime.get_or_insert(e.header().mtime().unwrap());
             let name = e
                 .path()
                 .unwrap()
@@ -36,26 +40,38 @@ impl Tarball {
             e.read_to_end(&mut bytes).unwrap();
             entries.push((name, bytes, dir));
         }
-        Self { entries }
+        Self {
+            entries,
+            mtime: mtime.unwrap_or(0),
+        }
     }
 
     pub fn write(&self, path: &Path) {
         let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
         for (name, bytes, dir) in &self.entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(if *dir { 0 } else { bytes.len() as u64 });
-            h.set_mode(if *dir { 0o755 } else { 0o644 });
-            h.set_entry_type(if *dir {
+            let kind = if *dir {
                 tar::EntryType::Directory
             } else {
                 tar::EntryType::Regular
-            });
-            h.set_mtime(0);
-            // Raw name bytes: the tar crate refuses to write `..`, which attackers do not.
-            let raw = &mut h.as_old_mut().name;
-            raw.fill(0);
-            raw[..name.len()].copy_from_slice(name.as_bytes());
-            h.set_cksum();
+            };
+            let size = if *dir { 0 } else { bytes.len() as u64 };
+            // Headers as appliance writes them, so each case fails on what it altered.
+            let h = match appliance::archive::outer_header(name, size, kind, self.mtime) {
+                Ok(bytes) => tar::Header::from_byte_slice(&bytes).clone(),
+                Err(_) => {
+                    // Raw name bytes: the tar crate refuses to write `..`, which attackers do.
+                    let mut h = tar::Header::new_gnu();
+                    h.set_size(size);
+                    h.set_mode(0o644);
+                    h.set_entry_type(kind);
+                    h.set_mtime(self.mtime);
+                    let raw = &mut h.as_old_mut().name;
+                    raw.fill(0);
+                    raw[..name.len()].copy_from_slice(name.as_bytes());
+                    h.set_cksum();
+                    h
+                }
+            };
             builder.append(&h, &bytes[..]).unwrap();
         }
         builder.finish().unwrap();
