@@ -1,20 +1,19 @@
 //! Reads an image tarball (ours, or any `docker save` / OCI archive) and summarises it.
 //!
-//! The archive is streamed once; only small entries (JSON documents) are kept in memory, and
-//! layer blobs are skipped, so inspecting a 100 GB tarball costs a read, not memory.
+//! The archive is read by [`scan::documents`], the lenient reading of the scan `verify` uses:
+//! only small entries that parse as JSON are kept in memory and layers are skipped unread, so
+//! inspecting a 100 GB tarball costs a walk over its headers, not memory. The documents are read
+//! as the same types `verify` reads them as ([`crate::oci`]).
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use crate::digest::Sha256Digest;
-use crate::image::Healthcheck;
+use crate::image::blob_path;
+use crate::oci;
 use crate::summary::{EvaluationSummary, ImageSummary, LayerSummary, ModelSummary};
 
-/// Entries larger than this are never buffered (JSON documents are far smaller).
-use crate::verify::scan::MAX_DOCUMENT;
+use crate::verify::scan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -28,85 +27,6 @@ pub enum InspectError {
     Invalid { path: PathBuf, message: String },
 }
 
-#[derive(Deserialize)]
-struct Index {
-    manifests: Vec<IndexEntry>,
-}
-
-#[derive(Deserialize)]
-struct IndexEntry {
-    digest: String,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DockerManifestEntry {
-    config: String,
-    #[serde(default)]
-    repo_tags: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    media_type: String,
-    digest: String,
-    size: u64,
-}
-
-#[derive(Deserialize)]
-struct ConfigFile {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    created: Option<String>,
-    #[serde(default)]
-    config: RunConfigFile,
-    rootfs: RootFs,
-    #[serde(default)]
-    history: Vec<History>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct RunConfigFile {
-    #[serde(default)]
-    user: Option<String>,
-    #[serde(default)]
-    entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    cmd: Option<Vec<String>>,
-    #[serde(default)]
-    env: Option<Vec<String>>,
-    #[serde(default)]
-    exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
-    #[serde(default)]
-    labels: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    healthcheck: Option<Healthcheck>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct History {
-    #[serde(default)]
-    created_by: Option<String>,
-    #[serde(default)]
-    empty_layer: Option<bool>,
-}
-
 /// Summarises the image in the tarball at `path`.
 pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
     let read_err = |source| InspectError::Read {
@@ -117,28 +37,10 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
         path: path.to_path_buf(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
-    let mut docs: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut delta_bundle = false;
-    for entry in archive.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
-        let name = entry
-            .path()
-            .map_err(read_err)?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
-        delta_bundle |= name == crate::delta::PLAN_NAME;
-        if entry.header().entry_type().is_file() && entry.size() <= MAX_DOCUMENT {
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut bytes).map_err(read_err)?;
-            // Keep only what parses as JSON: small layers are not documents.
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
-                docs.insert(name, bytes);
-            }
-        }
-    }
+    let scan::Documents {
+        documents: docs,
+        delta_bundle,
+    } = scan::documents(path).map_err(read_err)?;
     let doc = |name: &str| {
         docs.get(name).ok_or_else(|| {
             invalid(if delta_bundle {
@@ -151,94 +53,88 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
             })
         })
     };
-    let parse = |name: &str, bytes: &[u8]| -> Result<serde_json::Value, InspectError> {
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("`{name}`: {e}")))
-    };
+    let doc_err = |e: oci::DocumentError| invalid(e.to_string());
 
     // Prefer the OCI index; fall back to Docker's manifest.json for plain `docker save` output.
+    let docker = docs
+        .get("manifest.json")
+        .and_then(|b| oci::docker_manifest("manifest.json", b).ok())
+        .and_then(|images| images.into_iter().next());
+    let docker_reference = docker.as_ref().and_then(|d| d.repo_tags.first().cloned());
     let (manifest_digest, reference, manifest) = if let Some(bytes) = docs.get("index.json") {
-        let index: Index = serde_json::from_value(parse("index.json", bytes)?)
-            .map_err(|e| invalid(format!("`index.json`: {e}")))?;
-        let [entry] = &index.manifests[..] else {
+        let index = oci::index("index.json", bytes).map_err(doc_err)?;
+        let [entry] = &index.manifests()[..] else {
             return Err(invalid(format!(
                 "`index.json` lists {} manifests; expected exactly one",
-                index.manifests.len()
+                index.manifests().len()
             )));
         };
-        let digest = Sha256Digest::parse_prefixed(&entry.digest).map_err(invalid)?;
-        let blob = format!("blobs/sha256/{}", digest.hex());
-        let bytes = doc(&blob)?;
-        let manifest: Manifest = serde_json::from_value(parse(&blob, bytes)?)
-            .map_err(|e| invalid(format!("`{blob}`: {e}")))?;
-        let reference = docker_reference(&docs)
-            .or_else(|| {
-                entry
-                    .annotations
-                    .get("org.opencontainers.image.ref.name")
-                    .cloned()
-            })
+        let digest = oci::sha256(entry).map_err(invalid)?;
+        let blob = blob_path(&digest);
+        let manifest = oci::manifest(&blob, doc(&blob)?).map_err(doc_err)?;
+        let reference = docker_reference
+            .or_else(|| oci::annotation(entry, "org.opencontainers.image.ref.name").map(Into::into))
             .unwrap_or_default();
-        (entry.digest.clone(), reference, Some(manifest))
+        (digest.prefixed(), reference, Some(manifest))
     } else {
-        (
-            String::new(),
-            docker_reference(&docs).unwrap_or_default(),
-            None,
-        )
+        (String::new(), docker_reference.unwrap_or_default(), None)
     };
 
     let config_path = match &manifest {
-        Some(m) => {
-            let digest = Sha256Digest::parse_prefixed(&m.config.digest).map_err(invalid)?;
-            format!("blobs/sha256/{}", digest.hex())
-        }
-        None => docker_manifest(&docs)
-            .map(|m| m.config)
+        Some(m) => blob_path(&oci::sha256(m.config()).map_err(invalid)?),
+        None => docker
+            .map(|d| d.config)
             .ok_or_else(|| invalid("neither `index.json` nor `manifest.json` found".into()))?,
     };
     let config_bytes = doc(&config_path)?;
     let config_digest = Sha256Digest::of(config_bytes).prefixed();
-    let config: ConfigFile = serde_json::from_value(parse(&config_path, config_bytes)?)
-        .map_err(|e| invalid(format!("`{config_path}`: {e}")))?;
+    let config = oci::config(&config_path, config_bytes).map_err(doc_err)?;
 
-    let history: Vec<&History> = config
-        .history
+    let history: Vec<&oci_spec::image::History> = config
+        .oci
+        .history()
         .iter()
-        .filter(|h| !h.empty_layer.unwrap_or(false))
+        .flatten()
+        .filter(|h| !h.empty_layer().unwrap_or(false))
         .collect();
     let layers = config
-        .rootfs
-        .diff_ids
+        .oci
+        .rootfs()
+        .diff_ids()
         .iter()
         .enumerate()
         .map(|(i, diff_id)| {
-            let descriptor = manifest.as_ref().and_then(|m| m.layers.get(i));
+            let descriptor = manifest.as_ref().and_then(|m| m.layers().get(i));
             LayerSummary {
-                digest: descriptor.map_or_else(|| diff_id.clone(), |d| d.digest.clone()),
+                digest: descriptor.map_or_else(|| diff_id.clone(), |d| d.digest().to_string()),
                 diff_id: diff_id.clone(),
-                size: descriptor.map_or(0, |d| d.size),
-                media_type: descriptor.map_or_else(String::new, |d| d.media_type.clone()),
+                size: descriptor.map_or(0, |d| d.size()),
+                media_type: descriptor.map_or_else(String::new, |d| d.media_type().to_string()),
                 created_by: history
                     .get(i)
-                    .and_then(|h| h.created_by.clone())
+                    .and_then(|h| h.created_by().clone())
                     .unwrap_or_default(),
             }
         })
         .collect();
-    let run = config.config;
-    let labels = run.labels.unwrap_or_default();
+    let labels = config.labels();
+    let run = config.oci.config().clone().unwrap_or_default();
     Ok(ImageSummary {
         reference,
         manifest_digest,
         config_digest,
-        architecture: config.architecture,
-        created: config.created.unwrap_or_default(),
-        user: run.user.unwrap_or_default(),
-        entrypoint: run.entrypoint.unwrap_or_default(),
-        cmd: run.cmd.unwrap_or_default(),
-        env: run.env.unwrap_or_default(),
-        exposed_ports: run.exposed_ports.unwrap_or_default().into_keys().collect(),
-        healthcheck: run.healthcheck,
+        architecture: config.oci.architecture().to_string(),
+        created: config.oci.created().clone().unwrap_or_default(),
+        user: run.user().clone().unwrap_or_default(),
+        entrypoint: run.entrypoint().clone().unwrap_or_default(),
+        cmd: run.cmd().clone().unwrap_or_default(),
+        env: run.env().clone().unwrap_or_default(),
+        exposed_ports: {
+            let mut ports = run.exposed_ports().clone().unwrap_or_default();
+            ports.sort();
+            ports
+        },
+        healthcheck: config.healthcheck,
         model: ModelSummary::from_labels(&labels),
         labels,
         layers,
@@ -250,36 +146,18 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
 /// The test-result statement in the cosign attestation manifest, read as it is (unverified).
 fn evaluation(docs: &HashMap<String, Vec<u8>>) -> Option<EvaluationSummary> {
     use crate::sign::cosign;
-    use base64::Engine as _;
-    let json = |name: &str| serde_json::from_slice::<serde_json::Value>(docs.get(name)?).ok();
-    let blob = |desc: &serde_json::Value| {
-        let digest = Sha256Digest::parse_prefixed(desc["digest"].as_str()?).ok()?;
-        json(&format!("blobs/sha256/{}", digest.hex()))
-    };
-    let index = json(cosign::SIGNATURES_INDEX)?;
-    let atts = index["manifests"]
-        .as_array()?
+    let blob = |desc: &oci::Descriptor| docs.get(&blob_path(&oci::sha256(desc).ok()?));
+    let index = oci::index("", docs.get(cosign::SIGNATURES_INDEX)?).ok()?;
+    let atts = index
+        .manifests()
         .iter()
-        .find(|m| m["annotations"][cosign::KIND_ANNOTATION] == cosign::KIND_ATTS)?;
-    let manifest = blob(atts)?;
-    let layer = manifest["layers"]
-        .as_array()?
+        .find(|m| oci::annotation(m, cosign::KIND_ANNOTATION) == Some(cosign::KIND_ATTS))?;
+    let manifest = oci::manifest("", blob(atts)?).ok()?;
+    let layer = manifest
+        .layers()
         .iter()
-        .find(|l| l["annotations"]["predicateType"] == crate::eval::PREDICATE_TYPE)?;
-    let envelope = blob(layer)?;
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(envelope["payload"].as_str()?)
-        .ok()?;
-    let statement: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+        .find(|l| oci::annotation(l, "predicateType") == Some(crate::eval::PREDICATE_TYPE))?;
+    let envelope: crate::sign::dsse::Envelope = serde_json::from_slice(blob(layer)?).ok()?;
+    let statement: serde_json::Value = serde_json::from_slice(&envelope.statement()?).ok()?;
     EvaluationSummary::from_predicate(&statement["predicate"])
-}
-
-fn docker_manifest(docs: &HashMap<String, Vec<u8>>) -> Option<DockerManifestEntry> {
-    let entries: Vec<DockerManifestEntry> =
-        serde_json::from_slice(docs.get("manifest.json")?).ok()?;
-    entries.into_iter().next()
-}
-
-fn docker_reference(docs: &HashMap<String, Vec<u8>>) -> Option<String> {
-    docker_manifest(docs)?.repo_tags.into_iter().next()
 }

@@ -24,6 +24,7 @@ pub mod labels;
 pub mod layers;
 pub mod lock;
 pub mod manifest;
+pub mod oci;
 pub mod progress;
 pub mod push;
 pub mod quantize;

@@ -19,6 +19,7 @@ use crate::attest;
 use crate::delta;
 use crate::digest::Sha256Digest;
 use crate::image::blob_path;
+use crate::oci;
 use crate::sign::{self, cosign, dsse, keys};
 use scan::{BlobInfo, Scan, ScanError};
 
@@ -170,6 +171,18 @@ struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
+    /// A top-level document read with one of [`oci`]'s readers.
+    fn oci_document<T>(
+        &self,
+        name: &str,
+        read: fn(&str, &[u8]) -> Result<T, oci::DocumentError>,
+    ) -> Result<T, VerifyError> {
+        let Some(bytes) = self.scan.documents.get(name) else {
+            return fail(name, "missing from the tarball");
+        };
+        read(name, bytes).map_err(|e| check(name, &e.message))
+    }
+
     fn document(&self, name: &str) -> Result<Value, VerifyError> {
         let Some(bytes) = self.scan.documents.get(name) else {
             return fail(name, "missing from the tarball");
@@ -180,12 +193,10 @@ impl<'a> Checker<'a> {
     /// A descriptor's blob: present, size as declared; marks it referenced.
     fn blob(
         &mut self,
-        desc: &Value,
+        desc: &oci::Descriptor,
         from: &str,
     ) -> Result<(Sha256Digest, &'a BlobInfo), VerifyError> {
-        let text = desc["digest"].as_str().unwrap_or_default();
-        let digest = Sha256Digest::parse_prefixed(text)
-            .or_else(|e| fail(from, format!("bad digest: {e}")))?;
+        let digest = oci::sha256(desc).or_else(|e| fail(from, format!("bad digest: {e}")))?;
         let info = match (self.scan.blobs.get(&digest), self.base) {
             (Some(info), _) => info,
             (None, Some((base, path))) => {
@@ -218,39 +229,35 @@ impl<'a> Checker<'a> {
                 );
             }
         };
-        if let Some(size) = desc["size"].as_u64() {
-            if size != info.size {
-                return fail(
-                    blob_path(&digest),
-                    format!("is {} bytes but {from} says {size}", info.size),
-                );
-            }
-        } else {
-            return fail(from, format!("the descriptor of {digest} has no size"));
+        if desc.size() != info.size {
+            return fail(
+                blob_path(&digest),
+                format!("is {} bytes but {from} says {}", info.size, desc.size()),
+            );
         }
         self.referenced.insert(digest);
         Ok((digest, info))
     }
 
-    fn json_blob(
+    /// A descriptor's blob that must be a JSON document (`what`), read with `read` (one of
+    /// [`oci`]'s readers, or serde for the signing documents).
+    fn json_blob<T>(
         &mut self,
-        desc: &Value,
+        desc: &oci::Descriptor,
         from: &str,
         what: &str,
-    ) -> Result<(Sha256Digest, Value), VerifyError> {
+        read: impl FnOnce(&str, &[u8]) -> Result<T, String>,
+    ) -> Result<(Sha256Digest, T), VerifyError> {
         let (digest, info) = self.blob(desc, from)?;
+        let path = blob_path(&digest);
         let Some(bytes) = &info.json else {
             return fail(
-                blob_path(&digest),
+                &path,
                 format!("is referenced by {from} as {what} but is not a JSON document"),
             );
         };
-        let value = serde_json::from_slice(bytes).or_else(|e| {
-            fail(
-                blob_path(&digest),
-                format!("is not valid JSON ({what}): {e}"),
-            )
-        })?;
+        let value =
+            read(&path, bytes).or_else(|e| fail(&path, format!("is not valid as {what}: {e}")))?;
         Ok((digest, value))
     }
 
@@ -266,7 +273,7 @@ impl<'a> Checker<'a> {
             let checks = reviewed::check(
                 reviewed,
                 &repository.repo_tag,
-                &config_labels(&image.config),
+                &image.config.labels(),
                 &image.files,
             )?;
             self.checks.extend(checks);
@@ -318,8 +325,8 @@ impl<'a> Checker<'a> {
         if layout["imageLayoutVersion"] != "1.0.0" {
             return fail("oci-layout", "imageLayoutVersion is not 1.0.0");
         }
-        let index = self.document("index.json")?;
-        let entries = index["manifests"].as_array().cloned().unwrap_or_default();
+        let index = self.oci_document("index.json", oci::index)?;
+        let entries = index.manifests();
         if entries.len() != 1 {
             return fail(
                 "index.json",
@@ -330,26 +337,28 @@ impl<'a> Checker<'a> {
             );
         }
         let entry = &entries[0];
-        let ref_name = entry["annotations"]["org.opencontainers.image.ref.name"]
-            .as_str()
+        let ref_name = oci::annotation(entry, "org.opencontainers.image.ref.name")
             .unwrap_or_default()
             .to_string();
         let (manifest_digest, manifest) =
-            self.json_blob(entry, "index.json", "the image manifest")?;
-        if manifest["config"].is_null() || !manifest["layers"].is_array() {
+            self.json_blob(entry, "index.json", "the image manifest", |_, b| {
+                Ok::<_, String>(oci::manifest("", b).ok())
+            })?;
+        let Some(manifest) = manifest else {
             return fail(
                 "index.json",
                 format!("points to {manifest_digest}, which is not an image manifest"),
             );
-        }
+        };
         let m_name = format!("manifest {manifest_digest}");
-        let (config_digest, config) =
-            self.json_blob(&manifest["config"], &m_name, "the image config")?;
-        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
-        let diff_ids = config["rootfs"]["diff_ids"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let (config_digest, config) = self.json_blob(
+            manifest.config(),
+            &m_name,
+            "the image config",
+            read(oci::config),
+        )?;
+        let layers = manifest.layers();
+        let diff_ids = config.oci.rootfs().diff_ids();
         if diff_ids.len() != layers.len() {
             return fail(
                 blob_path(&config_digest),
@@ -362,7 +371,7 @@ impl<'a> Checker<'a> {
         }
         let mut files: BTreeMap<String, scan::LayerFile> = BTreeMap::new();
         let mut layer_digests = Vec::new();
-        for (i, (layer, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
+        for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
             let (digest, info) = self.blob(layer, &format!("{m_name} layer {}", i + 1))?;
             if let Some(err) = &info.layer_error {
                 return fail(
@@ -376,7 +385,7 @@ impl<'a> Checker<'a> {
                     "is referenced as a layer but is not a tar archive",
                 );
             };
-            if diff_id.as_str() != Some(actual.prefixed().as_str()) {
+            if *diff_id != actual.prefixed() {
                 return fail(
                     blob_path(&config_digest),
                     format!(
@@ -392,7 +401,7 @@ impl<'a> Checker<'a> {
         self.checks.push(format!("index.json → manifest {manifest_digest} → config and {} layers: digests, sizes and diff_ids agree", layers.len()));
         Ok(Image {
             manifest_digest,
-            manifest_size: entry["size"].as_u64().unwrap_or_default(),
+            manifest_size: entry.size(),
             config_digest,
             config,
             layers: layers.len(),
@@ -412,8 +421,7 @@ impl<'a> Checker<'a> {
             ..
         } = image;
         let ref_name = ref_name.as_str();
-        let docker = self.document("manifest.json")?;
-        let docker_entries = docker.as_array().cloned().unwrap_or_default();
+        let docker_entries = self.oci_document("manifest.json", oci::docker_manifest)?;
         if docker_entries.len() != 1 {
             return fail(
                 "manifest.json",
@@ -424,41 +432,28 @@ impl<'a> Checker<'a> {
             );
         }
         let d = &docker_entries[0];
-        if d["Config"].as_str() != Some(blob_path(config_digest).as_str()) {
+        if d.config != blob_path(config_digest) {
             return fail(
                 "manifest.json",
                 format!(
                     "Config is {}, but the signed manifest's config is {}",
-                    d["Config"],
+                    d.config,
                     blob_path(config_digest)
                 ),
             );
         }
         let want: Vec<String> = layer_digests.iter().map(blob_path).collect();
-        let got: Vec<String> = d["Layers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-            .collect();
-        if got != want {
+        if d.layers != want {
             return fail(
                 "manifest.json",
                 format!(
                     "Layers ({} entries) differ from the signed manifest's layers ({} entries)",
-                    got.len(),
+                    d.layers.len(),
                     want.len()
                 ),
             );
         }
-        let repo_tags: Vec<String> = d["RepoTags"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
+        let repo_tags = &d.repo_tags;
         let Some(repo_tag) = repo_tags.first().filter(|_| repo_tags.len() == 1) else {
             return fail("manifest.json", "RepoTags must hold exactly one name");
         };
@@ -494,13 +489,13 @@ impl<'a> Checker<'a> {
         repository: &Repository,
     ) -> Result<(), VerifyError> {
         use crate::image;
-        let architecture = image.config["architecture"].as_str().unwrap_or_default();
+        let architecture = image.config.oci.architecture().to_string();
         let rebuilt = |what: &str, e: image::ImageError| check(what, &format!("{e:#}"));
         let index = image::index_json(
             &image.ref_name,
             &image.manifest_digest,
             image.manifest_size,
-            architecture,
+            &architecture,
         )
         .map_err(|e| rebuilt("index.json", e))?;
         let docker = image::docker_manifest_json(
@@ -522,17 +517,17 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        let created = image.config["created"]
-            .as_str()
-            .and_then(|c| c.parse::<jiff::Timestamp>().ok())
+        let created_text = image.config.oci.created().clone().unwrap_or_default();
+        let created = created_text
+            .parse::<jiff::Timestamp>()
+            .ok()
             .map(|t| t.as_second());
         let mtime = self.scan.mtime.map(|m| m as i64);
         if created != mtime {
             return fail(
                 blob_path(&image.config_digest),
                 format!(
-                    "created ({}) is not the tar entries' mtime ({})",
-                    image.config["created"],
+                    "created ({created_text}) is not the tar entries' mtime ({})",
                     mtime.unwrap_or_default()
                 ),
             );
@@ -549,7 +544,7 @@ impl<'a> Checker<'a> {
     fn labels_match_layers(&mut self, image: &Image) -> Result<Contents, VerifyError> {
         use crate::summary::{ModelSummary, labels};
         let config = blob_path(&image.config_digest);
-        let found = config_labels(&image.config);
+        let found = image.config.labels();
         let Some(model) = ModelSummary::from_labels(&found) else {
             return fail(
                 config,
@@ -642,18 +637,17 @@ impl<'a> Checker<'a> {
     }
 
     /// `signatures/index.json`'s entries, looked up by their cosign `kind` annotation.
-    fn signature_entries(&self) -> Result<impl Fn(&str) -> Option<Value> + use<>, VerifyError> {
-        let sigs = self
-            .document(cosign::SIGNATURES_INDEX)
-            .map_err(|_| VerifyError::Check {
-                culprit: cosign::SIGNATURES_INDEX.into(),
-                message: "missing: the image is not signed".into(),
-            })?;
-        let entries = sigs["manifests"].as_array().cloned().unwrap_or_default();
+    fn signature_entries(
+        &self,
+    ) -> Result<impl Fn(&str) -> Option<oci::Descriptor> + use<>, VerifyError> {
+        if !self.scan.documents.contains_key(cosign::SIGNATURES_INDEX) {
+            return fail(cosign::SIGNATURES_INDEX, "missing: the image is not signed");
+        }
+        let sigs = self.oci_document(cosign::SIGNATURES_INDEX, oci::index)?;
         Ok(move |k: &str| {
-            entries
+            sigs.manifests()
                 .iter()
-                .find(|e| e["annotations"][cosign::KIND_ANNOTATION] == k)
+                .find(|e| oci::annotation(e, cosign::KIND_ANNOTATION) == Some(k))
                 .cloned()
         })
     }
@@ -664,27 +658,26 @@ impl<'a> Checker<'a> {
     fn signatures_index_is_canonical(
         &self,
         manifest_digest: Sha256Digest,
-        sig_entry: &Value,
-        att_entry: &Value,
+        sig_entry: &oci::Descriptor,
+        att_entry: &oci::Descriptor,
     ) -> Result<(), VerifyError> {
-        let index = self.document("index.json")?;
-        let entry = &index["manifests"][0];
-        let full_reference = entry["annotations"]["org.opencontainers.image.ref.name"]
-            .as_str()
-            .unwrap_or_default();
+        let index = self.oci_document("index.json", oci::index)?;
+        let entry = &index.manifests()[0];
+        let full_reference =
+            oci::annotation(entry, "org.opencontainers.image.ref.name").unwrap_or_default();
         // Digest and size come from the entry (the manifests they name are checked by digest);
         // the media type is the signer's constant, never read back from what is checked.
-        let descriptor = |e: &Value| {
+        let descriptor = |e: &oci::Descriptor| {
             serde_json::json!({
-                "digest": e["digest"],
-                "size": e["size"],
+                "digest": e.digest().to_string(),
+                "size": e.size(),
                 "mediaType": cosign::MANIFEST_MEDIA_TYPE,
             })
         };
         let expected = cosign::signatures_index(
             &cosign::SignedImage {
                 manifest_digest,
-                manifest_size: entry["size"].as_u64().unwrap_or_default(),
+                manifest_size: entry.size(),
                 repository: "",
                 full_reference,
             },
@@ -715,12 +708,12 @@ impl<'a> Checker<'a> {
         let kind = self.signature_entries()?;
         let image_entry = kind(cosign::KIND_IMAGE)
             .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no image entry"))?;
-        if image_entry["digest"].as_str() != Some(manifest_digest.prefixed().as_str()) {
+        if image_entry.digest().to_string() != manifest_digest.prefixed() {
             return fail(
                 cosign::SIGNATURES_INDEX,
                 format!(
                     "is about {}, not the image in index.json ({manifest_digest})",
-                    image_entry["digest"]
+                    image_entry.digest()
                 ),
             );
         }
@@ -733,21 +726,21 @@ impl<'a> Checker<'a> {
             &sig_entry,
             cosign::SIGNATURES_INDEX,
             "the signature manifest",
+            read(oci::manifest),
         )?;
         let sig_name = format!("signature manifest {sig_digest}");
-        self.json_blob(&sig_manifest["config"], &sig_name, "a config")?;
-        let sig_layer = sig_manifest["layers"][0].clone();
-        if sig_layer["mediaType"] != cosign::SIMPLE_SIGNING_MEDIA_TYPE {
+        self.json_blob(sig_manifest.config(), &sig_name, "a config", read(json))?;
+        let Some(sig_layer) = sig_manifest
+            .layers()
+            .first()
+            .filter(|l| l.media_type().to_string() == cosign::SIMPLE_SIGNING_MEDIA_TYPE)
+        else {
             return fail(&sig_name, "its layer is not a simple-signing payload");
-        }
-        let (payload_digest, payload_info) = self.blob(&sig_layer, &sig_name)?;
+        };
+        let (payload_digest, payload_info) = self.blob(sig_layer, &sig_name)?;
         let payload_bytes = payload_info.json.clone().unwrap_or_default();
         let signature = base64::engine::general_purpose::STANDARD
-            .decode(
-                sig_layer["annotations"][cosign::SIGNATURE_ANNOTATION]
-                    .as_str()
-                    .unwrap_or_default(),
-            )
+            .decode(oci::annotation(sig_layer, cosign::SIGNATURE_ANNOTATION).unwrap_or_default())
             .or_else(|_| {
                 fail(
                     &sig_name,
@@ -832,23 +825,20 @@ impl<'a> Checker<'a> {
             &att_entry,
             cosign::SIGNATURES_INDEX,
             "the attestation manifest",
+            read(oci::manifest),
         )?;
         let att_name = format!("attestation manifest {att_digest}");
-        self.json_blob(&att_manifest["config"], &att_name, "a config")?;
+        self.json_blob(att_manifest.config(), &att_name, "a config", read(json))?;
         let mut statements: BTreeMap<String, Value> = BTreeMap::new();
-        for layer in att_manifest["layers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            let predicate_type = layer["annotations"]["predicateType"]
-                .as_str()
+        for layer in att_manifest.layers() {
+            let predicate_type = oci::annotation(layer, "predicateType")
                 .unwrap_or_default()
                 .to_string();
-            let (digest, envelope) = self.json_blob(&layer, &att_name, "a DSSE envelope")?;
+            let (digest, envelope) =
+                self.json_blob(layer, &att_name, "a DSSE envelope", |_, b| {
+                    serde_json::from_slice::<dsse::Envelope>(b).map_err(|e| e.to_string())
+                })?;
             let culprit = format!("{} ({predicate_type} attestation)", blob_path(&digest));
-            let envelope: dsse::Envelope = serde_json::from_value(envelope)
-                .or_else(|e| fail(&culprit, format!("is not a DSSE envelope: {e}")))?;
             if let (Some(key), Some(fingerprint)) = (self.key, fingerprint)
                 && !envelope.verify(key)
             {
@@ -1075,7 +1065,7 @@ impl<'a> Checker<'a> {
         contents: Contents,
         evaluation: Option<ReportEvaluation>,
     ) -> Report {
-        let run = &image.config["config"];
+        let run = image.config.oci.config().clone().unwrap_or_default();
         Report {
             image: signature.image,
             manifest_digest: image.manifest_digest.prefixed(),
@@ -1093,11 +1083,12 @@ impl<'a> Checker<'a> {
             model: contents.model,
             server_version: contents.server_version,
             server_sha256: contents.server_sha256,
-            user: run["User"].as_str().unwrap_or_default().to_string(),
-            exposed_ports: run["ExposedPorts"]
-                .as_object()
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default(),
+            user: run.user().clone().unwrap_or_default(),
+            exposed_ports: {
+                let mut ports = run.exposed_ports().clone().unwrap_or_default();
+                ports.sort();
+                ports
+            },
             layers: image.layers,
             blobs: self.referenced.len(),
             bytes_hashed: self.scan.bytes,
@@ -1113,7 +1104,7 @@ struct Image {
     manifest_digest: Sha256Digest,
     manifest_size: u64,
     config_digest: Sha256Digest,
-    config: Value,
+    config: oci::Config,
     layers: usize,
     layer_digests: Vec<Sha256Digest>,
     /// Every regular file of every layer, by path.
@@ -1243,18 +1234,6 @@ impl Checker<'_> {
     }
 }
 
-/// The image config's labels.
-fn config_labels(config: &Value) -> BTreeMap<String, String> {
-    config["config"]["Labels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn check(culprit: &str, message: &str) -> VerifyError {
     VerifyError::Check {
         culprit: culprit.into(),
@@ -1331,4 +1310,20 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "  ok  {c}");
     }
     out
+}
+
+/// Adapts one of [`oci`]'s readers to [`Checker::json_blob`], whose error names the blob.
+fn read<T>(
+    f: fn(&str, &[u8]) -> Result<T, oci::DocumentError>,
+) -> impl FnOnce(&str, &[u8]) -> Result<T, String> {
+    move |name, bytes| f(name, bytes).map_err(|e| e.message)
+}
+
+/// Any JSON value (cosign's config blobs, which nothing reads further).
+fn json(name: &str, bytes: &[u8]) -> Result<Value, oci::DocumentError> {
+    serde_json::from_slice(bytes).map_err(|e| oci::DocumentError {
+        name: name.to_string(),
+        what: "JSON",
+        message: e.to_string(),
+    })
 }

@@ -1,4 +1,6 @@
-//! Reads an image tarball once, front to back, never extracting it: every blob is hashed as it
+//! Reads an image tarball once, front to back, never extracting it. Two readings: [`scan`],
+//! `verify`'s, strict and hashing everything, and [`documents`], `inspect`'s, lenient and
+//! hashing nothing. In [`scan`]: every blob is hashed as it
 //! streams past, layer blobs are additionally unpacked on the fly (decompressed if needed) to
 //! hash the uncompressed tar (the diff_id) and every regular file inside. Only JSON documents
 //! (bounded in size) are kept in memory; memory does not grow with layer size.
@@ -214,6 +216,43 @@ pub fn scan(path: &Path) -> Result<Scan, ScanError> {
     }
     check_padding(path, &padding)?;
     Ok(scan)
+}
+
+/// What [`documents`] keeps of any image tarball.
+#[derive(Debug, Default)]
+pub struct Documents {
+    /// Every regular entry of at most [`MAX_DOCUMENT`] bytes that parses as JSON, by name (`./`
+    /// trimmed): OCI documents and blobs, `docker save`'s `manifest.json` and `<id>.json`.
+    pub documents: std::collections::HashMap<String, Vec<u8>>,
+    /// It holds `appliance-delta.json`.
+    pub delta_bundle: bool,
+}
+
+/// The lenient reading, for `inspect`: any `docker save` or OCI archive (links, other names and
+/// layouts allowed), nothing hashed, large entries skipped without being read (the file is
+/// seekable), so its cost is a walk over the headers.
+pub fn documents(path: &Path) -> io::Result<Documents> {
+    let file = std::fs::File::open(path)?;
+    let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, file));
+    let mut found = Documents::default();
+    for entry in archive.entries_with_seek()? {
+        let mut entry = entry?;
+        let name = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        found.delta_bundle |= name == crate::delta::PLAN_NAME;
+        if entry.header().entry_type().is_file() && entry.size() <= MAX_DOCUMENT {
+            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut bytes)?;
+            // Keep only what parses as JSON: small layers are not documents.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+                found.documents.insert(name, bytes);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Every entry's padding (after its data, up to the next 512-byte block) is zero.
