@@ -2,7 +2,7 @@
 """Writes the fuzz targets' seed corpora, fuzz/corpus/<target>/, from the repository's own
 fixtures: manifests/*.toml and manifest snippets; the tiny tarballs in fuzz/data/ (built by
 `appliance build`, see fuzz/README.md) and tamper cases made from them (the cases of
-tests/sign.rs' tamper matrix); safetensors headers of ../shared/fixtures/models/* (header and a
+tests/integration/sign.rs' tamper matrix); safetensors headers of ../shared/fixtures/models/* (header and a
 few data bytes, never the weights); the GGUF test files; the signed tarball's cosign documents.
 
 Deterministic: rerunning it rewrites the same files (named by content hash). Run by
@@ -182,7 +182,7 @@ def tarball_seeds():
 
         return change
 
-    # The tamper matrix of tests/sign.rs, on the unsigned tarball.
+    # The tamper matrix of tests/integration/sign.rs, on the unsigned tarball.
     variant(flip("blobs/sha256/" + big, len(by_name["blobs/sha256/" + big]) // 2))
     variant(flip("blobs/sha256/" + config_hex, 40))
     variant(flip("blobs/sha256/" + manifest_hex, 30))

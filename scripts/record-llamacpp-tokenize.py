@@ -5,7 +5,7 @@
 
 Why: when a model directory has no tokenizer.json, the runtime rebuilds the tokenizer from the GGUF's
 metadata (runtime/src/checkpoint/gguf_tokenizer.rs), and llama.cpp is the reference for what that
-metadata means. runtime/tests/gguf_tokenizer.rs compares the runtime's ids with the ones recorded here:
+metadata means. runtime/tests/integration/gguf_tokenizer.rs compares the runtime's ids with the ones recorded here:
 
   * spm-tiny: runtime/tests/data/gguf/spm-tiny.gguf (scripts/make-spm-gguf-testdata.py), a
     SentencePiece ("llama") vocabulary with control and user-defined tokens;

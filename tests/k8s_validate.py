@@ -1,4 +1,4 @@
-"""Validates `appliance k8s` output with tools independent of appliance (tests/k8s.rs runs it).
+"""Validates `appliance k8s` output with tools independent of appliance (tests/integration/k8s.rs runs it).
 
 usage: k8s_validate.py OBJECTS.yaml OBJECTS.json SCALEDOBJECT-CRD.yaml
 

@@ -1,6 +1,6 @@
 //! Shared harness for the integration tests: real tools, real daemons, no mocks.
 //!
-//! Each test binary includes it with `mod support;` and uses the part it needs:
+//! `tests/integration/main.rs` includes it as `mod support;`; each topic uses the part it needs:
 //!
 //! - [`builder`]: the `llama-gqa` fixture built by the `appliance` binary under test (`--json`).
 //! - [`dockerd`]: a private Docker Engine per test (`Dockerd::start()`), torn down on drop and, if the

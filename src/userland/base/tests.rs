@@ -1,6 +1,6 @@
 //! Base images built by hand in temp dirs: the digest rules, every corruption the reader must
 //! name, and whiteouts. The real-tool round trips (`docker save`, skopeo) are in
-//! `tests/base_image.rs`.
+//! `tests/integration/base_image.rs`.
 
 use std::io::Write;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! kernels and on the candle-ops path (what runs on CUDA). After every
 //! scenario, every KV block is free again.
 
-mod common;
+use crate::common;
 
 use std::{collections::HashMap, path::Path};
 

@@ -3,7 +3,7 @@
 //! by the real `promtool check metrics` (Debian package `prometheus`,
 //! installed by `scripts/install-test-deps`; the test fails without it).
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command};
 

@@ -6,7 +6,7 @@
 //! The fixtures live outside this repository. If they are missing the tests
 //! FAIL: a silently skipped numerics test is how a broken engine ships.
 
-mod common;
+use crate::common;
 
 use std::{fs, ops::ControlFlow, path::Path};
 

@@ -4,7 +4,7 @@
 //! from the tarball's documents without appliance's reader; the output is byte-for-byte
 //! deterministic; a CUDA image gets its GPU; bad input fails naming the file or the flag.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

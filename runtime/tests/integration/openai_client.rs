@@ -6,7 +6,7 @@
 //! saw; this test asserts on it, including that greedy text equals the
 //! fixture's reference decode.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

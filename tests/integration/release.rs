@@ -3,10 +3,8 @@
 //! it is on a host with the first release; `assemble` rebuilding the full tarball bit for bit;
 //! `verify --base` checking the delta's signature and blobs across the two files.
 
-mod support;
-#[path = "support/tamper.rs"]
-#[allow(dead_code)]
-mod tamper;
+use crate::support;
+use crate::tamper;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

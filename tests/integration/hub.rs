@@ -3,7 +3,7 @@
 //! test asserts the outcome and that nothing corrupt reached the cache (as a verified file) or
 //! the output tarball.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -9,7 +9,7 @@
 //! (by deadline) unless cancellation really happened. No assertion is
 //! about elapsed time.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,

@@ -2,7 +2,7 @@
 //! exit 0), the drain timeout, startup failures that must exit non-zero with
 //! a message naming the path, and that the server writes no files.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,

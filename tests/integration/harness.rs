@@ -5,7 +5,7 @@
 //! nothing behind (not even when the test process is SIGKILLed), and that the other helpers work.
 //! The image they use is a hand-made docker-archive (one layer, one file), not one of ours.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,7 +2,7 @@
 //! (`\0APPLIANCE_BUILD_INFO:<json>\0`) without executing it, and of
 //! `--version`, which reports the same facts.
 
-mod common;
+use crate::common;
 
 use std::fs;
 

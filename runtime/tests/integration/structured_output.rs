@@ -5,7 +5,7 @@
 //! `jsonschema`; this test asserts on what it saw. The fixture has random
 //! weights, so without the grammar's mask it never writes valid JSON.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@
 //! with a few functions answering like an old driver or a GPU-less host. What needs a real GPU
 //! is `scripts/gpu-smoke`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::io::Read;

@@ -3,9 +3,8 @@
 //! `scripts/verify-offline.sh` against the genuine tarball and a matrix of tampered copies,
 //! openssl checking the signature, skopeo and podman loading the signed tarball.
 
-mod support;
-#[path = "support/tamper.rs"]
-mod tamper;
+use crate::support;
+use crate::tamper;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

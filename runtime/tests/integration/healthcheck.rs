@@ -1,7 +1,7 @@
 //! Tests of `appliance-server healthcheck`, the probe Docker's HEALTHCHECK
 //! runs inside the image: exit 0 iff `GET <url>/ready` answers 200.
 
-mod common;
+use crate::common;
 
 use std::{
     io::{Read, Write},

@@ -6,7 +6,7 @@
 //! asserts on what it saw. The fixtures have random weights: forced calls
 //! validate only because the grammar enforces them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! and readiness wait has a deadline, so a hung server fails the test.
 //! If the fixtures are missing the tests FAIL, never skip.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

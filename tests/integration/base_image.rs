@@ -5,7 +5,7 @@
 //! built on, the result unpacked with umoci and proven to load every ELF from its own rootfs
 //! (`support::elf`, independent of the builder's resolver), loaded into Docker and run.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -4,7 +4,7 @@
 //! its memory within weights + pool + a margin, and refuses at once a
 //! prompt that could never fit.
 
-mod common;
+use crate::common;
 
 use std::{thread, time::Duration};
 

@@ -2,7 +2,7 @@
 //! manifests, the reference fixture checkpoints; bad input checked for message, exit code and
 //! that nothing is left at the output path.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

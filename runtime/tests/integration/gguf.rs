@@ -11,7 +11,7 @@
 //!   comparison is with llama.cpp on this file and not on a look-alike);
 //! - broken files fail at startup naming the file and the key or tensor.
 
-mod common;
+use crate::common;
 
 use std::{
     ops::ControlFlow,

@@ -2,7 +2,7 @@
 //! check the rootfs, then run the server from it in a chroot), the Docker Engine (load, inspect,
 //! run) and podman (load). No mocks: if one of them rejects the tarball, these tests fail.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! itself is covered by `completions.rs`), and API-key
 //! authentication (including that the key never reaches the logs).
 
-mod common;
+use crate::common;
 
 use std::fs;
 

@@ -12,7 +12,7 @@
 //! - vocabularies the server cannot rebuild fail at startup, naming the
 //!   file and the key.
 
-mod common;
+use crate::common;
 
 use std::{
     ops::ControlFlow,
