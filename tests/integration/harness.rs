@@ -306,7 +306,7 @@ fn dockerd_is_cleaned_up_when_the_test_process_is_killed() {
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "helper_start_dockerd_with_a_container_and_hang",
+            "harness::helper_start_dockerd_with_a_container_and_hang",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
