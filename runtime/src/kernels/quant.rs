@@ -317,52 +317,22 @@ impl QuantizedRows {
         let blocks = k / block;
         let mut d = vec![0f32; m * blocks];
         let mut q = AlignedVec::<u8>::zeroed(m * k);
-        let mut sums = vec![
-            0i16;
-            if format == ActFormat::Q8K {
-                m * k / 16
-            } else {
-                0
-            }
-        ];
-        for (i, xb) in x.chunks_exact(block).enumerate() {
-            let qb = &mut q[i * block..(i + 1) * block];
-            match format {
-                ActFormat::Q8_0 => {
-                    // As llama.cpp's x86 `quantize_row_q8_0`: 127 / max,
-                    // rounding half to even.
-                    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    let dd = amax / 127.0;
-                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-                    for (o, v) in qb.iter_mut().zip(xb) {
-                        *o = (v * id).round_ties_even() as i8 as u8;
-                    }
-                    d[i] = f16::from_f32(dd).to_f32();
-                }
-                ActFormat::Q8K => {
-                    let (mut amax, mut max) = (0f32, 0f32);
-                    for &v in xb {
-                        if v.abs() > amax {
-                            amax = v.abs();
-                            max = v;
-                        }
-                    }
-                    if amax == 0.0 {
-                        qb.fill(0);
-                        d[i] = 0.0;
-                        sums[i * 16..(i + 1) * 16].fill(0);
-                        continue;
-                    }
-                    let iscale = -127.0 / max;
-                    for (o, v) in qb.iter_mut().zip(xb) {
-                        *o = ((iscale * v).round() as i32).min(127) as i8 as u8;
-                    }
-                    for (s, g) in sums[i * 16..(i + 1) * 16].iter_mut().zip(qb.chunks(16)) {
-                        *s = g.iter().map(|&v| v as i8 as i16).sum();
-                    }
-                    d[i] = 1.0 / iscale;
-                }
-            }
+        // Q8_K keeps 16 partial sums per block; Q8_0 one unused slot.
+        let per_block = if format == ActFormat::Q8K { 16 } else { 1 };
+        let mut sums = vec![0i16; m * blocks * per_block];
+        let work = |((xb, qb), (d, s)): BlockOut| quantize_block(format, xb, qb, d, s);
+        // Blocks are independent: a prefill chunk's rows (hundreds) are
+        // quantized on every thread, a decode step's few rows on this one.
+        if m * k >= 1 << 16 && rayon::current_num_threads() > 1 {
+            x.par_chunks_exact(block)
+                .zip(q.par_chunks_exact_mut(block))
+                .zip(d.par_iter_mut().zip(sums.par_chunks_exact_mut(per_block)))
+                .for_each(work);
+        } else {
+            x.chunks_exact(block)
+                .zip(q.chunks_exact_mut(block))
+                .zip(d.iter_mut().zip(sums.chunks_exact_mut(per_block)))
+                .for_each(work);
         }
         Self {
             cols: k,
@@ -375,6 +345,50 @@ impl QuantizedRows {
 
     fn blocks(&self) -> usize {
         self.cols / self.block
+    }
+}
+
+/// A block's input and where its quantized values, scale and sums go.
+type BlockOut<'a> = ((&'a [f32], &'a mut [u8]), (&'a mut f32, &'a mut [i16]));
+
+/// One block of an activation row in `format`: its 8-bit values `q`, scale
+/// `d` and (Q8_K) 16 partial sums, exactly as llama.cpp's x86
+/// `quantize_row_q8_0` / `quantize_row_q8_K` compute them.
+fn quantize_block(format: ActFormat, xb: &[f32], qb: &mut [u8], d: &mut f32, sums: &mut [i16]) {
+    match format {
+        ActFormat::Q8_0 => {
+            // 127 / max, rounding half to even.
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let dd = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            for (o, v) in qb.iter_mut().zip(xb) {
+                *o = (v * id).round_ties_even() as i8 as u8;
+            }
+            *d = f16::from_f32(dd).to_f32();
+        }
+        ActFormat::Q8K => {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in xb {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            if amax == 0.0 {
+                qb.fill(0);
+                *d = 0.0;
+                sums.fill(0);
+                return;
+            }
+            let iscale = -127.0 / max;
+            for (o, v) in qb.iter_mut().zip(xb) {
+                *o = ((iscale * v).round() as i32).min(127) as i8 as u8;
+            }
+            for (s, g) in sums.iter_mut().zip(qb.chunks(16)) {
+                *s = g.iter().map(|&v| v as i8 as i16).sum();
+            }
+            *d = 1.0 / iscale;
+        }
     }
 }
 
@@ -392,10 +406,10 @@ impl QuantizedRows {
         Act {
             d: &self.d[t * nb..(t + 1) * nb],
             q: &self.q[t * self.cols..(t + 1) * self.cols],
-            sums: if self.sums.is_empty() {
-                &[]
-            } else {
+            sums: if self.block == QK_K {
                 &self.sums[t * self.cols / 16..(t + 1) * self.cols / 16]
+            } else {
+                &[]
             },
         }
     }
