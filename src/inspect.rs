@@ -129,11 +129,7 @@ pub fn inspect(path: &Path) -> Result<ImageSummary, InspectError> {
         entrypoint: run.entrypoint().clone().unwrap_or_default(),
         cmd: run.cmd().clone().unwrap_or_default(),
         env: run.env().clone().unwrap_or_default(),
-        exposed_ports: {
-            let mut ports = run.exposed_ports().clone().unwrap_or_default();
-            ports.sort();
-            ports
-        },
+        exposed_ports: config.exposed_ports(),
         healthcheck: config.healthcheck,
         model: ModelSummary::from_labels(&labels),
         labels,

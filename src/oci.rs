@@ -63,6 +63,15 @@ impl Config {
             .into_iter()
             .collect()
     }
+
+    /// `config.ExposedPorts`, sorted (oci-spec keeps the JSON object's order).
+    pub fn exposed_ports(&self) -> Vec<String> {
+        let mut ports = (self.oci.config().as_ref())
+            .and_then(|c| c.exposed_ports().clone())
+            .unwrap_or_default();
+        ports.sort();
+        ports
+    }
 }
 
 pub fn config(name: &str, bytes: &[u8]) -> Result<Config, DocumentError> {

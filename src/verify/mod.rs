@@ -657,14 +657,10 @@ impl<'a> Checker<'a> {
     /// so a changed tag name or annotation in it cannot pass unnoticed.
     fn signatures_index_is_canonical(
         &self,
-        manifest_digest: Sha256Digest,
+        image: &Image,
         sig_entry: &oci::Descriptor,
         att_entry: &oci::Descriptor,
     ) -> Result<(), VerifyError> {
-        let index = self.oci_document("index.json", oci::index)?;
-        let entry = &index.manifests()[0];
-        let full_reference =
-            oci::annotation(entry, "org.opencontainers.image.ref.name").unwrap_or_default();
         // Digest and size come from the entry (the manifests they name are checked by digest);
         // the media type is the signer's constant, never read back from what is checked.
         let descriptor = |e: &oci::Descriptor| {
@@ -676,10 +672,10 @@ impl<'a> Checker<'a> {
         };
         let expected = cosign::signatures_index(
             &cosign::SignedImage {
-                manifest_digest,
-                manifest_size: entry.size(),
+                manifest_digest: image.manifest_digest,
+                manifest_size: image.manifest_size,
                 repository: "",
-                full_reference,
+                full_reference: &image.ref_name,
             },
             descriptor(sig_entry),
             descriptor(att_entry),
@@ -721,7 +717,7 @@ impl<'a> Checker<'a> {
             .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no signature manifest"))?;
         let att_entry = kind(cosign::KIND_ATTS)
             .ok_or_else(|| check(cosign::SIGNATURES_INDEX, "has no attestation manifest"))?;
-        self.signatures_index_is_canonical(manifest_digest, &sig_entry, &att_entry)?;
+        self.signatures_index_is_canonical(image, &sig_entry, &att_entry)?;
         let (sig_digest, sig_manifest) = self.json_blob(
             &sig_entry,
             cosign::SIGNATURES_INDEX,
@@ -1065,7 +1061,6 @@ impl<'a> Checker<'a> {
         contents: Contents,
         evaluation: Option<ReportEvaluation>,
     ) -> Report {
-        let run = image.config.oci.config().clone().unwrap_or_default();
         Report {
             image: signature.image,
             manifest_digest: image.manifest_digest.prefixed(),
@@ -1083,12 +1078,10 @@ impl<'a> Checker<'a> {
             model: contents.model,
             server_version: contents.server_version,
             server_sha256: contents.server_sha256,
-            user: run.user().clone().unwrap_or_default(),
-            exposed_ports: {
-                let mut ports = run.exposed_ports().clone().unwrap_or_default();
-                ports.sort();
-                ports
-            },
+            user: (image.config.oci.config().as_ref())
+                .and_then(|c| c.user().clone())
+                .unwrap_or_default(),
+            exposed_ports: image.config.exposed_ports(),
             layers: image.layers,
             blobs: self.referenced.len(),
             bytes_hashed: self.scan.bytes,

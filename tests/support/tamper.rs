@@ -62,7 +62,7 @@ impl Tarball {
                     // Raw name bytes: the tar crate refuses to write `..`, which attackers do.
                     let mut h = tar::Header::new_gnu();
                     h.set_size(size);
-                    h.set_mode(0o644);
+                    h.set_mode(if *dir { 0o755 } else { 0o644 });
                     h.set_entry_type(kind);
                     h.set_mtime(self.mtime);
                     let raw = &mut h.as_old_mut().name;
