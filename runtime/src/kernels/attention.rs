@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use super::{
-    gemm::{Elem, NR, max_rows, tile},
+    gemm::{Elem, NR, even_calls, max_rows, pair_rows, tile, tile_pair},
     isa::Isa,
 };
 
@@ -249,12 +249,46 @@ unsafe fn attend_tile<E: Elem>(
         Vec::new()
     };
 
+    let pair = pair_rows(isa).filter(|_| rows > mr_max);
     let key_hi = pos(rows - 1) + 1;
     let mut j0 = (lo(0) / NR) * NR;
     while j0 < key_hi {
         let keys = KEY_CHUNK.min(key_hi - j0);
-        // Scores: rows × keys, one 16-key panel at a time.
-        for p0 in (0..keys).step_by(NR) {
+        // Scores: rows × keys, two 16-key panels at a time when the CPU has
+        // the two-panel kernel and the task has more rows than one call of
+        // the one-panel kernel covers (prefill).
+        if let Some(pr) = pair {
+            let k_panel = |j: usize| {
+                let block = s.block_table[j / bs] as usize;
+                ((block * nkv + g) * hd) * bs + (j % bs)
+            };
+            for p0 in (0..keys).step_by(2 * NR) {
+                let two = p0 + NR < keys;
+                let a = k_panel(j0 + p0);
+                let b = if two { k_panel(j0 + p0 + NR) } else { a };
+                for (r, mr) in even_calls(rows, pr) {
+                    // SAFETY: as for `tile` below, for each of the two
+                    // panels; `scores` rows hold KEY_CHUNK >= p0 + 32.
+                    unsafe {
+                        tile_pair(
+                            isa,
+                            mr,
+                            hd,
+                            k_cache.as_ptr().add(a),
+                            k_cache.as_ptr().add(b),
+                            bs,
+                            qs.as_ptr().add(r * hd),
+                            hd,
+                            scores.as_mut_ptr().add(r * KEY_CHUNK + p0),
+                            KEY_CHUNK,
+                            if two { 2 * NR } else { NR },
+                            false,
+                        )
+                    };
+                }
+            }
+        }
+        for p0 in (0..keys).step_by(NR).filter(|_| pair.is_none()) {
             let j = j0 + p0;
             let block = s.block_table[j / bs] as usize;
             let k_panel = ((block * nkv + g) * hd) * bs + (j % bs);
@@ -282,23 +316,21 @@ unsafe fn attend_tile<E: Elem>(
                 r += mr;
             }
         }
-        // Online softmax; masked scores become exact zeros in P.
+        // Online softmax; masked scores become exact zeros in P. The keys a
+        // row sees are one run (causal, and the window's lower edge), so the
+        // mask is two fills around it rather than a test per score.
         for r in 0..rows {
-            let (p, lo_r) = (pos(r), lo(r));
             let row = &mut scores[r * KEY_CHUNK..r * KEY_CHUNK + keys];
-            let mut mx = f32::NEG_INFINITY;
-            for (j, sc) in row.iter_mut().enumerate() {
-                let kp = j0 + j;
-                if kp > p || kp < lo_r {
-                    *sc = f32::NEG_INFINITY;
-                } else {
-                    mx = mx.max(*sc);
-                }
-            }
-            if mx == f32::NEG_INFINITY {
+            let a = lo(r).saturating_sub(j0).min(keys);
+            let b = (pos(r) + 1).saturating_sub(j0).min(keys);
+            if a >= b {
                 row.fill(0.0);
                 continue;
             }
+            row[..a].fill(0.0);
+            row[b..].fill(0.0);
+            let row = &mut row[a..b];
+            let mx = max_of(isa, row);
             let m_new = m[r].max(mx);
             let corr = (m[r] - m_new).exp();
             let sum = exp_shifted(isa, row, m_new);
@@ -350,6 +382,34 @@ unsafe fn attend_tile<E: Elem>(
             E::slice_to_f32(src, &mut vbuf[j * hd_pad..j * hd_pad + hd]);
         }
         // O += P · V.
+        if let Some(pr) = pair {
+            for d0 in (0..hd).step_by(2 * NR) {
+                let nr = (2 * NR).min(hd - d0);
+                let w1 = if nr > NR { d0 + NR } else { d0 };
+                for (r, mr) in even_calls(rows, pr) {
+                    // SAFETY: as for `tile` below; lanes `d0 + 16..` read
+                    // inside `hd_pad` or repeat `d0`'s.
+                    unsafe {
+                        tile_pair(
+                            isa,
+                            mr,
+                            keys,
+                            vbuf.as_ptr().add(d0),
+                            vbuf.as_ptr().add(w1),
+                            hd_pad,
+                            scores.as_ptr().add(r * KEY_CHUNK),
+                            KEY_CHUNK,
+                            o.as_mut_ptr().add(r * hd + d0),
+                            hd,
+                            nr,
+                            true,
+                        )
+                    };
+                }
+            }
+            j0 += keys;
+            continue;
+        }
         let mut r = 0;
         while r < rows {
             let mr = mr_max.min(rows - r);
@@ -386,6 +446,17 @@ unsafe fn attend_tile<E: Elem>(
     }
 }
 
+/// The largest value of a non-empty `x` (scores: no NaN).
+fn max_of(isa: Isa, x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: `isa` says AVX2 is present.
+        return unsafe { x86::max_avx2(x) };
+    }
+    let _ = isa;
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// `x[i] = exp(x[i] - shift)` (exactly 0 for `-inf`), returning the sum.
 /// Softmax is exp-bound on the CPU once the products are blocked: libm's
 /// scalar `expf` cost more than the scores and values together.
@@ -407,6 +478,24 @@ fn exp_shifted(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn max_avx2(x: &[f32]) -> f32 {
+        unsafe {
+            let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut chunks = x.chunks_exact(8);
+            for c in &mut chunks {
+                acc = _mm256_max_ps(acc, _mm256_loadu_ps(c.as_ptr()));
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+            lanes
+                .iter()
+                .chain(chunks.remainder())
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max)
+        }
+    }
 
     /// Cephes' `expf` on 8 lanes: range reduction by ln 2, a degree-5
     /// polynomial, exponent by integer add. Relative error below 2e-7 on
@@ -645,9 +734,14 @@ mod tests {
     fn cases() -> Vec<Case> {
         let mut cases = Vec::new();
         // Lengths around block boundaries, decode and prefill, GQA and MHA.
-        for (heads, kv_heads, head_dim) in
-            [(4, 2, 16), (8, 2, 8), (4, 1, 64), (2, 2, 4), (16, 4, 64)]
-        {
+        for (heads, kv_heads, head_dim) in [
+            (4, 2, 16),
+            (8, 2, 8),
+            (4, 1, 64),
+            (2, 2, 4),
+            (16, 4, 64),
+            (6, 2, 48),
+        ] {
             for len in [1, 15, 16, 17, 49] {
                 cases.push(Case {
                     heads,
