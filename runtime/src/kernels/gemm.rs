@@ -410,10 +410,19 @@ pub unsafe fn tile_pair<E: Elem>(
     );
     let _ = isa;
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: forwarded; `pair_rows` said AVX-512.
-    unsafe {
-        x86::pair(mr, kc, w0, w1, ldw, x, ldx, c, ldc, nr, accumulate)
-    };
+    macro_rules! go {
+        ($($m:literal),*) => {
+            match mr {
+                // SAFETY: forwarded; `pair_rows` said AVX-512.
+                $($m => unsafe {
+                    x86::pair_avx512::<E, $m>(kc, w0, w1, ldw, x, ldx, c, ldc, nr, accumulate)
+                },)*
+                _ => unreachable!("pair tile of {mr} rows"),
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    go!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12);
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no two-panel kernel on this architecture");
 }
@@ -625,37 +634,9 @@ mod x86 {
         }
     }
 
-    /// See [`super::tile_pair`].
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn pair<E: Elem>(
-        mr: usize,
-        kc: usize,
-        w0: *const E,
-        w1: *const E,
-        ldw: usize,
-        x: *const f32,
-        ldx: usize,
-        c: *mut f32,
-        ldc: usize,
-        nr: usize,
-        accumulate: bool,
-    ) {
-        macro_rules! go {
-            ($($m:literal),*) => {
-                match mr {
-                    $($m => unsafe {
-                        pair_avx512::<E, $m>(kc, w0, w1, ldw, x, ldx, c, ldc, nr, accumulate)
-                    },)*
-                    _ => unreachable!("pair tile of {mr} rows"),
-                }
-            };
-        }
-        go!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
-    }
-
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn pair_avx512<E: Elem, const MR: usize>(
+    pub(super) unsafe fn pair_avx512<E: Elem, const MR: usize>(
         kc: usize,
         w0: *const E,
         w1: *const E,
