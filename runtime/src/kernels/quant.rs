@@ -471,6 +471,16 @@ impl SendPtr {
 fn dot(isa: Isa, ty: QuantType, w: &[u8], acts: &[Act], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512
+        && ty == QuantType::Q8_0
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+    {
+        // SAFETY: AVX-512F (checked for `isa`), BW and VNNI just now; whole
+        // blocks as below.
+        return unsafe { avx512::q8_0_vnni(w, acts, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512
         && matches!(ty, QuantType::Q4K | QuantType::Q6K)
         && std::arch::is_x86_feature_detected!("avx512bw")
     {
@@ -596,7 +606,7 @@ mod avx2 {
     /// would test the CPU on every call in a generic build).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn h2f(b: &[u8], at: usize) -> f32 {
+    pub(super) fn h2f(b: &[u8], at: usize) -> f32 {
         let bits = u16::from_le_bytes([b[at], b[at + 1]]);
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
@@ -607,7 +617,7 @@ mod avx2 {
     /// `at + 32 <= p.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn load(p: &[u8], at: usize) -> __m256i {
+    pub(super) unsafe fn load(p: &[u8], at: usize) -> __m256i {
         debug_assert!(at + 32 <= p.len());
         unsafe { _mm256_loadu_si256(p.as_ptr().add(at) as *const __m256i) }
     }
@@ -823,8 +833,69 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::avx2::{hsum, hsum128, q4k_header, q4k_mins, q6k_offset, q6k_unpack};
+    use super::avx2::{h2f, hsum, hsum128, load, q4k_header, q4k_mins, q6k_offset, q6k_unpack};
     use super::{Act, QK_K, ROWS};
+
+    /// Q8_0 with AVX512-VNNI: two 32-weight blocks per register, and one
+    /// `vpdpbusd` per activation row where AVX2 needs `vpsignb` +
+    /// `vpmaddubsw` + `vpmaddwd` per block. The signs move onto the
+    /// activations (`|w| · ±x`, as AVX2's `vpsignb` does), so the integer
+    /// sums are the same; each block's sum is scaled in f32 as before.
+    ///
+    /// # Safety
+    /// `w` is whole Q8_0 blocks; each `acts[t]` covers as many columns;
+    /// AVX-512F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn q8_0_vnni(w: &[u8], acts: &[Act], out: &mut [f32]) {
+        let mut acc = [_mm512_setzero_ps(); ROWS];
+        let nb = w.len() / 34;
+        // Lanes 0..8 take block i's scale, lanes 8..16 block i + 1's.
+        let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let pair = |lo: f32, hi: f32| {
+            _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_set_ps(0.0, 0.0, hi, lo)))
+        };
+        let mut i = 0;
+        while i + 2 <= nb {
+            let (b0, b1) = (&w[34 * i..], &w[34 * (i + 1)..]);
+            // SAFETY: both blocks are whole (34 bytes: scale, 32 weights).
+            let q =
+                unsafe { _mm512_inserti64x4(_mm512_castsi256_si512(load(b0, 2)), load(b1, 2), 1) };
+            let neg = _mm512_movepi8_mask(q);
+            let aw = _mm512_abs_epi8(q);
+            let dw = pair(h2f(b0, 0), h2f(b1, 0));
+            for (a, acc) in acts.iter().zip(acc.iter_mut()) {
+                debug_assert!(32 * i + 64 <= a.q.len() && i + 2 <= a.d.len());
+                // SAFETY: the row covers blocks i and i + 1.
+                let (x, dx) = unsafe {
+                    (
+                        _mm512_loadu_si512(a.q.as_ptr().add(32 * i).cast()),
+                        pair(*a.d.get_unchecked(i), *a.d.get_unchecked(i + 1)),
+                    )
+                };
+                let sx = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx);
+                *acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(p), *acc);
+            }
+            i += 2;
+        }
+        let mut tail = [0f32; ROWS];
+        if i < nb {
+            // An odd block count: the last block by the AVX2 kernel.
+            let rest: [Act; ROWS] = std::array::from_fn(|t| {
+                let a = &acts[t.min(acts.len() - 1)];
+                Act {
+                    d: &a.d[i..],
+                    q: &a.q[32 * i..],
+                    sums: a.sums,
+                }
+            });
+            // SAFETY: one whole block, rows covering it; AVX2 is implied.
+            unsafe { super::avx2::q8_0(&w[34 * i..], &rest[..acts.len()], &mut tail) };
+        }
+        for ((o, acc), t) in out.iter_mut().zip(acc).zip(tail) {
+            *o = _mm512_reduce_add_ps(acc) + t;
+        }
+    }
 
     /// # Safety
     /// `w` is whole Q4_K blocks; each `acts[t]` covers as many columns
@@ -980,8 +1051,14 @@ mod tests {
     /// row count.
     #[test]
     fn dots_match_dequantized_products() {
-        let (n, k) = (37, 512);
-        for ty in TYPES {
+        let n = 37;
+        // 512 columns for every type, and an odd count of 32-column blocks
+        // (the AVX-512 Q8_0 kernel takes blocks two at a time).
+        let shapes = TYPES
+            .map(|ty| (ty, 512))
+            .into_iter()
+            .chain([(QuantType::Q8_0, 544)]);
+        for (ty, k) in shapes {
             let w = QuantMatrix::new(ty, n, k, &random_blocks(ty, n, k, 7)).expect("matrix");
             for m in [1, 3, 4, 6, 9] {
                 let x = values(m * k, 11 + m as u64);
