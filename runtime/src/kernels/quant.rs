@@ -470,8 +470,12 @@ impl SendPtr {
 /// `out[i] = Σ row · acts[i]` for one weight row of `ty`.
 fn dot(isa: Isa, ty: QuantType, w: &[u8], acts: &[Act], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    // One row (decode) is memory-bound either way: it keeps the AVX2 kernel,
+    // which has measured no slower there (server c=1 decode 150 against 122
+    // tok/s in two vs-llamacpp runs, `--bench quant` within noise).
     if isa >= Isa::Avx512
         && ty == QuantType::Q8_0
+        && acts.len() > 1
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512vnni")
     {
