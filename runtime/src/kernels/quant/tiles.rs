@@ -1,0 +1,328 @@
+//! Q4_K products over several activation rows (prefill chunks, decode
+//! batches) on AVX512-VNNI, as outer products over tiles of 16 weight rows.
+//!
+//! The dot kernels (`super::avx512::q4k`) put 64 columns of one weight row
+//! in a register against the same columns of one activation row: each
+//! `vpmaddubsw` does 64 multiply-adds, but every 32-column sub-block's
+//! scale must then be applied by a `vpmaddwd` + `vpaddd` of its own, per
+//! activation row — three instructions per 64 products. Here a register
+//! holds 4 columns of 16 weight rows (one 32-bit lane per row), an
+//! activation row's same 4 bytes are broadcast against it, and `vpdpbusd`
+//! accumulates 64 products into the 16 rows' sums; a sub-block's scale is
+//! applied once per 32 columns (8 `vpdpbusd`), as llama.cpp's repacked
+//! Q4_K GEMM does.
+//!
+//! The tile is rebuilt from the GGUF blocks for each product (the weights
+//! stay in memory once, as the file has them): a 32-bit word of a row's
+//! nibbles holds the low halves of 4 consecutive columns of sub-block `2j`
+//! and the high halves of the same 4 columns of sub-block `2j + 1`, so a
+//! 16 × 16 transposition of 32-bit words is the whole repacking; the
+//! kernel splits nibbles with an AND and a shift, shared by the activation
+//! rows of a call. (Gathering the words instead cost more than the
+//! products themselves below 16 rows: 4 rows 20–22 ms against 10 ms.) The integer sums are those of the dot kernels exactly; each
+//! block's sum is scaled in f32 once per (row, block) instead of per lane.
+
+use std::{arch::x86_64::*, cell::RefCell};
+
+use super::{Act, QK_K};
+
+/// Weight rows per tile: one 32-bit lane each.
+pub(super) const TILE: usize = 16;
+
+/// Activation rows per kernel call: 3 · 6 accumulators (two sub-block
+/// sums and the block sum per row) plus the float sums stay in registers.
+const MR: usize = 6;
+
+/// Q4_K block bytes: f16 d, f16 dmin, 12 scale bytes, 128 nibble bytes.
+const BLOCK: usize = 144;
+
+/// Whether this CPU runs the tiles: AVX-512F/BW and VNNI.
+pub(super) fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// One block (256 columns) of a 16-row tile.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct TileBlock {
+    /// `[j][q][r]`: row r's nibble word for columns `64j + 4q..+4` (low
+    /// nibbles) and `64j + 32 + 4q..+4` (high nibbles).
+    w: [[[u32; TILE]; 8]; 4],
+    /// `[s][r]`: row r's 6-bit scale of sub-block s.
+    scale: [[i32; TILE]; 8],
+    /// `[s][r]`: row r's 6-bit min of sub-block s, in both i16 halves
+    /// (against two 16-column activation sums at once).
+    min: [[i32; TILE]; 8],
+    d: [f32; TILE],
+    dmin: [f32; TILE],
+}
+
+const EMPTY: TileBlock = TileBlock {
+    w: [[[0; TILE]; 8]; 4],
+    scale: [[0; TILE]; 8],
+    min: [[0; TILE]; 8],
+    d: [0.0; TILE],
+    dmin: [0.0; TILE],
+};
+
+thread_local! {
+    /// The tile being multiplied, reused across products on this thread.
+    static TILE_BUF: RefCell<Vec<TileBlock>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `y[t][r] = Σ rows[r] · acts[t]` for the (at most 16) weight rows
+/// `rows` and every activation row, into `y` at column `col0` of rows of
+/// `ldy` floats.
+///
+/// # Safety
+/// [`available`] is true; each of `rows` is `blocks` whole Q4_K blocks and
+/// each of `acts` covers as many columns (Q8_K, 16 sums per block); `y`
+/// holds `acts.len()` rows of `ldy` floats, and this call alone writes
+/// columns `col0..col0 + rows.len()` of them.
+pub(super) unsafe fn q4k(rows: &[&[u8]], acts: &[Act], y: *mut f32, ldy: usize, col0: usize) {
+    debug_assert!(!rows.is_empty() && rows.len() <= TILE);
+    let blocks = rows[0].len() / BLOCK;
+    TILE_BUF.with_borrow_mut(|tile| {
+        // `build` writes every field of every block: no clearing needed.
+        if tile.len() < blocks {
+            tile.resize(blocks, EMPTY);
+        }
+        let tile = &mut tile[..blocks];
+        // SAFETY: as this function's.
+        unsafe { build(rows, tile) };
+        let mask = ((1u32 << rows.len()) - 1) as __mmask16;
+        let mut t = 0;
+        while t < acts.len() {
+            let mr = MR.min(acts.len() - t);
+            // SAFETY: rows t..t + mr of `y` exist; the columns are ours.
+            unsafe {
+                let yt = y.add(t * ldy + col0);
+                let a = &acts[t..t + mr];
+                match mr {
+                    1 => kernel::<1>(tile, a, yt, ldy, mask),
+                    2 => kernel::<2>(tile, a, yt, ldy, mask),
+                    3 => kernel::<3>(tile, a, yt, ldy, mask),
+                    4 => kernel::<4>(tile, a, yt, ldy, mask),
+                    5 => kernel::<5>(tile, a, yt, ldy, mask),
+                    _ => kernel::<MR>(tile, a, yt, ldy, mask),
+                }
+            }
+            t += mr;
+        }
+    });
+}
+
+/// Builds the tile from the rows' blocks. Missing rows (a last tile of
+/// fewer than 16) read row 0 and get zero scales, so they add nothing.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn build(rows: &[&[u8]], tile: &mut [TileBlock]) {
+    let base = rows[0].as_ptr();
+    let offsets: [i32; TILE] = std::array::from_fn(|r| {
+        // Rows of one matrix are consecutive: their distance fits i32
+        // (16 rows of a 152k-column Q4_K matrix are 1.4 MB).
+        rows.get(r)
+            .map_or(0, |row| (row.as_ptr() as isize - base as isize) as i32)
+    });
+    let idx = unsafe { _mm512_loadu_si512(offsets.as_ptr().cast()) };
+    // The rows are one contiguous run of memory: ask for all of it first,
+    // in order, rather than meet each line as a miss of its own while
+    // reading 16 rows a row apart (with gathers this took 4-row products
+    // from 27–35 to 20–22 ms).
+    let span = offsets[rows.len() - 1] as usize + rows[rows.len() - 1].len();
+    for line in (0..span).step_by(64) {
+        // SAFETY: inside the rows' run.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(line).cast()) };
+    }
+    // Lanes of missing rows get zero scales and minimums.
+    let valid = ((1u32 << rows.len()) - 1) as __mmask16;
+    for (i, tb) in tile.iter_mut().enumerate() {
+        // The nibble words: per half block (64 bytes = j 2h and 2h + 1),
+        // one load per row and a 16 x 16 transposition of 32-bit words.
+        for h in 0..2 {
+            // SAFETY: bytes 16 + 64h..80 + 64h of block i in every row
+            // (missing rows read row 0); `w` is 4 x 8 x 16 words.
+            unsafe {
+                let rv: [__m512i; TILE] = std::array::from_fn(|r| {
+                    let row = rows.get(r).unwrap_or(&rows[0]);
+                    _mm512_loadu_si512(row.as_ptr().add(BLOCK * i + 16 + 64 * h).cast())
+                });
+                let cols = transpose16(rv);
+                let w = tb.w.as_mut_ptr().cast::<__m512i>().add(16 * h);
+                for (c, v) in cols.into_iter().enumerate() {
+                    _mm512_storeu_si512(w.add(c).cast(), v);
+                }
+            }
+        }
+        // Scales and minimums as `scale_min_k4` unpacks them, 16 rows at
+        // once: the 12 scale bytes are three gathered words per row.
+        // SAFETY: bytes 0..16 of block i in every row.
+        unsafe {
+            let at = base.add(BLOCK * i);
+            let g = |o: usize| _mm512_i32gather_epi32::<1>(idx, at.add(o).cast());
+            let (dd, u0, u1, u2) = (g(0), g(4), g(8), g(12));
+            let byte = |u: __m512i, b: u32| {
+                _mm512_and_si512(
+                    _mm512_srlv_epi32(u, _mm512_set1_epi32(8 * b as i32)),
+                    _mm512_set1_epi32(0xFF),
+                )
+            };
+            let (k63, k15) = (_mm512_set1_epi32(63), _mm512_set1_epi32(15));
+            for s in 0..4u32 {
+                let (b0, b1, b2) = (byte(u0, s), byte(u1, s), byte(u2, s));
+                let (sc, m) = (_mm512_and_si512(b0, k63), _mm512_and_si512(b1, k63));
+                let hi_sc = _mm512_or_si512(
+                    _mm512_and_si512(b2, k15),
+                    _mm512_slli_epi32::<4>(_mm512_srli_epi32::<6>(b0)),
+                );
+                let hi_m = _mm512_or_si512(
+                    _mm512_srli_epi32::<4>(b2),
+                    _mm512_slli_epi32::<4>(_mm512_srli_epi32::<6>(b1)),
+                );
+                let both = |v: __m512i| _mm512_or_si512(v, _mm512_slli_epi32::<16>(v));
+                let st = |dst: &mut [i32; TILE], v: __m512i| {
+                    _mm512_storeu_si512(dst.as_mut_ptr().cast(), v)
+                };
+                let s = s as usize;
+                st(
+                    &mut tb.scale[s],
+                    _mm512_mask_mov_epi32(_mm512_setzero_si512(), valid, sc),
+                );
+                st(
+                    &mut tb.min[s],
+                    _mm512_mask_mov_epi32(_mm512_setzero_si512(), valid, both(m)),
+                );
+                st(
+                    &mut tb.scale[s + 4],
+                    _mm512_mask_mov_epi32(_mm512_setzero_si512(), valid, hi_sc),
+                );
+                st(
+                    &mut tb.min[s + 4],
+                    _mm512_mask_mov_epi32(_mm512_setzero_si512(), valid, both(hi_m)),
+                );
+            }
+            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
+            let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dd)));
+            _mm512_storeu_ps(tb.d.as_mut_ptr(), _mm512_maskz_mov_ps(valid, d));
+            _mm512_storeu_ps(tb.dmin.as_mut_ptr(), _mm512_maskz_mov_ps(valid, dmin));
+        }
+    }
+}
+
+/// `out[c][r] = rows[r][c]` for 16 registers of 16 words.
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+    // Pairs of rows interleaved by word, then by pairs of words: within
+    // each 128-bit lane L of u[4g + k] lie words 4L + k of rows 4g..4g + 4.
+    let t: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    let u: [__m512i; 16] = std::array::from_fn(|i| {
+        let (g, k) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + k / 2], t[4 * g + 2 + k / 2]);
+        if k % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // Then the 128-bit lanes: word 4L + k of all rows is lane L of
+    // u[k], u[4 + k], u[8 + k], u[12 + k], in that order.
+    let mut out = [_mm512_setzero_si512(); 16];
+    for k in 0..4 {
+        let (a, b, c, d) = (u[k], u[4 + k], u[8 + k], u[12 + k]);
+        let v0 = _mm512_shuffle_i32x4::<0x88>(a, b);
+        let v1 = _mm512_shuffle_i32x4::<0xDD>(a, b);
+        let w0 = _mm512_shuffle_i32x4::<0x88>(c, d);
+        let w1 = _mm512_shuffle_i32x4::<0xDD>(c, d);
+        out[k] = _mm512_shuffle_i32x4::<0x88>(v0, w0);
+        out[4 + k] = _mm512_shuffle_i32x4::<0x88>(v1, w1);
+        out[8 + k] = _mm512_shuffle_i32x4::<0xDD>(v0, w0);
+        out[12 + k] = _mm512_shuffle_i32x4::<0xDD>(v1, w1);
+    }
+    out
+}
+
+/// `R` activation rows against the whole tile.
+///
+/// # Safety
+/// As [`q4k`]; `acts.len() == R`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn kernel<const R: usize>(
+    tile: &[TileBlock],
+    acts: &[Act],
+    y: *mut f32,
+    ldy: usize,
+    mask: __mmask16,
+) {
+    let m4 = _mm512_set1_epi8(0xF);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut acc_m = [_mm512_setzero_ps(); R];
+    for (i, tb) in tile.iter().enumerate() {
+        let col = QK_K * i;
+        let mut sumi = [_mm512_setzero_si512(); R];
+        for j in 0..4 {
+            let mut lo = [_mm512_setzero_si512(); R];
+            let mut hi = [_mm512_setzero_si512(); R];
+            for q in 0..8 {
+                // SAFETY: the tile block holds [j][q]; rows cover column
+                // `col + 64j + 32 + 4q + 4 <= col + 256`.
+                unsafe {
+                    let raw = _mm512_loadu_si512(tb.w[j][q].as_ptr().cast());
+                    let wl = _mm512_and_si512(raw, m4);
+                    let wh = _mm512_and_si512(_mm512_srli_epi32::<4>(raw), m4);
+                    for t in 0..R {
+                        let x = acts[t].q.as_ptr().add(col + 64 * j + 4 * q);
+                        let xl = _mm512_set1_epi32(x.cast::<i32>().read_unaligned());
+                        let xh = _mm512_set1_epi32(x.add(32).cast::<i32>().read_unaligned());
+                        lo[t] = _mm512_dpbusd_epi32(lo[t], wl, xl);
+                        hi[t] = _mm512_dpbusd_epi32(hi[t], wh, xh);
+                    }
+                }
+            }
+            // SAFETY: aligned arrays of 16 i32.
+            let (sl, sh) = unsafe {
+                (
+                    _mm512_loadu_si512(tb.scale[2 * j].as_ptr().cast()),
+                    _mm512_loadu_si512(tb.scale[2 * j + 1].as_ptr().cast()),
+                )
+            };
+            for t in 0..R {
+                sumi[t] = _mm512_add_epi32(
+                    sumi[t],
+                    _mm512_add_epi32(_mm512_mullo_epi32(lo[t], sl), _mm512_mullo_epi32(hi[t], sh)),
+                );
+            }
+        }
+        // SAFETY: aligned arrays of 16 f32 / i32; each act has 16 sums
+        // per block.
+        unsafe {
+            let d = _mm512_loadu_ps(tb.d.as_ptr());
+            let dmin = _mm512_loadu_ps(tb.dmin.as_ptr());
+            for t in 0..R {
+                let a = &acts[t];
+                let mut pm = _mm512_setzero_si512();
+                let sums = a.sums.as_ptr().add(16 * i);
+                for s in 0..8 {
+                    let mins = _mm512_loadu_si512(tb.min[s].as_ptr().cast());
+                    let pair = _mm512_set1_epi32(sums.add(2 * s).cast::<i32>().read_unaligned());
+                    pm = _mm512_dpwssd_epi32(pm, mins, pair);
+                }
+                let dx = _mm512_set1_ps(*a.d.get_unchecked(i));
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+                acc_m[t] =
+                    _mm512_fmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(pm), acc_m[t]);
+            }
+        }
+    }
+    for t in 0..R {
+        // SAFETY: row t of `y`, the call's columns only.
+        unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), mask, _mm512_sub_ps(acc[t], acc_m[t])) };
+    }
+}
