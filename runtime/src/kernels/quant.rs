@@ -317,7 +317,7 @@ impl QuantizedRows {
         let blocks = k / block;
         let mut d = vec![0f32; m * blocks];
         let mut q = AlignedVec::<u8>::zeroed(m * k);
-        // Q8_K keeps 16 partial sums per block; Q8_0 one unused slot.
+        // Q8_K keeps 16 partial sums per block, Q8_0 one.
         let per_block = if format == ActFormat::Q8K { 16 } else { 1 };
         let mut sums = vec![0i16; m * blocks * per_block];
         let work = |((xb, qb), (d, s)): BlockOut| quantize_block(format, xb, qb, d, s);
@@ -364,6 +364,8 @@ fn quantize_block(format: ActFormat, xb: &[f32], qb: &mut [u8], d: &mut f32, sum
             for (o, v) in qb.iter_mut().zip(xb) {
                 *o = (v * id).round_ties_even() as i8 as u8;
             }
+            // The block's sum, for kernels that multiply by `w + 128`.
+            sums[0] = qb.iter().map(|&v| v as i8 as i16).sum();
             *d = f16::from_f32(dd).to_f32();
         }
         ActFormat::Q8K => {
@@ -409,7 +411,7 @@ impl QuantizedRows {
             sums: if self.block == QK_K {
                 &self.sums[t * self.cols / 16..(t + 1) * self.cols / 16]
             } else {
-                &[]
+                &self.sums[t * nb..(t + 1) * nb]
             },
         }
     }
@@ -431,24 +433,32 @@ pub fn qmatmul(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, y: &mut [f32]) {
     let chunks = n.div_ceil(ROW_CHUNK);
     let parallel = rayon::current_num_threads() > 1 && m * n * k >= (1 << 16);
     #[cfg(target_arch = "x86_64")]
-    if w.ty == QuantType::Q4K && m >= TILE_MIN_ROWS && isa >= Isa::Avx512 && tiles::available() {
-        let all: Vec<Act> = (0..m).map(|t| acts.row(t)).collect();
-        let work = |chunk: usize| {
-            let lo = chunk * tiles::TILE;
-            let rows: Vec<&[u8]> = (lo..n.min(lo + tiles::TILE))
-                .map(|r| w.row_data(r))
-                .collect();
-            // SAFETY: AVX-512 with VNNI (checked above); whole blocks of
-            // `k` columns in every weight and activation row; this task
-            // alone writes columns lo..lo + 16 of y (m × n).
-            unsafe { tiles::q4k(&rows, &all, out.get(), n, lo) };
+    if isa >= Isa::Avx512 && tiles::available() {
+        let kernel: Option<tiles::Kernel> = match w.ty {
+            QuantType::Q4K if m >= TILE_MIN_ROWS_Q4K => Some(tiles::q4k),
+            QuantType::Q8_0 if m >= TILE_MIN_ROWS_Q8_0 => Some(tiles::q8_0),
+            _ => None,
         };
-        if parallel {
-            (0..chunks).into_par_iter().for_each(work);
-        } else {
-            (0..chunks).for_each(work);
+        if let Some(kernel) = kernel {
+            let all: Vec<Act> = (0..m).map(|t| acts.row(t)).collect();
+            let work = |chunk: usize| {
+                let lo = chunk * tiles::TILE;
+                let rows: Vec<&[u8]> = (lo..n.min(lo + tiles::TILE))
+                    .map(|r| w.row_data(r))
+                    .collect();
+                // SAFETY: AVX-512 with VNNI (checked above); whole blocks
+                // of `k` columns of the kernel's type in every weight row,
+                // activations in its format; this task alone writes
+                // columns lo..lo + 16 of y (m × n).
+                unsafe { kernel(&rows, &all, out.get(), n, lo) };
+            };
+            if parallel {
+                (0..chunks).into_par_iter().for_each(work);
+            } else {
+                (0..chunks).for_each(work);
+            }
+            return;
         }
-        return;
     }
     let work = |chunk: usize| {
         let rows = chunk * ROW_CHUNK..n.min((chunk + 1) * ROW_CHUNK);
@@ -481,7 +491,12 @@ pub fn qmatmul(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, y: &mut [f32]) {
 /// ([`tiles`]) where the CPU has it. `--bench quant` on the 2-core EPYC
 /// (tiles / dot kernel): 4 rows 10.1–10.9 / 9.2 ms, 8 rows 13.6–13.9 /
 /// 14.0, 16 rows 19.6–20.0 / 27.4, 128 rows 72.5–73.5 / 171.8.
-const TILE_MIN_ROWS: usize = 8;
+const TILE_MIN_ROWS_Q4K: usize = 8;
+
+/// The same for Q8_0, whose tiles cost twice the bytes to build: 8 rows
+/// 23.0–23.1 / 18.8 ms, 16 rows 31.1–31.5 / 40.6, 32 rows 45.9–47.2 /
+/// 76.2, 128 rows 116.5–121.8 / 266.0.
+const TILE_MIN_ROWS_Q8_0: usize = 16;
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -1094,8 +1109,8 @@ mod tests {
             .chain([(QuantType::Q8_0, 544)]);
         for (ty, k) in shapes {
             let w = QuantMatrix::new(ty, n, k, &random_blocks(ty, n, k, 7)).expect("matrix");
-            // 8 rows and more take the Q4_K tiles: every call size 1..=6.
-            for m in [1, 3, 4, 6, 8, 9, 13, 16, 17] {
+            // From 8 rows (Q4_K) or 16 (Q8_0) the tiles: call sizes 1..=6.
+            for m in [1, 3, 4, 6, 8, 9, 13, 16, 17, 19, 20, 21] {
                 let x = values(m * k, 11 + m as u64);
                 let acts = QuantizedRows::new(ty.activation(), &x, m, k);
                 let mut want = vec![0f32; m * n];

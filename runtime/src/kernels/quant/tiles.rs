@@ -1,5 +1,6 @@
-//! Q4_K products over several activation rows (prefill chunks, decode
-//! batches) on AVX512-VNNI, as outer products over tiles of 16 weight rows.
+//! Q4_K and Q8_0 products over several activation rows (prefill chunks,
+//! decode batches) on AVX512-VNNI, as outer products over tiles of 16
+//! weight rows. (Q8_0 likewise: [`q8_0`].)
 //!
 //! The dot kernels (`super::avx512::q4k`) put 64 columns of one weight row
 //! in a register against the same columns of one activation row: each
@@ -28,6 +29,9 @@ use super::{Act, QK_K};
 
 /// Weight rows per tile: one 32-bit lane each.
 pub(super) const TILE: usize = 16;
+
+/// A tiled product: `(rows, acts, y, ldy, col0)`, see [`q4k`].
+pub(super) type Kernel = unsafe fn(&[&[u8]], &[Act], *mut f32, usize, usize);
 
 /// Activation rows per kernel call: 3 · 6 accumulators (two sub-block
 /// sums and the block sum per row) plus the float sums stay in registers.
@@ -82,12 +86,55 @@ thread_local! {
 /// holds `acts.len()` rows of `ldy` floats, and this call alone writes
 /// columns `col0..col0 + rows.len()` of them.
 pub(super) unsafe fn q4k(rows: &[&[u8]], acts: &[Act], y: *mut f32, ldy: usize, col0: usize) {
-    debug_assert!(!rows.is_empty() && rows.len() <= TILE);
+    let kernels: [KernelFor<TileBlock>; MR] = [
+        kernel::<1>,
+        kernel::<2>,
+        kernel::<3>,
+        kernel::<4>,
+        kernel::<5>,
+        kernel::<6>,
+    ];
     let blocks = rows[0].len() / BLOCK;
-    TILE_BUF.with_borrow_mut(|tile| {
+    // SAFETY: forwarded.
+    unsafe {
+        run(
+            &TILE_BUF,
+            EMPTY,
+            blocks,
+            rows,
+            acts,
+            (y, ldy, col0),
+            build,
+            kernels,
+        )
+    }
+}
+
+/// One call of a tile's kernel: `(tile, acts, y at the call's first row
+/// and column, ldy, mask of the tile's rows)`.
+type KernelFor<B> = unsafe fn(&[B], &[Act], *mut f32, usize, __mmask16);
+
+/// Builds the tile of `rows` in this thread's buffer and runs the kernels
+/// over the activation rows, `MR` at a time.
+///
+/// # Safety
+/// As [`q4k`], for the block type that `build` and `kernels` read.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<B: Copy + 'static>(
+    buf: &'static std::thread::LocalKey<RefCell<Vec<B>>>,
+    empty: B,
+    blocks: usize,
+    rows: &[&[u8]],
+    acts: &[Act],
+    (y, ldy, col0): (*mut f32, usize, usize),
+    build: unsafe fn(&[&[u8]], &mut [B]),
+    kernels: [KernelFor<B>; MR],
+) {
+    debug_assert!(!rows.is_empty() && rows.len() <= TILE);
+    buf.with_borrow_mut(|tile| {
         // `build` writes every field of every block: no clearing needed.
         if tile.len() < blocks {
-            tile.resize(blocks, EMPTY);
+            tile.resize(blocks, empty);
         }
         let tile = &mut tile[..blocks];
         // SAFETY: as this function's.
@@ -97,18 +144,7 @@ pub(super) unsafe fn q4k(rows: &[&[u8]], acts: &[Act], y: *mut f32, ldy: usize, 
         while t < acts.len() {
             let mr = MR.min(acts.len() - t);
             // SAFETY: rows t..t + mr of `y` exist; the columns are ours.
-            unsafe {
-                let yt = y.add(t * ldy + col0);
-                let a = &acts[t..t + mr];
-                match mr {
-                    1 => kernel::<1>(tile, a, yt, ldy, mask),
-                    2 => kernel::<2>(tile, a, yt, ldy, mask),
-                    3 => kernel::<3>(tile, a, yt, ldy, mask),
-                    4 => kernel::<4>(tile, a, yt, ldy, mask),
-                    5 => kernel::<5>(tile, a, yt, ldy, mask),
-                    _ => kernel::<MR>(tile, a, yt, ldy, mask),
-                }
-            }
+            unsafe { kernels[mr - 1](tile, &acts[t..t + mr], y.add(t * ldy + col0), ldy, mask) };
             t += mr;
         }
     });
@@ -324,5 +360,148 @@ unsafe fn kernel<const R: usize>(
     for t in 0..R {
         // SAFETY: row t of `y`, the call's columns only.
         unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), mask, _mm512_sub_ps(acc[t], acc_m[t])) };
+    }
+}
+
+/// Q8_0 block bytes: f16 d, 32 signed bytes.
+const Q8_BLOCK: usize = 34;
+
+/// One Q8_0 block (32 columns) of a 16-row tile: `w[q][r]` is row r's
+/// weights of columns `4q..4q + 4` plus 128 (as `u8`, what `vpdpbusd`
+/// takes unsigned), `d[r]` its scale.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Q8Block {
+    w: [[u32; TILE]; 8],
+    d: [f32; TILE],
+}
+
+thread_local! {
+    static Q8_BUF: RefCell<Vec<Q8Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`q4k`] for Q8_0 weights and Q8_0 activations (with their block sums).
+/// `Σ w·x = Σ (w + 128)·x − 128 · Σ x`: exact in i32, then each block is
+/// scaled in f32 by `d_w · d_x`, as the dot kernels do.
+///
+/// # Safety
+/// As [`q4k`], with Q8_0 blocks and activations.
+pub(super) unsafe fn q8_0(rows: &[&[u8]], acts: &[Act], y: *mut f32, ldy: usize, col0: usize) {
+    let kernels: [KernelFor<Q8Block>; MR] = [
+        kernel_q8::<1>,
+        kernel_q8::<2>,
+        kernel_q8::<3>,
+        kernel_q8::<4>,
+        kernel_q8::<5>,
+        kernel_q8::<6>,
+    ];
+    let empty = Q8Block {
+        w: [[0; TILE]; 8],
+        d: [0.0; TILE],
+    };
+    let blocks = rows[0].len() / Q8_BLOCK;
+    // SAFETY: forwarded.
+    unsafe {
+        run(
+            &Q8_BUF,
+            empty,
+            blocks,
+            rows,
+            acts,
+            (y, ldy, col0),
+            build_q8,
+            kernels,
+        )
+    }
+}
+
+/// Builds a Q8_0 tile: two blocks' weights per row in one register, one
+/// transposition per pair of blocks (an odd last block is paired with
+/// itself). Missing rows read row 0 with a zero scale.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn build_q8(rows: &[&[u8]], tile: &mut [Q8Block]) {
+    let base = rows[0].as_ptr();
+    let span = rows[rows.len() - 1].as_ptr() as usize - base as usize + rows[0].len();
+    for line in (0..span).step_by(64) {
+        // SAFETY: inside the rows' run (rows of one matrix are consecutive).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(line).cast()) };
+    }
+    let flip = _mm512_set1_epi8(-128);
+    let blocks = tile.len();
+    for i in (0..blocks).step_by(2) {
+        let i1 = (i + 1).min(blocks - 1);
+        // SAFETY: blocks i and i1 are whole in every row (missing rows
+        // read row 0).
+        unsafe {
+            let rv: [__m512i; TILE] = std::array::from_fn(|r| {
+                let row = rows.get(r).unwrap_or(&rows[0]).as_ptr();
+                let lo = _mm256_loadu_si256(row.add(Q8_BLOCK * i + 2).cast());
+                let hi = _mm256_loadu_si256(row.add(Q8_BLOCK * i1 + 2).cast());
+                _mm512_xor_si512(
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi),
+                    flip,
+                )
+            });
+            let cols = transpose16(rv);
+            for (c, v) in cols.into_iter().enumerate() {
+                let (b, q) = if c < 8 { (i, c) } else { (i1, c - 8) };
+                _mm512_storeu_si512(tile[b].w[q].as_mut_ptr().cast(), v);
+            }
+        }
+        for b in [i, i1] {
+            for (r, d) in tile[b].d.iter_mut().enumerate() {
+                *d = rows.get(r).map_or(0.0, |row| {
+                    let at = Q8_BLOCK * b;
+                    half::f16::from_le_bytes([row[at], row[at + 1]]).to_f32()
+                });
+            }
+        }
+    }
+}
+
+/// `R` activation rows against a whole Q8_0 tile.
+///
+/// # Safety
+/// As [`q8_0`]; `acts.len() == R`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn kernel_q8<const R: usize>(
+    tile: &[Q8Block],
+    acts: &[Act],
+    y: *mut f32,
+    ldy: usize,
+    mask: __mmask16,
+) {
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (i, tb) in tile.iter().enumerate() {
+        let mut p = [_mm512_setzero_si512(); R];
+        for q in 0..8 {
+            // SAFETY: the tile block holds [q]; rows cover columns 32i..32i + 32.
+            unsafe {
+                let wv = _mm512_loadu_si512(tb.w[q].as_ptr().cast());
+                for t in 0..R {
+                    let x = acts[t].q.as_ptr().add(32 * i + 4 * q);
+                    p[t] = _mm512_dpbusd_epi32(
+                        p[t],
+                        wv,
+                        _mm512_set1_epi32(x.cast::<i32>().read_unaligned()),
+                    );
+                }
+            }
+        }
+        // SAFETY: 16 scales; each act has one sum and one scale per block.
+        unsafe {
+            let d = _mm512_loadu_ps(tb.d.as_ptr());
+            for t in 0..R {
+                let a = &acts[t];
+                let xsum = i32::from(*a.sums.get_unchecked(i));
+                let exact = _mm512_sub_epi32(p[t], _mm512_set1_epi32(128 * xsum));
+                let dx = _mm512_set1_ps(*a.d.get_unchecked(i));
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(exact), acc[t]);
+            }
+        }
+    }
+    for (t, a) in acc.iter().enumerate() {
+        // SAFETY: row t of `y`, the call's columns only.
+        unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), mask, *a) };
     }
 }
