@@ -1,6 +1,6 @@
-//! Q4_K and Q8_0 products over several activation rows (prefill chunks,
-//! decode batches) on AVX512-VNNI, as outer products over tiles of 16
-//! weight rows. (Q8_0 likewise: [`q8_0`].)
+//! Q4_K, Q6_K and Q8_0 products over several activation rows (prefill
+//! chunks, decode batches) on AVX512-VNNI, as outer products over tiles of
+//! 16 weight rows. Q4_K is described here; [`q6k`] and [`q8_0`] follow it.
 //!
 //! The dot kernels (`super::avx512::q4k`) put 64 columns of one weight row
 //! in a register against the same columns of one activation row: each
@@ -105,7 +105,7 @@ pub(super) unsafe fn q4k(rows: &[&[u8]], acts: &[Act], y: *mut f32, ldy: usize, 
             acts,
             (y, ldy, col0),
             build,
-            kernels,
+            &kernels,
         )
     }
 }
@@ -115,7 +115,8 @@ pub(super) unsafe fn q4k(rows: &[&[u8]], acts: &[Act], y: *mut f32, ldy: usize, 
 type KernelFor<B> = unsafe fn(&[B], &[Act], *mut f32, usize, __mmask16);
 
 /// Builds the tile of `rows` in this thread's buffer and runs the kernels
-/// over the activation rows, `MR` at a time.
+/// over the activation rows, `kernels.len()` at a time (`kernels[i]`
+/// takes `i + 1` rows).
 ///
 /// # Safety
 /// As [`q4k`], for the block type that `build` and `kernels` read.
@@ -128,7 +129,7 @@ unsafe fn run<B: Copy + 'static>(
     acts: &[Act],
     (y, ldy, col0): (*mut f32, usize, usize),
     build: unsafe fn(&[&[u8]], &mut [B]),
-    kernels: [KernelFor<B>; MR],
+    kernels: &[KernelFor<B>],
 ) {
     debug_assert!(!rows.is_empty() && rows.len() <= TILE);
     buf.with_borrow_mut(|tile| {
@@ -142,7 +143,7 @@ unsafe fn run<B: Copy + 'static>(
         let mask = ((1u32 << rows.len()) - 1) as __mmask16;
         let mut t = 0;
         while t < acts.len() {
-            let mr = MR.min(acts.len() - t);
+            let mr = kernels.len().min(acts.len() - t);
             // SAFETY: rows t..t + mr of `y` exist; the columns are ours.
             unsafe { kernels[mr - 1](tile, &acts[t..t + mr], y.add(t * ldy + col0), ldy, mask) };
             t += mr;
@@ -150,27 +151,34 @@ unsafe fn run<B: Copy + 'static>(
     });
 }
 
-/// Builds the tile from the rows' blocks. Missing rows (a last tile of
-/// fewer than 16) read row 0 and get zero scales, so they add nothing.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn build(rows: &[&[u8]], tile: &mut [TileBlock]) {
+/// Asks for the rows' memory and returns the first row's address with the
+/// other rows' offsets from it (for gathers). The rows of one matrix are
+/// one contiguous run: it is prefetched first, in order, rather than met
+/// line by line as misses while 16 rows a row apart are read (with
+/// gathers this took 4-row Q4_K products from 27–35 to 20–22 ms).
+#[target_feature(enable = "avx512f")]
+fn fetch(rows: &[&[u8]]) -> (*const u8, __m512i) {
     let base = rows[0].as_ptr();
     let offsets: [i32; TILE] = std::array::from_fn(|r| {
-        // Rows of one matrix are consecutive: their distance fits i32
-        // (16 rows of a 152k-column Q4_K matrix are 1.4 MB).
+        // Their distance fits i32: 16 rows of a 152k-column Q4_K matrix
+        // are 1.4 MB.
         rows.get(r)
             .map_or(0, |row| (row.as_ptr() as isize - base as isize) as i32)
     });
-    let idx = unsafe { _mm512_loadu_si512(offsets.as_ptr().cast()) };
-    // The rows are one contiguous run of memory: ask for all of it first,
-    // in order, rather than meet each line as a miss of its own while
-    // reading 16 rows a row apart (with gathers this took 4-row products
-    // from 27–35 to 20–22 ms).
     let span = offsets[rows.len() - 1] as usize + rows[rows.len() - 1].len();
     for line in (0..span).step_by(64) {
         // SAFETY: inside the rows' run.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(line).cast()) };
     }
+    // SAFETY: 16 offsets.
+    (base, unsafe { _mm512_loadu_si512(offsets.as_ptr().cast()) })
+}
+
+/// Builds the tile from the rows' blocks. Missing rows (a last tile of
+/// fewer than 16) read row 0 and get zero scales, so they add nothing.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn build(rows: &[&[u8]], tile: &mut [TileBlock]) {
+    let (base, idx) = fetch(rows);
     // Lanes of missing rows get zero scales and minimums.
     let valid = ((1u32 << rows.len()) - 1) as __mmask16;
     for (i, tb) in tile.iter_mut().enumerate() {
@@ -410,7 +418,7 @@ pub(super) unsafe fn q8_0(rows: &[&[u8]], acts: &[Act], y: *mut f32, ldy: usize,
             acts,
             (y, ldy, col0),
             build_q8,
-            kernels,
+            &kernels,
         )
     }
 }
@@ -420,12 +428,7 @@ pub(super) unsafe fn q8_0(rows: &[&[u8]], acts: &[Act], y: *mut f32, ldy: usize,
 /// itself). Missing rows read row 0 with a zero scale.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn build_q8(rows: &[&[u8]], tile: &mut [Q8Block]) {
-    let base = rows[0].as_ptr();
-    let span = rows[rows.len() - 1].as_ptr() as usize - base as usize + rows[0].len();
-    for line in (0..span).step_by(64) {
-        // SAFETY: inside the rows' run (rows of one matrix are consecutive).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(line).cast()) };
-    }
+    fetch(rows);
     let flip = _mm512_set1_epi8(-128);
     let blocks = tile.len();
     for i in (0..blocks).step_by(2) {
@@ -495,6 +498,213 @@ unsafe fn kernel_q8<const R: usize>(
                 let a = &acts[t];
                 let xsum = i32::from(*a.sums.get_unchecked(i));
                 let exact = _mm512_sub_epi32(p[t], _mm512_set1_epi32(128 * xsum));
+                let dx = _mm512_set1_ps(*a.d.get_unchecked(i));
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(exact), acc[t]);
+            }
+        }
+    }
+    for (t, a) in acc.iter().enumerate() {
+        // SAFETY: row t of `y`, the call's columns only.
+        unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), mask, *a) };
+    }
+}
+
+/// Q6_K block bytes: 128 low-nibble bytes, 64 bytes of 2-bit highs, 16
+/// signed scales, f16 d.
+const Q6_BLOCK: usize = 210;
+
+/// Activation rows per Q6_K call: four sub-block sums per row live at once.
+const MR6: usize = 4;
+
+/// One Q6_K block of a 16-row tile, as words of 16 rows: `ql[c][r]` is
+/// row r's word c of the low-nibble bytes, `qh[c][r]` of the high bits.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Q6Block {
+    ql: [[u32; TILE]; 32],
+    qh: [[u32; TILE]; 16],
+    /// `[s][r]`: row r's scale of sub-block s (16 columns).
+    scale: [[i32; TILE]; 16],
+    /// `[p][r]`: scales of sub-blocks 2p and 2p + 1 as two i16.
+    pair: [[i32; TILE]; 8],
+    d: [f32; TILE],
+}
+
+thread_local! {
+    static Q6_BUF: RefCell<Vec<Q6Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`q4k`] for Q6_K weights (Q8_K activations). A weight is `u − 32` with
+/// `u` in 0..64: the tiles multiply `u` (unsigned, as `vpdpbusd` takes it)
+/// and take `32 · Σ scale · (16-column activation sum)` off per block.
+///
+/// # Safety
+/// As [`q4k`], with Q6_K blocks.
+pub(super) unsafe fn q6k(rows: &[&[u8]], acts: &[Act], y: *mut f32, ldy: usize, col0: usize) {
+    let kernels: [KernelFor<Q6Block>; MR6] = [
+        kernel_q6::<1>,
+        kernel_q6::<2>,
+        kernel_q6::<3>,
+        kernel_q6::<4>,
+    ];
+    let empty = Q6Block {
+        ql: [[0; TILE]; 32],
+        qh: [[0; TILE]; 16],
+        scale: [[0; TILE]; 16],
+        pair: [[0; TILE]; 8],
+        d: [0.0; TILE],
+    };
+    let blocks = rows[0].len() / Q6_BLOCK;
+    // SAFETY: forwarded.
+    unsafe {
+        run(
+            &Q6_BUF,
+            empty,
+            blocks,
+            rows,
+            acts,
+            (y, ldy, col0),
+            build_q6,
+            &kernels,
+        )
+    }
+}
+
+/// Builds a Q6_K tile: three 16 x 16 word transpositions per block (the
+/// two halves of `ql`, then `qh`), the scales by gathers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn build_q6(rows: &[&[u8]], tile: &mut [Q6Block]) {
+    let (base, idx) = fetch(rows);
+    let valid = ((1u32 << rows.len()) - 1) as __mmask16;
+    for (i, tb) in tile.iter_mut().enumerate() {
+        // SAFETY: bytes 0..192 of block i in every row (missing rows read
+        // row 0); the destinations are 16 words each.
+        unsafe {
+            for (part, dst) in [(0usize, 0usize), (64, 16), (128, 0)] {
+                let rv: [__m512i; TILE] = std::array::from_fn(|r| {
+                    let row = rows.get(r).unwrap_or(&rows[0]);
+                    _mm512_loadu_si512(row.as_ptr().add(Q6_BLOCK * i + part).cast())
+                });
+                let out = if part < 128 {
+                    tb.ql.as_mut_ptr().add(dst).cast::<__m512i>()
+                } else {
+                    tb.qh.as_mut_ptr().cast::<__m512i>()
+                };
+                for (c, v) in transpose16(rv).into_iter().enumerate() {
+                    _mm512_storeu_si512(out.add(c).cast(), v);
+                }
+            }
+            // Scales: bytes 192..208, four gathered words; d: the high
+            // half of the word at 206 (inside the block).
+            let at = base.add(Q6_BLOCK * i);
+            let g = |o: usize| _mm512_i32gather_epi32::<1>(idx, at.add(o).cast());
+            let words = [g(192), g(196), g(200), g(204)];
+            for s in 0..16 {
+                let w = words[s / 4];
+                let shifted = _mm512_slli_epi32::<24>(_mm512_srlv_epi32(
+                    w,
+                    _mm512_set1_epi32(8 * (s % 4) as i32),
+                ));
+                let sc = _mm512_maskz_mov_epi32(valid, _mm512_srai_epi32::<24>(shifted));
+                _mm512_storeu_si512(tb.scale[s].as_mut_ptr().cast(), sc);
+            }
+            for p in 0..8 {
+                let lo = _mm512_loadu_si512(tb.scale[2 * p].as_ptr().cast());
+                let hi = _mm512_loadu_si512(tb.scale[2 * p + 1].as_ptr().cast());
+                let v = _mm512_or_si512(
+                    _mm512_and_si512(lo, _mm512_set1_epi32(0xFFFF)),
+                    _mm512_slli_epi32::<16>(hi),
+                );
+                _mm512_storeu_si512(tb.pair[p].as_mut_ptr().cast(), v);
+            }
+            let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(g(206))));
+            _mm512_storeu_ps(tb.d.as_mut_ptr(), _mm512_maskz_mov_ps(valid, d));
+        }
+    }
+}
+
+/// `R` activation rows against a whole Q6_K tile.
+///
+/// # Safety
+/// As [`q6k`]; `acts.len() == R`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn kernel_q6<const R: usize>(
+    tile: &[Q6Block],
+    acts: &[Act],
+    y: *mut f32,
+    ldy: usize,
+    mask: __mmask16,
+) {
+    let m4 = _mm512_set1_epi8(0xF);
+    let m30 = _mm512_set1_epi8(0x30);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (i, tb) in tile.iter().enumerate() {
+        let col = QK_K * i;
+        let mut sumi = [_mm512_setzero_si512(); R];
+        for n in 0..2 {
+            for half in 0..2 {
+                // Sub-blocks 8n + 2g + half, g = 0..4 (columns 128n + 32g
+                // + 16·half..+16), over words q of this half.
+                let mut part = [[_mm512_setzero_si512(); R]; 4];
+                for q in 4 * half..4 * half + 4 {
+                    // SAFETY: words 16n + q and 16n + 8 + q of ql, 8n + q of
+                    // qh; the rows cover column col + 128n + 96 + 4q + 4.
+                    unsafe {
+                        let a = _mm512_loadu_si512(tb.ql[16 * n + q].as_ptr().cast());
+                        let b = _mm512_loadu_si512(tb.ql[16 * n + 8 + q].as_ptr().cast());
+                        let h = _mm512_loadu_si512(tb.qh[8 * n + q].as_ptr().cast());
+                        let v = [
+                            _mm512_or_si512(
+                                _mm512_and_si512(a, m4),
+                                _mm512_and_si512(_mm512_slli_epi32::<4>(h), m30),
+                            ),
+                            _mm512_or_si512(
+                                _mm512_and_si512(b, m4),
+                                _mm512_and_si512(_mm512_slli_epi32::<2>(h), m30),
+                            ),
+                            _mm512_or_si512(
+                                _mm512_and_si512(_mm512_srli_epi32::<4>(a), m4),
+                                _mm512_and_si512(h, m30),
+                            ),
+                            _mm512_or_si512(
+                                _mm512_and_si512(_mm512_srli_epi32::<4>(b), m4),
+                                _mm512_and_si512(_mm512_srli_epi32::<2>(h), m30),
+                            ),
+                        ];
+                        for t in 0..R {
+                            let x = acts[t].q.as_ptr().add(col + 128 * n + 4 * q);
+                            for (g, vg) in v.iter().enumerate() {
+                                let xb =
+                                    _mm512_set1_epi32(x.add(32 * g).cast::<i32>().read_unaligned());
+                                part[g][t] = _mm512_dpbusd_epi32(part[g][t], *vg, xb);
+                            }
+                        }
+                    }
+                }
+                for (g, pg) in part.iter().enumerate() {
+                    // SAFETY: 16 scales.
+                    let sc = unsafe {
+                        _mm512_loadu_si512(tb.scale[8 * n + 2 * g + half].as_ptr().cast())
+                    };
+                    for t in 0..R {
+                        sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(pg[t], sc));
+                    }
+                }
+            }
+        }
+        // SAFETY: 16 pairs; each act has 16 sums per block.
+        unsafe {
+            let d = _mm512_loadu_ps(tb.d.as_ptr());
+            for t in 0..R {
+                let a = &acts[t];
+                let sums = a.sums.as_ptr().add(16 * i);
+                let mut off = _mm512_setzero_si512();
+                for p in 0..8 {
+                    let pair = _mm512_loadu_si512(tb.pair[p].as_ptr().cast());
+                    let x = _mm512_set1_epi32(sums.add(2 * p).cast::<i32>().read_unaligned());
+                    off = _mm512_dpwssd_epi32(off, pair, x);
+                }
+                let exact = _mm512_sub_epi32(sumi[t], _mm512_slli_epi32::<5>(off));
                 let dx = _mm512_set1_ps(*a.d.get_unchecked(i));
                 acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(exact), acc[t]);
             }
