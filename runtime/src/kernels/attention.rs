@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use super::{
-    gemm::{Elem, NR, even_calls, max_rows, pair_rows, tile, tile_pair},
+    gemm::{Elem, NR, max_rows, pair_rows, row_calls, tile, tile_lanes},
     isa::Isa,
 };
 
@@ -249,71 +249,47 @@ unsafe fn attend_tile<E: Elem>(
         Vec::new()
     };
 
+    // Prefill tasks on AVX-512 take the two-panel kernel: 32 keys (or
+    // value dims) per call.
     let pair = pair_rows(isa).filter(|_| rows > mr_max);
+    let wide = pair.is_some();
+    let (lanes, mr_call) = pair.map_or((NR, mr_max), |pr| (2 * NR, pr));
     let key_hi = pos(rows - 1) + 1;
     let mut j0 = (lo(0) / NR) * NR;
     while j0 < key_hi {
         let keys = KEY_CHUNK.min(key_hi - j0);
-        // Scores: rows × keys, two 16-key panels at a time when the CPU has
-        // the two-panel kernel and the task has more rows than one call of
-        // the one-panel kernel covers (prefill).
-        if let Some(pr) = pair {
+        // Scores: rows × keys, one 16-key panel per call, or two where the
+        // task takes the two-panel kernel (prefill on AVX-512).
+        for p0 in (0..keys).step_by(lanes) {
             let k_panel = |j: usize| {
                 let block = s.block_table[j / bs] as usize;
                 ((block * nkv + g) * hd) * bs + (j % bs)
             };
-            for p0 in (0..keys).step_by(2 * NR) {
-                let two = p0 + NR < keys;
-                let a = k_panel(j0 + p0);
-                let b = if two { k_panel(j0 + p0 + NR) } else { a };
-                for (r, mr) in even_calls(rows, pr) {
-                    // SAFETY: as for `tile` below, for each of the two
-                    // panels; `scores` rows hold KEY_CHUNK >= p0 + 32.
-                    unsafe {
-                        tile_pair(
-                            isa,
-                            mr,
-                            hd,
-                            k_cache.as_ptr().add(a),
-                            k_cache.as_ptr().add(b),
-                            bs,
-                            qs.as_ptr().add(r * hd),
-                            hd,
-                            scores.as_mut_ptr().add(r * KEY_CHUNK + p0),
-                            KEY_CHUNK,
-                            if two { 2 * NR } else { NR },
-                            false,
-                        )
-                    };
-                }
-            }
-        }
-        for p0 in (0..keys).step_by(NR).filter(|_| pair.is_none()) {
-            let j = j0 + p0;
-            let block = s.block_table[j / bs] as usize;
-            let k_panel = ((block * nkv + g) * hd) * bs + (j % bs);
-            let mut r = 0;
-            while r < rows {
-                let mr = mr_max.min(rows - r);
-                // SAFETY: the panel is `hd` columns of stride `bs` inside
-                // block `block` (16 keys never cross a block: `bs` is a
-                // multiple of 16 and `j` one too); `qs`/`scores` hold `rows`.
+            let two = wide && p0 + NR < keys;
+            let a = k_panel(j0 + p0);
+            let b = if two { k_panel(j0 + p0 + NR) } else { a };
+            for (r, mr) in row_calls(rows, mr_call, wide) {
+                // SAFETY: each panel is `hd` columns of stride `bs` inside
+                // one block (16 keys never cross a block: `bs` is a
+                // multiple of 16 and `j0 + p0` one too); `qs`/`scores` hold
+                // `rows`, and a scores row KEY_CHUNK >= p0 + 32 values.
                 unsafe {
-                    tile(
+                    tile_lanes(
                         isa,
+                        wide,
                         mr,
                         hd,
-                        k_cache.as_ptr().add(k_panel),
+                        k_cache.as_ptr().add(a),
+                        k_cache.as_ptr().add(b),
                         bs,
                         qs.as_ptr().add(r * hd),
                         hd,
                         scores.as_mut_ptr().add(r * KEY_CHUNK + p0),
                         KEY_CHUNK,
-                        NR,
+                        if two { 2 * NR } else { NR },
                         false,
                     )
                 };
-                r += mr;
             }
         }
         // Online softmax; masked scores become exact zeros in P. The keys a
@@ -382,57 +358,31 @@ unsafe fn attend_tile<E: Elem>(
             E::slice_to_f32(src, &mut vbuf[j * hd_pad..j * hd_pad + hd]);
         }
         // O += P · V.
-        if let Some(pr) = pair {
-            for d0 in (0..hd).step_by(2 * NR) {
-                let nr = (2 * NR).min(hd - d0);
-                let w1 = if nr > NR { d0 + NR } else { d0 };
-                for (r, mr) in even_calls(rows, pr) {
-                    // SAFETY: as for `tile` below; lanes `d0 + 16..` read
-                    // inside `hd_pad` or repeat `d0`'s.
-                    unsafe {
-                        tile_pair(
-                            isa,
-                            mr,
-                            keys,
-                            vbuf.as_ptr().add(d0),
-                            vbuf.as_ptr().add(w1),
-                            hd_pad,
-                            scores.as_ptr().add(r * KEY_CHUNK),
-                            KEY_CHUNK,
-                            o.as_mut_ptr().add(r * hd + d0),
-                            hd,
-                            nr,
-                            true,
-                        )
-                    };
-                }
-            }
-            j0 += keys;
-            continue;
-        }
-        let mut r = 0;
-        while r < rows {
-            let mr = mr_max.min(rows - r);
-            for d0 in (0..hd).step_by(NR) {
+        for d0 in (0..hd).step_by(lanes) {
+            let nr = lanes.min(hd - d0);
+            let w1 = if nr > NR { d0 + NR } else { d0 };
+            for (r, mr) in row_calls(rows, mr_call, wide) {
                 // SAFETY: `vbuf` has `keys` rows of `hd_pad` (a multiple of
-                // 16) values; only `nr` columns of `o` are written.
+                // 16) values, so lanes past `hd` read inside it; only `nr`
+                // columns of `o` are written.
                 unsafe {
-                    tile(
+                    tile_lanes(
                         isa,
+                        wide,
                         mr,
                         keys,
                         vbuf.as_ptr().add(d0),
+                        vbuf.as_ptr().add(w1),
                         hd_pad,
                         scores.as_ptr().add(r * KEY_CHUNK),
                         KEY_CHUNK,
                         o.as_mut_ptr().add(r * hd + d0),
                         hd,
-                        NR.min(hd - d0),
+                        nr,
                         true,
                     )
                 };
             }
-            r += mr;
         }
         j0 += keys;
     }

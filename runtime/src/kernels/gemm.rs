@@ -339,7 +339,7 @@ unsafe fn run_block<E: Elem>(
             // SAFETY: panel `p` (and `p + 1` when `two`) starts at
             // `p * k * NR`; column `k0` of it at `k0 * NR` further.
             let wp = unsafe { w.as_ptr().add(p * k * NR + k0 * NR) };
-            for (r0, mr) in even_calls(rows.len(), mr_max) {
+            for (r0, mr) in row_calls(rows.len(), mr_max, pair.is_some()) {
                 let r = rows.start + r0;
                 // SAFETY: rows `r..r + mr` exist in `x` and `y`; the call
                 // writes columns `p * NR..p * NR + nr` of them. (Converting
@@ -347,12 +347,22 @@ unsafe fn run_block<E: Elem>(
                 // slower, 56-71 against 85-110 GFLOP/s at 16 rows, AVX2.)
                 unsafe {
                     let (xr, yr) = (x.as_ptr().add(r * k + k0), out.0.add(r * n + p * NR));
-                    if pair.is_some() {
-                        let w1 = if two { wp.add(k * NR) } else { wp };
-                        tile_pair(isa, mr, kc, wp, w1, NR, xr, k, yr, n, nr, k0 > 0)
-                    } else {
-                        tile(isa, mr, kc, wp, NR, xr, k, yr, n, nr, k0 > 0)
-                    }
+                    let w1 = if two { wp.add(k * NR) } else { wp };
+                    tile_lanes(
+                        isa,
+                        pair.is_some(),
+                        mr,
+                        kc,
+                        wp,
+                        w1,
+                        NR,
+                        xr,
+                        k,
+                        yr,
+                        n,
+                        nr,
+                        k0 > 0,
+                    )
                 };
             }
         }
@@ -360,14 +370,56 @@ unsafe fn run_block<E: Elem>(
     }
 }
 
-/// `rows` split into consecutive calls of at most `max` rows, as even as
-/// can be (48 rows by 12: four 12s; 16 by 12: two 8s): `(first, rows)`.
-pub fn even_calls(rows: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+/// `rows` split into consecutive kernel calls of at most `max` rows, as
+/// `(first, rows)`: for the two-panel kernel (`even`) as evenly as can be
+/// (16 rows by 12: two 8s, not 12 + 4, which would leave the second call
+/// too few sums to hide the FMA latency); for the one-panel kernel `max`
+/// at a time and the rest last, as it always was (its unrolling depends on
+/// the row count, so this keeps its sums' order).
+pub fn row_calls(rows: usize, max: usize, even: bool) -> impl Iterator<Item = (usize, usize)> {
     let calls = rows.div_ceil(max);
     (0..calls).map(move |c| {
-        let lo = rows * c / calls;
-        (lo, rows * (c + 1) / calls - lo)
+        if even {
+            let lo = rows * c / calls;
+            (lo, rows * (c + 1) / calls - lo)
+        } else {
+            (c * max, max.min(rows - c * max))
+        }
     })
+}
+
+/// One kernel call over up to 32 weight lanes: [`tile_pair`] (lanes
+/// 0..16 at `w0`, 16..32 at `w1`, `nr <= 32`) when `pair`, else [`tile`]
+/// over `w0` alone (`nr <= 16`; `w1` unused). Lets one loop serve both
+/// kernels.
+///
+/// # Safety
+/// As the kernel it calls.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub unsafe fn tile_lanes<E: Elem>(
+    isa: Isa,
+    pair: bool,
+    mr: usize,
+    kc: usize,
+    w0: *const E,
+    w1: *const E,
+    ldw: usize,
+    x: *const f32,
+    ldx: usize,
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        if pair {
+            tile_pair(isa, mr, kc, w0, w1, ldw, x, ldx, c, ldc, nr, accumulate)
+        } else {
+            tile(isa, mr, kc, w0, ldw, x, ldx, c, ldc, nr, accumulate)
+        }
+    }
 }
 
 /// Rows of `x` per call of the two-panel AVX-512 kernel, at most: 24 of

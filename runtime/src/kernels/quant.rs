@@ -448,8 +448,16 @@ pub fn qmatmul(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, y: &mut [f32]) {
     }
     let acts = QuantizedRows::new(w.ty.activation(), x, m, k);
     let out = SendPtr(y.as_mut_ptr());
-    let chunks = n.div_ceil(ROW_CHUNK);
+    // Tasks own whole chunks of weight rows, so each output cell has one writer.
     let parallel = rayon::current_num_threads() > 1 && m * n * k >= (1 << 16);
+    let for_each_chunk = |chunk_rows: usize, work: &(dyn Fn(usize) + Sync)| {
+        let chunks = n.div_ceil(chunk_rows);
+        if parallel {
+            (0..chunks).into_par_iter().for_each(work);
+        } else {
+            (0..chunks).for_each(work);
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512 && tiles::available() {
         let kernel: Option<tiles::Kernel> = match w.ty {
@@ -460,7 +468,7 @@ pub fn qmatmul(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, y: &mut [f32]) {
         };
         if let Some(kernel) = kernel {
             let all: Vec<Act> = (0..m).map(|t| acts.row(t)).collect();
-            let work = |chunk: usize| {
+            for_each_chunk(tiles::TILE, &|chunk| {
                 let lo = chunk * tiles::TILE;
                 let rows: Vec<&[u8]> = (lo..n.min(lo + tiles::TILE))
                     .map(|r| w.row_data(r))
@@ -470,16 +478,11 @@ pub fn qmatmul(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, y: &mut [f32]) {
                 // activations in its format; this task alone writes
                 // columns lo..lo + 16 of y (m × n).
                 unsafe { kernel(&rows, &all, out.get(), n, lo) };
-            };
-            if parallel {
-                (0..chunks).into_par_iter().for_each(work);
-            } else {
-                (0..chunks).for_each(work);
-            }
+            });
             return;
         }
     }
-    let work = |chunk: usize| {
+    for_each_chunk(ROW_CHUNK, &|chunk| {
         let rows = chunk * ROW_CHUNK..n.min((chunk + 1) * ROW_CHUNK);
         let mut sums = [0f32; ROWS];
         // x rows outer, weight rows inner: a group of activation rows and
@@ -498,12 +501,7 @@ pub fn qmatmul(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, y: &mut [f32]) {
             }
             t += group;
         }
-    };
-    if parallel {
-        (0..chunks).into_par_iter().for_each(work);
-    } else {
-        (0..chunks).for_each(work);
-    }
+    });
 }
 
 /// Activation rows from which Q4_K products take the tiled kernel
@@ -538,13 +536,8 @@ fn dot(isa: Isa, ty: QuantType, w: &[u8], acts: &[Act], out: &mut [f32]) {
     // One row (decode) is memory-bound either way: it keeps the AVX2 kernel,
     // which has measured no slower there (server c=1 decode 150 against 122
     // tok/s in two vs-llamacpp runs, `--bench quant` within noise).
-    if isa >= Isa::Avx512
-        && ty == QuantType::Q8_0
-        && acts.len() > 1
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vnni")
-    {
-        // SAFETY: AVX-512F (checked for `isa`), BW and VNNI just now; whole
+    if isa >= Isa::Avx512 && ty == QuantType::Q8_0 && acts.len() > 1 && tiles::available() {
+        // SAFETY: AVX-512F, BW and VNNI (what the tiles need too); whole
         // blocks as below.
         return unsafe { avx512::q8_0_vnni(w, acts, out) };
     }
@@ -907,7 +900,8 @@ mod avx512 {
 
     use half::f16;
 
-    use super::ActFormat;
+    use super::avx2::{h2f, hsum, hsum128, load, q4k_header, q4k_mins, q6k_offset, q6k_unpack};
+    use super::{Act, ActFormat, QK_K, ROWS};
 
     /// [`super::quantize_block_scalar`] 16 values at a time, with the same
     /// arithmetic (each product is the same f32 multiply; rounding is
@@ -996,9 +990,6 @@ mod avx512 {
             }
         }
     }
-
-    use super::avx2::{h2f, hsum, hsum128, load, q4k_header, q4k_mins, q6k_offset, q6k_unpack};
-    use super::{Act, QK_K, ROWS};
 
     /// Q8_0 with AVX512-VNNI: two 32-weight blocks per register, and one
     /// `vpdpbusd` per activation row where AVX2 needs `vpsignb` +

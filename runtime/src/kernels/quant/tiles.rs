@@ -20,8 +20,9 @@
 //! 16 × 16 transposition of 32-bit words is the whole repacking; the
 //! kernel splits nibbles with an AND and a shift, shared by the activation
 //! rows of a call. (Gathering the words instead cost more than the
-//! products themselves below 16 rows: 4 rows 20–22 ms against 10 ms.) The integer sums are those of the dot kernels exactly; each
-//! block's sum is scaled in f32 once per (row, block) instead of per lane.
+//! products themselves below 16 rows: 4 rows 20–22 ms against 10 ms.) The
+//! integer sums are those of the dot kernels exactly; each block's sum is
+//! scaled in f32 once per (row, block) instead of per lane.
 
 use std::{arch::x86_64::*, cell::RefCell};
 
