@@ -310,7 +310,7 @@ fn matmul_typed<E: Elem>(
 
 /// Computes `y[rows, panels]` with `k` blocking. With more rows than one
 /// call of the one-panel kernel covers, and a CPU that has it, the
-/// two-panel kernel runs ([`tile_pair`]): each broadcast activation value
+/// two-panel kernel runs ([`tile_lanes`]): each broadcast activation value
 /// then feeds two FMAs, and 2·MR independent sums hide the FMA latency
 /// (one panel and 8 rows leave exactly the 8 chains two FMA ports need).
 ///
@@ -388,13 +388,27 @@ pub fn row_calls(rows: usize, max: usize, even: bool) -> impl Iterator<Item = (u
     })
 }
 
-/// One kernel call over up to 32 weight lanes: [`tile_pair`] (lanes
-/// 0..16 at `w0`, 16..32 at `w1`, `nr <= 32`) when `pair`, else [`tile`]
-/// over `w0` alone (`nr <= 16`; `w1` unused). Lets one loop serve both
-/// kernels.
+/// Rows of `x` per call of the two-panel AVX-512 kernel, at most: 24 of
+/// the 32 vector registers accumulate.
+const PAIR_ROWS: usize = 12;
+
+/// Rows one two-panel [`tile_lanes`] call covers at most, where `isa` has
+/// the two-panel kernel (AVX-512: 32 vector registers).
+pub fn pair_rows(isa: Isa) -> Option<usize> {
+    (isa == Isa::Avx512).then_some(PAIR_ROWS)
+}
+
+/// One kernel call over up to 32 weight lanes, so one loop serves both
+/// kernels. With `pair` (the CPU has the two-panel kernel, see
+/// [`pair_rows`]): `c[t][r] (+)= Σ_k x[t][k] · w[k][r]` for `t < mr` and
+/// `r < nr <= 32`, where lanes 0..16 of column `k` are at `w0 + k·ldw` and
+/// lanes 16..32 at `w1 + k·ldw` (two panels need not be adjacent: in the
+/// KV pool they are two blocks; with `nr <= 16` pass `w1 = w0`, the second
+/// half is computed and dropped). Without: [`tile`] over `w0` alone
+/// (`nr <= 16`; `w1` unused).
 ///
 /// # Safety
-/// As the kernel it calls.
+/// As [`tile`], for both halves with `pair`; then `mr <= pair_rows(isa)`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub unsafe fn tile_lanes<E: Elem>(
@@ -412,55 +426,14 @@ pub unsafe fn tile_lanes<E: Elem>(
     nr: usize,
     accumulate: bool,
 ) {
-    // SAFETY: forwarded.
-    unsafe {
-        if pair {
-            tile_pair(isa, mr, kc, w0, w1, ldw, x, ldx, c, ldc, nr, accumulate)
-        } else {
-            tile(isa, mr, kc, w0, ldw, x, ldx, c, ldc, nr, accumulate)
-        }
+    if !pair {
+        // SAFETY: forwarded.
+        return unsafe { tile(isa, mr, kc, w0, ldw, x, ldx, c, ldc, nr, accumulate) };
     }
-}
-
-/// Rows of `x` per call of the two-panel AVX-512 kernel, at most: 24 of
-/// the 32 vector registers accumulate.
-const PAIR_ROWS: usize = 12;
-
-/// Rows one [`tile_pair`] call covers at most, where `isa` has the
-/// two-panel kernel (AVX-512: 32 vector registers).
-pub fn pair_rows(isa: Isa) -> Option<usize> {
-    (isa == Isa::Avx512).then_some(PAIR_ROWS)
-}
-
-/// [`tile`] over 32 weight lanes: `c[t][r] (+)= Σ_k x[t][k] · w[k][r]`
-/// for `t < mr` and `r < nr <= 32`, where lanes 0..16 of column `k` are
-/// at `w0 + k·ldw` and lanes 16..32 at `w1 + k·ldw` (two panels need not
-/// be adjacent: in the KV pool they are two blocks). With `nr <= 16` pass
-/// `w1 = w0`: the second half is computed and dropped.
-///
-/// # Safety
-/// As [`tile`], for both halves; `mr <= pair_rows(isa)`.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub unsafe fn tile_pair<E: Elem>(
-    isa: Isa,
-    mr: usize,
-    kc: usize,
-    w0: *const E,
-    w1: *const E,
-    ldw: usize,
-    x: *const f32,
-    ldx: usize,
-    c: *mut f32,
-    ldc: usize,
-    nr: usize,
-    accumulate: bool,
-) {
     debug_assert!(
         pair_rows(isa).is_some_and(|m| mr <= m),
-        "tile_pair on {isa:?}"
+        "two-panel call on {isa:?}"
     );
-    let _ = isa;
     #[cfg(target_arch = "x86_64")]
     macro_rules! go {
         ($($m:literal),*) => {
