@@ -5,9 +5,11 @@
 //! `shared/bench/vs-llamacpp` (16 layers + LM head, one distinct matrix per
 //! layer so the weights stream from memory as in a real forward).
 //!
-//! Prints, per type and row count: our time for a forward's products, the
-//! weight bandwidth that implies, candle's time and candle / ours (above 1:
-//! ours faster). Environment: `BENCH_REPEAT` (default 3), `BENCH_M` (default
+//! Prints, per type and row count: our time for a forward's products in
+//! the layout the server loads (the tiles on AVX512-VNNI), the weight
+//! bandwidth that implies, the time of the dot kernels on the GGUF rows
+//! where that differs, candle's time and candle / ours (above 1: ours
+//! faster). Environment: `BENCH_REPEAT` (default 3), `BENCH_M` (default
 //! `1,16,128`), `BENCH_TYPES` (default `q4_k,q6_k,q8_0`).
 
 #[path = "common/mod.rs"]
@@ -57,11 +59,18 @@ fn main() -> candle_core::Result<()> {
             other => panic!("BENCH_TYPES: unknown {other}"),
         };
         let mut ours = Vec::new();
+        let mut rows_layout = Vec::new();
         let mut theirs = Vec::new();
         for (i, &(rows, cols, _)) in shapes.iter().enumerate() {
             let w = Tensor::from_vec(values(rows * cols, i as u64), (rows, cols), &Device::Cpu)?;
             let q = QTensor::quantize(&w, candle_ty)?;
-            ours.push(QuantMatrix::new(ours_ty, rows, cols, &q.data()?).expect("same blocks"));
+            let data = q.data()?;
+            let matrix = || QuantMatrix::new(ours_ty, rows, cols, &data).expect("same blocks");
+            let tiled = matrix().into_tiles(isa);
+            if tiled.is_tiled() {
+                rows_layout.push(matrix());
+            }
+            ours.push(tiled);
             theirs.push(QMatMul::from_qtensor(q)?);
         }
         let bytes: usize = ours.iter().map(QuantMatrix::bytes).sum();
@@ -72,6 +81,13 @@ fn main() -> candle_core::Result<()> {
                 for ((w, x), y) in ours.iter().zip(&xs).zip(ys.iter_mut()) {
                     qmatmul(isa, x, m, w, y);
                 }
+            });
+            let t_rows = (!rows_layout.is_empty()).then(|| {
+                best_of(repeat, || {
+                    for ((w, x), y) in rows_layout.iter().zip(&xs).zip(ys.iter_mut()) {
+                        qmatmul(isa, x, m, w, y);
+                    }
+                })
             });
             let xts: Vec<Tensor> = ours
                 .iter()
@@ -89,8 +105,11 @@ fn main() -> candle_core::Result<()> {
                     .iter()
                     .map(|w| (w.rows() * w.cols()) as f64)
                     .sum::<f64>();
+            let rows_ms = t_rows.map_or(String::new(), |t| {
+                format!(" | GGUF rows {:>8.2} ms", t.as_secs_f64() * 1e3)
+            });
             println!(
-                "{name} m={m:>3}: ours {:>8.2} ms ({:>5.1} GB/s, {:>6.1} GFLOP/s) | candle {:>8.2} ms | candle/ours {:.2}x",
+                "{name} m={m:>3}: ours {:>8.2} ms ({:>5.1} GB/s, {:>6.1} GFLOP/s){rows_ms} | candle {:>8.2} ms | candle/ours {:.2}x",
                 t_ours.as_secs_f64() * 1e3,
                 bytes as f64 / t_ours.as_secs_f64() / 1e9,
                 flops / t_ours.as_secs_f64() / 1e9,

@@ -32,7 +32,10 @@ use candle_core::{
 
 use super::{LinearWeight, Weights};
 use crate::{
-    kernels::quant::{QuantMatrix, QuantType},
+    kernels::{
+        isa::Isa,
+        quant::{QuantMatrix, QuantType},
+    },
     models::{Architecture, ConfigTokens, ModelSpec, config::RopeScaling},
 };
 
@@ -511,9 +514,10 @@ pub struct GgufWeights<'a> {
     gguf: &'a Gguf,
     device: Device,
     dtype: DType,
-    /// CPU kernels (quantized blocks stay in [`QuantMatrix`]) or candle
-    /// (quantized blocks in a [`QTensor`] on `device`).
-    cpu_kernels: bool,
+    /// The CPU kernels' instruction set (quantized blocks stay in
+    /// [`QuantMatrix`], in the layout its kernels read), or `None` for
+    /// candle (quantized blocks in a [`QTensor`] on `device`).
+    cpu_kernels: Option<Isa>,
     /// Undo llama.cpp's q/k row order (`llama` architecture files).
     unpermute: bool,
     heads: usize,
@@ -526,7 +530,7 @@ impl<'a> GgufWeights<'a> {
         spec: &ModelSpec,
         device: &Device,
         dtype: DType,
-        cpu_kernels: bool,
+        cpu_kernels: Option<Isa>,
     ) -> Self {
         Self {
             gguf,
@@ -644,8 +648,8 @@ impl Weights for GgufWeights<'_> {
         let (g, heads) = self.resolve(name)?;
         let t = self.check_shape(&g, &[out, inp])?;
         let float = matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        let kernel = kernel_type(t).filter(|_| self.cpu_kernels);
-        if float || (self.cpu_kernels && kernel.is_none()) {
+        let kernel = kernel_type(t).filter(|_| self.cpu_kernels.is_some());
+        if float || (self.cpu_kernels.is_some() && kernel.is_none()) {
             // Float tensors (and, on the CPU, block types without a kernel
             // here, which candle dequantizes): dense in the model dtype.
             let w = self.dense_f32(&g, heads)?;
@@ -671,7 +675,11 @@ impl Weights for GgufWeights<'_> {
                         self.gguf.path().display()
                     ))
                 })?;
-                Ok(LinearWeight::Quant(Arc::new(m)))
+                drop(bytes);
+                let isa = self
+                    .cpu_kernels
+                    .expect("a kernel type only for the CPU kernels");
+                Ok(LinearWeight::Quant(Arc::new(m.into_tiles(isa))))
             }
             None => Ok(LinearWeight::QTensor(Arc::new(qtensor_from_ggml(
                 t,

@@ -83,11 +83,15 @@ impl QuantType {
 }
 
 /// A quantized `rows × cols` weight matrix: each row is `cols /
-/// block_elems` consecutive blocks, exactly the bytes of the GGUF tensor.
+/// block_elems` consecutive blocks, exactly the bytes of the GGUF tensor,
+/// or (after [`QuantMatrix::into_tiles`]) the same blocks in groups of 16
+/// rows interleaved for the AVX512-VNNI kernels (`tiles`).
 pub struct QuantMatrix {
     ty: QuantType,
     rows: usize,
     cols: usize,
+    /// Whether `data` holds the tiled layout rather than GGUF rows.
+    tiled: bool,
     data: AlignedVec<u8>,
 }
 
@@ -147,11 +151,33 @@ impl QuantMatrix {
             ty,
             rows,
             cols,
+            tiled: false,
             data,
         })
     }
 
-    /// Stacks matrices of one type along rows (a fused projection).
+    /// The matrix in the layout of the fastest kernels `isa` and this CPU
+    /// have: the tiles where AVX512-VNNI runs them (Q4_K, Q6_K, Q8_0),
+    /// else unchanged. Done once at load; the GGUF bytes are not kept.
+    pub fn into_tiles(self, isa: Isa) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if !self.tiled && isa >= Isa::Avx512 && tiles::available() && tiles::has_layout(self.ty) {
+            let blocks = self.cols / self.ty.block_elems();
+            let groups = self.rows.div_ceil(tiles::TILE);
+            let mut data = AlignedVec::zeroed(groups * tiles::group_bytes(self.ty, blocks));
+            tiles::pack(self.ty, &self.data, self.rows, blocks, &mut data);
+            return Self {
+                tiled: true,
+                data,
+                ..self
+            };
+        }
+        let _ = isa;
+        self
+    }
+
+    /// Stacks matrices of one type along rows (a fused projection), in the
+    /// first one's layout.
     pub fn concat(parts: &[&QuantMatrix]) -> Option<Self> {
         let first = parts.first()?;
         if parts
@@ -161,17 +187,20 @@ impl QuantMatrix {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
-        let mut data = AlignedVec::zeroed(parts.iter().map(|p| p.data.len()).sum());
+        let rb = first.row_bytes();
+        let mut bytes = vec![0u8; rows * rb];
         let mut at = 0;
         for p in parts {
-            data[at..at + p.data.len()].copy_from_slice(&p.data);
-            at += p.data.len();
+            for r in 0..p.rows {
+                p.row_bytes_into(r, &mut bytes[at..at + rb]);
+                at += rb;
+            }
         }
-        Some(Self {
-            ty: first.ty,
-            rows,
-            cols: first.cols,
-            data,
+        let stacked = Self::new(first.ty, rows, first.cols, &bytes).ok()?;
+        Some(if first.tiled {
+            stacked.into_tiles(Isa::best())
+        } else {
+            stacked
         })
     }
 
@@ -188,18 +217,41 @@ impl QuantMatrix {
         self.data.len()
     }
 
+    /// Whether the matrix is in the tiled layout.
+    pub fn is_tiled(&self) -> bool {
+        self.tiled
+    }
+
     fn row_bytes(&self) -> usize {
         self.cols / self.ty.block_elems() * self.ty.block_bytes()
     }
 
+    /// Row `r`'s GGUF bytes, in the GGUF layout.
     fn row_data(&self, r: usize) -> &[u8] {
+        debug_assert!(!self.tiled);
         let rb = self.row_bytes();
         &self.data[r * rb..(r + 1) * rb]
     }
 
+    /// Row `r`'s GGUF bytes into `out`, in either layout.
+    fn row_bytes_into(&self, r: usize, out: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.tiled {
+            let blocks = self.cols / self.ty.block_elems();
+            return tiles::unpack_row(self.ty, &self.data, blocks, r, out);
+        }
+        out.copy_from_slice(self.row_data(r));
+    }
+
     /// Row `r` in f32, exactly as GGML's reference dequantization.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        dequantize(self.ty, self.row_data(r), out);
+        if self.tiled {
+            let mut row = vec![0u8; self.row_bytes()];
+            self.row_bytes_into(r, &mut row);
+            dequantize(self.ty, &row, out);
+        } else {
+            dequantize(self.ty, self.row_data(r), out);
+        }
     }
 }
 
@@ -459,28 +511,27 @@ pub fn qmatmul(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, y: &mut [f32]) {
         }
     };
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx512 && tiles::available() {
-        let kernel: Option<tiles::Kernel> = match w.ty {
-            QuantType::Q4K if m >= TILE_MIN_ROWS_Q4K => Some(tiles::q4k),
-            QuantType::Q8_0 if m >= TILE_MIN_ROWS_Q8_0 => Some(tiles::q8_0),
-            QuantType::Q6K if m >= TILE_MIN_ROWS_Q6K => Some(tiles::q6k),
-            _ => None,
-        };
-        if let Some(kernel) = kernel {
-            let all: Vec<Act> = (0..m).map(|t| acts.row(t)).collect();
-            for_each_chunk(tiles::TILE, &|chunk| {
-                let lo = chunk * tiles::TILE;
-                let rows: Vec<&[u8]> = (lo..n.min(lo + tiles::TILE))
-                    .map(|r| w.row_data(r))
-                    .collect();
-                // SAFETY: AVX-512 with VNNI (checked above); whole blocks
-                // of `k` columns of the kernel's type in every weight row,
-                // activations in its format; this task alone writes
-                // columns lo..lo + 16 of y (m × n).
-                unsafe { kernel(&rows, &all, out.get(), n, lo) };
-            });
-            return;
-        }
+    if w.tiled {
+        let all: Vec<Act> = (0..m).map(|t| acts.row(t)).collect();
+        let stride = tiles::group_bytes(w.ty, k / w.ty.block_elems());
+        for_each_chunk(tiles::TILE, &|g| {
+            let lo = g * tiles::TILE;
+            // SAFETY: tiled only where AVX512-VNNI runs (`into_tiles`);
+            // group g of the packed data (AlignedVec: 64-byte aligned,
+            // groups a multiple of 64 bytes); activations in the type's
+            // format over `k` columns; this task alone writes columns
+            // lo..lo + 16 of y (m × n).
+            unsafe {
+                tiles::product(
+                    w.ty,
+                    &w.data[g * stride..(g + 1) * stride],
+                    tiles::TILE.min(n - lo),
+                    &all,
+                    (out.get(), n, lo),
+                )
+            };
+        });
+        return;
     }
     for_each_chunk(ROW_CHUNK, &|chunk| {
         let rows = chunk * ROW_CHUNK..n.min((chunk + 1) * ROW_CHUNK);
@@ -504,21 +555,6 @@ pub fn qmatmul(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, y: &mut [f32]) {
     });
 }
 
-/// Activation rows from which Q4_K products take the tiled kernel
-/// ([`tiles`]) where the CPU has it. `--bench quant` on the 2-core EPYC
-/// (tiles / dot kernel): 4 rows 10.1–10.9 / 9.2 ms, 8 rows 13.6–13.9 /
-/// 14.0, 16 rows 19.6–20.0 / 27.4, 128 rows 72.5–73.5 / 171.8.
-const TILE_MIN_ROWS_Q4K: usize = 8;
-
-/// The same for Q8_0, whose tiles cost twice the bytes to build: 8 rows
-/// 23.0–23.1 / 18.8 ms, 16 rows 31.1–31.5 / 40.6, 32 rows 45.9–47.2 /
-/// 76.2, 128 rows 116.5–121.8 / 266.0.
-const TILE_MIN_ROWS_Q8_0: usize = 16;
-
-/// The same for Q6_K: 8 rows 18.1–18.2 / 14.2 ms, 16 rows 24.0–24.5 /
-/// 28.7, 32 rows 35.8–36.7 / 56.5, 128 rows 88.3–92.3 / 167.2.
-const TILE_MIN_ROWS_Q6K: usize = 16;
-
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: tasks write disjoint cells and are joined before the borrow ends.
@@ -532,15 +568,6 @@ impl SendPtr {
 
 /// `out[i] = Σ row · acts[i]` for one weight row of `ty`.
 fn dot(isa: Isa, ty: QuantType, w: &[u8], acts: &[Act], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    // One row (decode) is memory-bound either way: it keeps the AVX2 kernel,
-    // which has measured no slower there (server c=1 decode 150 against 122
-    // tok/s in two vs-llamacpp runs, `--bench quant` within noise).
-    if isa >= Isa::Avx512 && ty == QuantType::Q8_0 && acts.len() > 1 && tiles::available() {
-        // SAFETY: AVX-512F, BW and VNNI (what the tiles need too); whole
-        // blocks as below.
-        return unsafe { avx512::q8_0_vnni(w, acts, out) };
-    }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512
         && matches!(ty, QuantType::Q4K | QuantType::Q6K)
@@ -900,7 +927,7 @@ mod avx512 {
 
     use half::f16;
 
-    use super::avx2::{h2f, hsum, hsum128, load, q4k_header, q4k_mins, q6k_offset, q6k_unpack};
+    use super::avx2::{hsum, hsum128, q4k_header, q4k_mins, q6k_offset, q6k_unpack};
     use super::{Act, ActFormat, QK_K, ROWS};
 
     /// [`super::quantize_block_scalar`] 16 values at a time, with the same
@@ -988,67 +1015,6 @@ mod avx512 {
                 }
                 *d = 1.0 / iscale;
             }
-        }
-    }
-
-    /// Q8_0 with AVX512-VNNI: two 32-weight blocks per register, and one
-    /// `vpdpbusd` per activation row where AVX2 needs `vpsignb` +
-    /// `vpmaddubsw` + `vpmaddwd` per block. The signs move onto the
-    /// activations (`|w| · ±x`, as AVX2's `vpsignb` does), so the integer
-    /// sums are the same; each block's sum is scaled in f32 as before.
-    ///
-    /// # Safety
-    /// `w` is whole Q8_0 blocks; each `acts[t]` covers as many columns;
-    /// AVX-512F, BW and VNNI.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn q8_0_vnni(w: &[u8], acts: &[Act], out: &mut [f32]) {
-        let mut acc = [_mm512_setzero_ps(); ROWS];
-        let nb = w.len() / 34;
-        // Lanes 0..8 take block i's scale, lanes 8..16 block i + 1's.
-        let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        let pair = |lo: f32, hi: f32| {
-            _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_set_ps(0.0, 0.0, hi, lo)))
-        };
-        let mut i = 0;
-        while i + 2 <= nb {
-            let (b0, b1) = (&w[34 * i..], &w[34 * (i + 1)..]);
-            // SAFETY: both blocks are whole (34 bytes: scale, 32 weights).
-            let q =
-                unsafe { _mm512_inserti64x4(_mm512_castsi256_si512(load(b0, 2)), load(b1, 2), 1) };
-            let neg = _mm512_movepi8_mask(q);
-            let aw = _mm512_abs_epi8(q);
-            let dw = pair(h2f(b0, 0), h2f(b1, 0));
-            for (a, acc) in acts.iter().zip(acc.iter_mut()) {
-                debug_assert!(32 * i + 64 <= a.q.len() && i + 2 <= a.d.len());
-                // SAFETY: the row covers blocks i and i + 1.
-                let (x, dx) = unsafe {
-                    (
-                        _mm512_loadu_si512(a.q.as_ptr().add(32 * i).cast()),
-                        pair(*a.d.get_unchecked(i), *a.d.get_unchecked(i + 1)),
-                    )
-                };
-                let sx = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
-                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx);
-                *acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(p), *acc);
-            }
-            i += 2;
-        }
-        let mut tail = [0f32; ROWS];
-        if i < nb {
-            // An odd block count: the last block by the AVX2 kernel.
-            let rest: [Act; ROWS] = std::array::from_fn(|t| {
-                let a = &acts[t.min(acts.len() - 1)];
-                Act {
-                    d: &a.d[i..],
-                    q: &a.q[32 * i..],
-                    sums: a.sums,
-                }
-            });
-            // SAFETY: one whole block, rows covering it; AVX2 is implied.
-            unsafe { super::avx2::q8_0(&w[34 * i..], &rest[..acts.len()], &mut tail) };
-        }
-        for ((o, acc), t) in out.iter_mut().zip(acc).zip(tail) {
-            *o = _mm512_reduce_add_ps(acc) + t;
         }
     }
 
@@ -1203,20 +1169,26 @@ mod tests {
 
     /// The integer dot products equal the float dot of the dequantized
     /// weights with the dequantized activations, for every type, ISA and
-    /// row count.
+    /// row count, in the GGUF layout and (where this CPU runs them) the
+    /// tiles.
     #[test]
     fn dots_match_dequantized_products() {
+        // Not a multiple of 16 rows: the tiles' last group is partial.
         let n = 37;
         // 512 columns for every type, and an odd count of 32-column blocks
-        // (the AVX-512 Q8_0 kernel takes blocks two at a time).
+        // (the tiles hold Q8_0 blocks two at a time).
         let shapes = TYPES
             .map(|ty| (ty, 512))
             .into_iter()
             .chain([(QuantType::Q8_0, 544)]);
         for (ty, k) in shapes {
-            let w = QuantMatrix::new(ty, n, k, &random_blocks(ty, n, k, 7)).expect("matrix");
-            // From 8 rows (Q4_K) or 16 (Q6_K, Q8_0) the tiles: every call
-            // size (1..=6 rows; Q6_K 1..=4).
+            let blocks = random_blocks(ty, n, k, 7);
+            let w = QuantMatrix::new(ty, n, k, &blocks).expect("matrix");
+            let tiled = QuantMatrix::new(ty, n, k, &blocks)
+                .expect("matrix")
+                .into_tiles(Isa::best());
+            // Every call size of the tiles (1..=6 rows; Q6_K 1..=4) and of
+            // the dot kernels (1..=8).
             for m in [1, 3, 4, 6, 8, 9, 13, 16, 17, 18, 19, 20, 21] {
                 let x = values(m * k, 11 + m as u64);
                 let acts = QuantizedRows::new(ty.activation(), &x, m, k);
@@ -1233,18 +1205,82 @@ mod tests {
                             .sum::<f64>() as f32;
                     }
                 }
-                for isa in Isa::supported() {
+                let runs = Isa::supported()
+                    .into_iter()
+                    .map(|isa| (isa, &w))
+                    .chain([(Isa::best(), &tiled)]);
+                for (isa, w) in runs {
                     let mut y = vec![0f32; m * n];
-                    qmatmul(isa, &x, m, &w, &mut y);
+                    qmatmul(isa, &x, m, w, &mut y);
                     for (i, (g, e)) in y.iter().zip(&want).enumerate() {
                         let tol = 1e-3 * (1.0 + e.abs());
                         assert!(
                             (g - e).abs() <= tol,
-                            "{} {isa:?} m={m} cell {i}: {g} vs {e}",
-                            ty.name()
+                            "{} {isa:?} tiled={} m={m} cell {i}: {g} vs {e}",
+                            ty.name(),
+                            w.is_tiled()
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The tiles give back every row's GGUF bytes (the embedding lookup of
+    /// a tied table reads them), stack like GGUF rows, and give a row the
+    /// same sums bit for bit whatever the other rows of the product are
+    /// (a sequence's logits do not depend on its batch).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn tiles_keep_the_blocks_and_batch_invariance() {
+        if !(Isa::best() >= Isa::Avx512 && tiles::available()) {
+            return;
+        }
+        for (ty, k) in [
+            (QuantType::Q4K, 2816),
+            (QuantType::Q6K, 2816),
+            (QuantType::Q8_0, 544),
+            (QuantType::Q8_0, 512),
+        ] {
+            let n = 37;
+            let blocks = random_blocks(ty, n, k, 21);
+            let tiled = QuantMatrix::new(ty, n, k, &blocks)
+                .expect("matrix")
+                .into_tiles(Isa::best());
+            assert!(tiled.is_tiled());
+            let rb = tiled.row_bytes();
+            let (mut row, mut want, mut got) = (vec![0u8; rb], vec![0f32; k], vec![0f32; k]);
+            for r in 0..n {
+                tiled.row_bytes_into(r, &mut row);
+                assert!(row == blocks[r * rb..(r + 1) * rb], "{} row {r}", ty.name());
+                dequantize(ty, &blocks[r * rb..(r + 1) * rb], &mut want);
+                tiled.dequantize_row(r, &mut got);
+                assert_eq!(got, want, "{} row {r}", ty.name());
+            }
+            let head = QuantMatrix::new(ty, 5, k, &blocks[..5 * rb]).expect("matrix");
+            let stacked = QuantMatrix::concat(&[&head, &tiled]).expect("one type");
+            assert!(stacked.is_tiled() == head.is_tiled() && stacked.rows() == 5 + n);
+            stacked.row_bytes_into(5 + 17, &mut row);
+            assert!(row == blocks[17 * rb..18 * rb], "{} stacked", ty.name());
+            let stacked = QuantMatrix::concat(&[&tiled, &head]).expect("one type");
+            assert!(stacked.is_tiled());
+            stacked.row_bytes_into(n + 3, &mut row);
+            assert!(row == blocks[3 * rb..4 * rb], "{} stacked tiles", ty.name());
+
+            let m = 13;
+            let x = values(m * k, 5);
+            let mut all = vec![0f32; m * n];
+            qmatmul(Isa::best(), &x, m, &tiled, &mut all);
+            for t in [0, 6, 12] {
+                let mut one = vec![0f32; n];
+                qmatmul(Isa::best(), &x[t * k..(t + 1) * k], 1, &tiled, &mut one);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&one),
+                    bits(&all[t * n..(t + 1) * n]),
+                    "{} row {t}",
+                    ty.name()
+                );
             }
         }
     }

@@ -142,7 +142,10 @@ impl CausalLm {
                 .map(|f| f.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
-            let cpu = matches!(kernels, Kernels::Cpu { .. });
+            let cpu = match kernels {
+                Kernels::Cpu { isa, .. } => Some(isa),
+                Kernels::Candle => None,
+            };
             let weights = GgufWeights::new(gguf, &spec, device, dtype, cpu);
             let model =
                 Transformer::load(&spec, &weights, max_positions, kernels).map_err(|source| {
