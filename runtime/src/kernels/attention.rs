@@ -258,6 +258,16 @@ unsafe fn attend_tile<E: Elem>(
     let mut j0 = (lo(0) / NR) * NR;
     while j0 < key_hi {
         let keys = KEY_CHUNK.min(key_hi - j0);
+        if rows <= mr_max {
+            // Decode reads each key and value once, a few multiply-adds
+            // per byte, from blocks scattered over the pool that the
+            // hardware prefetcher cannot follow: ask for the next chunk's
+            // blocks while this one is computed.
+            let next = j0 + KEY_CHUNK..key_hi.min(j0 + 2 * KEY_CHUNK);
+            for b in (next.start / bs..next.end.div_ceil(bs)).filter(|_| !next.is_empty()) {
+                prefetch_block(shape, k_cache, v_cache, s.block_table[b] as usize, g);
+            }
+        }
         // Scores: rows × keys, one 16-key panel per call, or two where the
         // task takes the two-panel kernel (prefill on AVX-512).
         for p0 in (0..keys).step_by(lanes) {
@@ -394,6 +404,33 @@ unsafe fn attend_tile<E: Elem>(
             unsafe { *out.0.add(dst + d) = o[r * hd + d] * inv };
         }
     }
+}
+
+/// Asks for KV head `g`'s keys and values in `block`: the keys are one run
+/// (`[kv_head][head_dim][bs]` per block), the values a row per token.
+fn prefetch_block<E: Elem>(shape: &KvShape, k_cache: &[E], v_cache: &[E], block: usize, g: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let (bs, hd, nkv) = (shape.block_size, shape.head_dim, shape.kv_heads);
+        let line = 64 / size_of::<E>();
+        let fetch = |p: *const E| {
+            // SAFETY: prefetching is a hint; SSE is part of x86-64.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+        };
+        let k = ((block * nkv + g) * hd) * bs;
+        for at in (k..k + hd * bs).step_by(line) {
+            fetch(k_cache[at..].as_ptr());
+        }
+        for t in 0..bs {
+            let v = ((block * bs + t) * nkv + g) * hd;
+            for at in (v..v + hd).step_by(line) {
+                fetch(v_cache[at..].as_ptr());
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (shape, k_cache, v_cache, block, g);
 }
 
 /// The largest value of a non-empty `x` (scores: no NaN).

@@ -514,8 +514,15 @@ pub fn qmatmul(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, y: &mut [f32]) {
     if w.tiled {
         let all: Vec<Act> = (0..m).map(|t| acts.row(t)).collect();
         let stride = tiles::group_bytes(w.ty, k / w.ty.block_elems());
+        let groups = n.div_ceil(tiles::TILE);
         for_each_chunk(tiles::TILE, &|g| {
             let lo = g * tiles::TILE;
+            // A single row streams the groups at memory speed, which the
+            // hardware prefetcher follows alone (asked for as well, 1-row
+            // products measured slower: Q4_K 4.0-4.3 → 4.7-6.7 ms).
+            if m > 1 && g + 1 < groups {
+                tiles::prefetch_group(&w.data[(g + 1) * stride..(g + 2) * stride]);
+            }
             // SAFETY: tiled only where AVX512-VNNI runs (`into_tiles`);
             // group g of the packed data (AlignedVec: 64-byte aligned,
             // groups a multiple of 64 bytes); activations in the type's
