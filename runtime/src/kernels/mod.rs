@@ -6,6 +6,7 @@
 //! The SIMD paths are chosen at run time ([`isa::Isa::best`]); each has a
 //! portable twin that the tests compare it against.
 
+pub mod activation;
 pub mod aligned;
 pub mod attention;
 pub mod gemm;

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     checkpoint::{LinearWeight, Weights},
-    kernels::{attention::AttentionParams, isa::Isa, quant::QuantMatrix},
+    kernels::{activation, attention::AttentionParams, isa::Isa, quant::QuantMatrix},
     kv::KvCache,
 };
 
@@ -317,9 +317,14 @@ impl Transformer {
     fn swiglu(&self, gu: &Tensor) -> Result<Tensor> {
         let i = self.intermediate;
         if gu.device().is_cpu() && gu.dtype() == DType::F32 {
-            return gu
-                .contiguous()?
-                .apply_op1_no_bwd(&SwiGlu { intermediate: i });
+            let isa = match self.kernels {
+                Kernels::Cpu { isa, .. } => isa,
+                Kernels::Candle => Isa::best(),
+            };
+            return gu.contiguous()?.apply_op1_no_bwd(&SwiGlu {
+                intermediate: i,
+                isa,
+            });
         }
         let gate = gu.narrow(1, 0, i)?;
         let up = gu.narrow(1, i, i)?;
@@ -339,6 +344,7 @@ impl Transformer {
 /// Fused SwiGLU for f32 CPU activations: one pass, no `gate`/`up` copies.
 struct SwiGlu {
     intermediate: usize,
+    isa: Isa,
 }
 
 impl CustomOp1 for SwiGlu {
@@ -358,14 +364,8 @@ impl CustomOp1 for SwiGlu {
         if two_i != 2 * i {
             candle_core::bail!("swiglu: {two_i} columns, expected {}", 2 * i);
         }
-        let src = &data[a..b];
         let mut out = vec![0f32; t * i];
-        for (row, dst) in src.chunks_exact(2 * i).zip(out.chunks_exact_mut(i)) {
-            let (gate, up) = row.split_at(i);
-            for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
-                *d = g / (1.0 + (-g).exp()) * u;
-            }
-        }
+        activation::swiglu(self.isa, &data[a..b], i, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((t, i))))
     }
 }
