@@ -316,7 +316,12 @@ pub(super) unsafe fn product(
                     kernel::<6>,
                 ],
             ),
-            QuantType::Q6K => run(
+            // Up to 4 rows the weights are rebuilt in registers, per
+            // call; above, once per block into L1 for every row
+            // (`product_q6`). `--bench quant` Q6_K, registers / L1: 1 row
+            // 5.8-6.5 / 7.8-11.9 ms, 4 rows 7.7-9.6 / 9.1-9.5, 16 rows
+            // 17.6-18.9 / 16.2-16.4, 128 rows 80-86 / 64-68.
+            QuantType::Q6K if acts.len() <= 4 => run(
                 blocks_of::<Q6Tile>(group),
                 acts,
                 (y, ldy, col0, mask),
@@ -327,6 +332,7 @@ pub(super) unsafe fn product(
                     kernel_q6::<4>,
                 ],
             ),
+            QuantType::Q6K => product_q6(blocks_of::<Q6Tile>(group), acts, (y, ldy, col0, mask)),
             QuantType::Q8_0 => run(
                 blocks_of::<Q8Tile>(group),
                 acts,
@@ -543,6 +549,185 @@ unsafe fn kernel_q8<const R: usize>(
     }
 }
 
+/// A Q6_K tile block with its weights rebuilt: `v[s][k]` holds columns
+/// `16s + 4k..+4` of the 16 rows as `u` (0..64), `scale[s]` sub-block s's
+/// scales, `pair[p]` those of sub-blocks 2p and 2p + 1 as two i16 per
+/// lane, `d` the rows' scales in f32.
+#[repr(C, align(64))]
+struct Q6Unpacked {
+    v: [[__m512i; 4]; 16],
+    scale: [__m512i; 16],
+    pair: [__m512i; 8],
+    d: __m512,
+}
+
+/// Activation rows per Q6_K row pass: two sums per row live at once.
+const MR6: usize = 8;
+
+/// A group's Q6_K product: each tile block is rebuilt once into a
+/// [`Q6Unpacked`] in L1, then every run of [`MR6`] activation rows passes
+/// over it, adding into `y` (which holds the sums between blocks).
+///
+/// Why: rebuilding a 6-bit weight costs 17 vector operations per 4 words,
+/// and the kernel that rebuilt them in registers for every call could hold
+/// only 4 rows' sums (four sub-blocks' at a time), so a 16-row decode step
+/// rebuilt each block four times; the LM head of a Q4_K_M file is Q6_K,
+/// and it ran at 1.5× the Q4_K kernel's time per weight.
+///
+/// # Safety
+/// As [`product`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn product_q6(
+    tile: &[Q6Tile],
+    acts: &[Act],
+    (y, ldy, col0, mask): (*mut f32, usize, usize, __mmask16),
+) {
+    let passes: [Q6Pass; MR6] = [
+        q6_rows::<1>,
+        q6_rows::<2>,
+        q6_rows::<3>,
+        q6_rows::<4>,
+        q6_rows::<5>,
+        q6_rows::<6>,
+        q6_rows::<7>,
+        q6_rows::<8>,
+    ];
+    let mut u = Q6Unpacked {
+        v: [[_mm512_setzero_si512(); 4]; 16],
+        scale: [_mm512_setzero_si512(); 16],
+        pair: [_mm512_setzero_si512(); 8],
+        d: _mm512_setzero_ps(),
+    };
+    for (i, tb) in tile.iter().enumerate() {
+        prefetch(tile.get(i + 1));
+        // SAFETY: the caller's target features.
+        unsafe { unpack_q6(tb, &mut u) };
+        let mut t = 0;
+        while t < acts.len() {
+            let r = MR6.min(acts.len() - t);
+            // SAFETY: rows t..t + r of `y`, the group's columns; each act
+            // covers block i.
+            unsafe { passes[r - 1](&u, &acts[t..t + r], i, y.add(t * ldy + col0), ldy, mask) };
+            t += r;
+        }
+    }
+}
+
+/// One row pass: `(block, acts, block index, y at the pass's first row and
+/// the group's column, ldy, live rows)`.
+type Q6Pass = unsafe fn(&Q6Unpacked, &[Act], usize, *mut f32, usize, __mmask16);
+
+/// The 6-bit values of word `q` of half `n` of a Q6_K tile block (`w` =
+/// `tb.w[8n + q]`) for its four sub-blocks `8n + 2g + q / 4`, g = 0..4:
+/// each byte is a low nibble with two high bits above it.
+///
+/// # Safety
+/// AVX-512F (inlined into the kernels).
+#[inline(always)]
+unsafe fn q6_values(w: &[[u32; TILE]; 3]) -> [__m512i; 4] {
+    // SAFETY: three aligned registers' worth; the caller's features.
+    unsafe {
+        let m4 = _mm512_set1_epi8(0xF);
+        let m30 = _mm512_set1_epi8(0x30);
+        let a = _mm512_load_si512(w[0].as_ptr().cast());
+        let b = _mm512_load_si512(w[1].as_ptr().cast());
+        let h = _mm512_load_si512(w[2].as_ptr().cast());
+        let join = |lo: __m512i, hi: __m512i| {
+            _mm512_or_si512(_mm512_and_si512(lo, m4), _mm512_and_si512(hi, m30))
+        };
+        [
+            join(a, _mm512_slli_epi32::<4>(h)),
+            join(b, _mm512_slli_epi32::<2>(h)),
+            join(_mm512_srli_epi32::<4>(a), h),
+            join(_mm512_srli_epi32::<4>(b), _mm512_srli_epi32::<2>(h)),
+        ]
+    }
+}
+
+/// Rebuilds block `tb` into `u`.
+///
+/// # Safety
+/// AVX-512F/BW (inlined into [`product_q6`]).
+#[inline(always)]
+unsafe fn unpack_q6(tb: &Q6Tile, u: &mut Q6Unpacked) {
+    // SAFETY: aligned fields of `tb`; the caller's target features.
+    unsafe {
+        for n in 0..2 {
+            for q in 0..8 {
+                // Word q of half n: sub-blocks 8n + 2g + q / 4, word q % 4.
+                let v = q6_values(&tb.w[8 * n + q]);
+                for (g, vg) in v.into_iter().enumerate() {
+                    u.v[8 * n + 2 * g + q / 4][q % 4] = vg;
+                }
+            }
+        }
+        for p in 0..8 {
+            let pv = _mm512_cvtepi8_epi16(_mm256_load_si256(tb.pair[p].as_ptr().cast()));
+            u.pair[p] = pv;
+            u.scale[2 * p] = _mm512_srai_epi32::<16>(_mm512_slli_epi32::<16>(pv));
+            u.scale[2 * p + 1] = _mm512_srai_epi32::<16>(pv);
+        }
+        u.d = f16x16(&tb.d);
+    }
+}
+
+/// `R` activation rows against one rebuilt Q6_K block (block `i` of the
+/// group), added into `y` (set on block 0).
+///
+/// # Safety
+/// As [`product_q6`]; `acts.len() == R`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q6_rows<const R: usize>(
+    u: &Q6Unpacked,
+    acts: &[Act],
+    i: usize,
+    y: *mut f32,
+    ldy: usize,
+    mask: __mmask16,
+) {
+    let col = QK_K * i;
+    let mut sumi = [_mm512_setzero_si512(); R];
+    for s in 0..16 {
+        let mut p = [_mm512_setzero_si512(); R];
+        for k in 0..4 {
+            let v = u.v[s][k];
+            for t in 0..R {
+                // SAFETY: the act covers column col + 16s + 4k + 4.
+                let x = unsafe { acts[t].q.as_ptr().add(col + 16 * s + 4 * k) };
+                // SAFETY: as above.
+                let xb = _mm512_set1_epi32(unsafe { x.cast::<i32>().read_unaligned() });
+                p[t] = _mm512_dpbusd_epi32(p[t], v, xb);
+            }
+        }
+        for t in 0..R {
+            sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(p[t], u.scale[s]));
+        }
+    }
+    for t in 0..R {
+        let a = &acts[t];
+        // SAFETY: each act has 16 sums and a scale per block; row t of `y`
+        // holds the group's live columns.
+        unsafe {
+            let sums = a.sums.as_ptr().add(16 * i);
+            let mut off = _mm512_setzero_si512();
+            for (p, pv) in u.pair.iter().enumerate() {
+                let x = _mm512_set1_epi32(sums.add(2 * p).cast::<i32>().read_unaligned());
+                off = _mm512_dpwssd_epi32(off, *pv, x);
+            }
+            let exact = _mm512_sub_epi32(sumi[t], _mm512_slli_epi32::<5>(off));
+            let dx = _mm512_set1_ps(*a.d.get_unchecked(i));
+            let row = y.add(t * ldy);
+            let before = if i == 0 {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_maskz_loadu_ps(mask, row)
+            };
+            let sum = _mm512_fmadd_ps(_mm512_mul_ps(u.d, dx), _mm512_cvtepi32_ps(exact), before);
+            _mm512_mask_storeu_ps(row, mask, sum);
+        }
+    }
+}
+
 /// `R` activation rows against a group's Q6_K tiles. A weight is `u − 32`
 /// with `u` in 0..64: the tiles multiply `u` (unsigned, as `vpdpbusd`
 /// takes it) and take `32 · Σ scale · (16-column activation sum)` off per
@@ -558,8 +743,6 @@ unsafe fn kernel_q6<const R: usize>(
     ldy: usize,
     mask: __mmask16,
 ) {
-    let m4 = _mm512_set1_epi8(0xF);
-    let m30 = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); R];
     for (i, tb) in tile.iter().enumerate() {
         let col = QK_K * i;
@@ -582,28 +765,7 @@ unsafe fn kernel_q6<const R: usize>(
                     // SAFETY: the block holds w[8n + q]; the rows cover column
                     // col + 128n + 96 + 4q + 4.
                     unsafe {
-                        let w = &tb.w[8 * n + q];
-                        let a = _mm512_load_si512(w[0].as_ptr().cast());
-                        let b = _mm512_load_si512(w[1].as_ptr().cast());
-                        let h = _mm512_load_si512(w[2].as_ptr().cast());
-                        let v = [
-                            _mm512_or_si512(
-                                _mm512_and_si512(a, m4),
-                                _mm512_and_si512(_mm512_slli_epi32::<4>(h), m30),
-                            ),
-                            _mm512_or_si512(
-                                _mm512_and_si512(b, m4),
-                                _mm512_and_si512(_mm512_slli_epi32::<2>(h), m30),
-                            ),
-                            _mm512_or_si512(
-                                _mm512_and_si512(_mm512_srli_epi32::<4>(a), m4),
-                                _mm512_and_si512(h, m30),
-                            ),
-                            _mm512_or_si512(
-                                _mm512_and_si512(_mm512_srli_epi32::<4>(b), m4),
-                                _mm512_and_si512(_mm512_srli_epi32::<2>(h), m30),
-                            ),
-                        ];
+                        let v = q6_values(&tb.w[8 * n + q]);
                         for t in 0..R {
                             let x = acts[t].q.as_ptr().add(col + 128 * n + 4 * q);
                             for (g, vg) in v.iter().enumerate() {
