@@ -330,9 +330,15 @@ unsafe fn run_block<E: Elem>(
 ) {
     let pair = pair_rows(isa).filter(|_| rows.len() > max_rows(isa));
     let (step, mr_max) = pair.map_or((1, max_rows(isa)), |mr| (2, mr));
+    // Decode (a few rows) streams each panel front to back in one call:
+    // blocking `k` there (KC) made the weights a run of 16 KiB pieces a
+    // panel apart, read in two passes, which the hardware prefetcher
+    // followed worse (`--bench kernels` f16 1 row: 14.6-15.8 ms, 29-32
+    // GB/s, against 11.7-12.4 for candle's gemm on the same weights).
+    let kc_max = if rows.len() <= SMALL_M { k } else { KC };
     let mut k0 = 0;
     while k0 < k {
-        let kc = KC.min(k - k0);
+        let kc = kc_max.min(k - k0);
         for p in panels.clone().step_by(step) {
             let two = step == 2 && p + 1 < panels.end;
             let nr = (n - p * NR).min(if two { 2 * NR } else { NR });
