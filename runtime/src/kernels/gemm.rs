@@ -682,6 +682,8 @@ mod x86 {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             for k in 0..kc {
+                _mm_prefetch::<_MM_HINT_T0>(w0.add((k + PREFETCH_K) * ldw).cast());
+                _mm_prefetch::<_MM_HINT_T0>(w1.add((k + PREFETCH_K) * ldw).cast());
                 let a = load16(w0.add(k * ldw));
                 let b = load16(w1.add(k * ldw));
                 for (t, acc_t) in acc.iter_mut().enumerate() {
@@ -714,6 +716,10 @@ mod x86 {
         }
     }
 
+    /// Rows of a panel ahead that the AVX-512 kernels prefetch. (A
+    /// prefetch past the panel's end is a harmless hint.)
+    const PREFETCH_K: usize = 64;
+
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub(super) unsafe fn tile_avx512<E: Elem, const MR: usize, const U: usize>(
@@ -731,6 +737,9 @@ mod x86 {
             let mut acc = [[_mm512_setzero_ps(); MR]; U];
             let mut k = 0;
             while k + U <= kc {
+                // The weights of a decode product stream from memory: ask
+                // for them 2 KiB (f16) ahead.
+                _mm_prefetch::<_MM_HINT_T0>(w.add((k + PREFETCH_K) * ldw).cast());
                 for (u, acc_u) in acc.iter_mut().enumerate() {
                     let wv = load16(w.add((k + u) * ldw));
                     for (t, a) in acc_u.iter_mut().enumerate() {
