@@ -716,9 +716,12 @@ mod x86 {
         }
     }
 
-    /// Rows of a panel ahead that the AVX-512 kernels prefetch. (A
-    /// prefetch past the panel's end is a harmless hint.)
-    const PREFETCH_K: usize = 64;
+    /// Rows of a panel ahead that the AVX-512 kernels prefetch (4 KiB of
+    /// f16). `--bench kernels` f16, 2 runs each: 32 rows ahead 4 rows
+    /// 13.3-13.8 ms, 16 rows 21.9-23.3; 64: 12.0-12.1, 20.6-21.8; 128:
+    /// 10.0-11.0, 19.4-20.9; 256: 11.3-12.1, 22.0-22.4. (A prefetch past
+    /// the panel's end is a harmless hint.)
+    const PREFETCH_K: usize = 128;
 
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -738,7 +741,7 @@ mod x86 {
             let mut k = 0;
             while k + U <= kc {
                 // The weights of a decode product stream from memory: ask
-                // for them 2 KiB (f16) ahead.
+                // for them ahead.
                 _mm_prefetch::<_MM_HINT_T0>(w.add((k + PREFETCH_K) * ldw).cast());
                 for (u, acc_u) in acc.iter_mut().enumerate() {
                     let wv = load16(w.add((k + u) * ldw));
