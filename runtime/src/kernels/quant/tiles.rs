@@ -32,7 +32,7 @@
 //! integer sums are those of the dot kernels exactly; each block's sum is
 //! scaled in f32 once per (row, block) instead of per lane.
 
-use std::arch::x86_64::*;
+use std::{arch::x86_64::*, cell::RefCell};
 
 use super::{Act, QK_K, QuantType};
 
@@ -379,13 +379,20 @@ unsafe fn run<B>(
     }
 }
 
-/// Asks for a whole group into L2 before its product starts (called for
+/// Bytes of the next group asked for ahead ([`prefetch_group`]): its first
+/// blocks, after which the kernels' own one-block-ahead prefetch keeps up.
+/// (The whole group, 13-37 KiB, cost 5.9% of a 16-row decode step's
+/// samples in the prefetch loop itself.)
+pub(super) const GROUP_PREFETCH: usize = 8192;
+
+/// Asks for the start of a group into L2 before its product starts (called for
 /// the next group while this one is multiplied). Within a group the
 /// kernels fetch one block ahead, but each group's first block was a miss
 /// met with nothing else to do: in `perf annotate` of a 16-row Q6_K
 /// product its first load took 12% of the kernel's samples (`--bench
 /// quant` 128 rows: Q4_K 62.6 → 52.6–53.9 ms, Q6_K 86 → 80–83).
 pub(super) fn prefetch_group(group: &[u8]) {
+    debug_assert!(group.len() <= GROUP_PREFETCH);
     for line in (0..group.len()).step_by(64) {
         // SAFETY: prefetching is a hint; the address is inside `group`.
         unsafe { _mm_prefetch::<_MM_HINT_T1>(group.as_ptr().add(line).cast()) };
@@ -567,6 +574,30 @@ struct Q6Unpacked {
     d: __m512,
 }
 
+thread_local! {
+    /// The rebuilt block of a [`product_q6`], one per thread: every field
+    /// is written before it is read, and zeroing 5.6 KiB per 16-row group
+    /// showed as `memset` in a decode step's profile.
+    static Q6_SCRATCH: RefCell<Box<Q6Unpacked>> = RefCell::new(Box::new(Q6Unpacked {
+        v: [[zero(); 4]; 16],
+        scale: [zero(); 16],
+        pair: [zero(); 8],
+        d: zero_ps(),
+    }));
+}
+
+/// A zero register outside `#[target_feature]` code (AVX-512F is only
+/// known to be present at run time).
+fn zero() -> __m512i {
+    // SAFETY: `__m512i` is plain bits; all zeros is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+fn zero_ps() -> __m512 {
+    // SAFETY: as `zero`.
+    unsafe { std::mem::zeroed() }
+}
+
 /// Activation rows per Q6_K row pass: two sums per row live at once.
 const MR6: usize = 8;
 
@@ -598,25 +629,21 @@ unsafe fn product_q6(
         q6_rows::<7>,
         q6_rows::<8>,
     ];
-    let mut u = Q6Unpacked {
-        v: [[_mm512_setzero_si512(); 4]; 16],
-        scale: [_mm512_setzero_si512(); 16],
-        pair: [_mm512_setzero_si512(); 8],
-        d: _mm512_setzero_ps(),
-    };
-    for (i, tb) in tile.iter().enumerate() {
-        prefetch(tile.get(i + 1));
-        // SAFETY: the caller's target features.
-        unsafe { unpack_q6(tb, &mut u) };
-        let mut t = 0;
-        while t < acts.len() {
-            let r = MR6.min(acts.len() - t);
-            // SAFETY: rows t..t + r of `y`, the group's columns; each act
-            // covers block i.
-            unsafe { passes[r - 1](&u, &acts[t..t + r], i, y.add(t * ldy + col0), ldy, mask) };
-            t += r;
+    Q6_SCRATCH.with_borrow_mut(|u| {
+        for (i, tb) in tile.iter().enumerate() {
+            prefetch(tile.get(i + 1));
+            // SAFETY: the caller's target features.
+            unsafe { unpack_q6(tb, u) };
+            let mut t = 0;
+            while t < acts.len() {
+                let r = MR6.min(acts.len() - t);
+                // SAFETY: rows t..t + r of `y`, the group's columns; each
+                // act covers block i.
+                unsafe { passes[r - 1](u, &acts[t..t + r], i, y.add(t * ldy + col0), ldy, mask) };
+                t += r;
+            }
         }
-    }
+    });
 }
 
 /// One row pass: `(block, acts, block index, y at the pass's first row and
