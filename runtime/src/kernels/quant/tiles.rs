@@ -16,9 +16,10 @@
 //! Why the layout is kept rather than built per product (as the first
 //! version of these kernels did from the GGUF rows, with 16 × 16 word
 //! transpositions): the rebuild was 23% of a 16-sequence decode step of
-//! the Q4_K_M bench model in `perf`, and with the tiles in memory one
-//! kernel serves every row count, decode's single row included (so a
-//! sequence's sums no longer change with the batch it is in). The layout
+//! the Q4_K_M bench model in `perf`, and with the tiles in memory every
+//! row count runs on them, decode's single row included, so a sequence's
+//! sums do not change with the batch it is in (Q6_K's two kernels, for few
+//! and for many rows, give the same sums: tested bitwise). The layout
 //! costs nothing for Q6_K and Q8_0 and 2.8% for Q4_K (its 6-bit scales
 //! take a byte each) over the GGUF bytes, which are not kept: matrices
 //! are repacked once at load ([`pack`]), and a row's GGUF bytes are given
