@@ -54,6 +54,8 @@ pub fn swiglu(isa: Isa, gu: &[f32], i: usize, out: &mut [f32]) {
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::kernels::isa::lanes16;
+
     /// [`super::swiglu`]'s row, 8 values at a time.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn swiglu_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -149,11 +151,7 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn swiglu_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
         for j in (0..out.len()).step_by(16) {
-            let k: __mmask16 = if out.len() - j >= 16 {
-                !0
-            } else {
-                (1 << (out.len() - j)) - 1
-            };
+            let k = lanes16(out.len() - j);
             // SAFETY: the mask covers the values left in each slice.
             unsafe {
                 let g = _mm512_maskz_loadu_ps(k, gate.as_ptr().add(j));

@@ -478,19 +478,17 @@ fn exp_shifted(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use crate::kernels::activation::x86::{exp8, exp16};
-
-    /// The mask of the first `min(16, n)` lanes.
-    fn lanes(n: usize) -> __mmask16 {
-        if n >= 16 { !0 } else { (1 << n) - 1 }
-    }
+    use crate::kernels::{
+        activation::x86::{exp8, exp16},
+        isa::lanes16,
+    };
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn max_avx512(x: &[f32]) -> f32 {
         let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
         for j in (0..x.len()).step_by(16) {
             // SAFETY: the mask covers the values left.
-            let v = unsafe { _mm512_mask_loadu_ps(acc, lanes(x.len() - j), x.as_ptr().add(j)) };
+            let v = unsafe { _mm512_mask_loadu_ps(acc, lanes16(x.len() - j), x.as_ptr().add(j)) };
             acc = _mm512_max_ps(acc, v);
         }
         _mm512_reduce_max_ps(acc)
@@ -505,7 +503,7 @@ mod x86 {
         let shift_v = _mm512_set1_ps(shift);
         let mut acc = _mm512_setzero_ps();
         for j in (0..x.len()).step_by(16) {
-            let k = lanes(x.len() - j);
+            let k = lanes16(x.len() - j);
             // SAFETY: the mask covers the values left.
             unsafe {
                 let v = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x.as_ptr().add(j)), shift_v);

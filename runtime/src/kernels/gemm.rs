@@ -553,6 +553,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Elem, NR, WeightDType};
+    use crate::kernels::isa::lanes16;
 
     /// Software prefetch distance for streaming weights, in bytes: the
     /// hardware prefetcher alone left m=1 products at 15.6 GB/s here, with
@@ -692,14 +693,7 @@ mod x86 {
                     acc_t[1] = _mm512_fmadd_ps(xb, b, acc_t[1]);
                 }
             }
-            let lanes = |n: usize| -> __mmask16 {
-                if n >= NR {
-                    0xffff
-                } else {
-                    ((1u32 << n) - 1) as __mmask16
-                }
-            };
-            let masks = [lanes(nr), lanes(nr.saturating_sub(NR))];
+            let masks = [lanes16(nr), lanes16(nr.saturating_sub(NR))];
             for (t, acc_t) in acc.iter().enumerate() {
                 for (h, (v, &mask)) in acc_t.iter().zip(&masks).enumerate() {
                     if mask == 0 {
@@ -766,11 +760,7 @@ mod x86 {
                     *a = _mm512_add_ps(*a, *p);
                 }
             }
-            let mask: __mmask16 = if nr >= NR {
-                0xffff
-            } else {
-                ((1u32 << nr) - 1) as __mmask16
-            };
+            let mask = lanes16(nr);
             for (t, a) in acc[0].iter().enumerate() {
                 let cp = c.add(t * ldc);
                 let mut v = *a;

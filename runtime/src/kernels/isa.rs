@@ -63,3 +63,14 @@ impl Isa {
         }
     }
 }
+
+/// The AVX-512 mask of the first `min(n, 16)` lanes: a partial panel, a
+/// group's live rows, a row's tail.
+#[cfg(target_arch = "x86_64")]
+pub fn lanes16(n: usize) -> std::arch::x86_64::__mmask16 {
+    if n >= 16 {
+        !0
+    } else {
+        ((1u32 << n) - 1) as u16
+    }
+}

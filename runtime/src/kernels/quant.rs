@@ -1199,9 +1199,10 @@ mod tests {
             let tiled = QuantMatrix::new(ty, n, k, &blocks)
                 .expect("matrix")
                 .into_tiles(Isa::best());
-            // Every call size of the tiles (1..=6 rows; Q6_K 1..=4) and of
-            // the dot kernels (1..=8).
-            for m in [1, 3, 4, 6, 8, 9, 13, 16, 17, 18, 19, 20, 21] {
+            // Every call size of the tiles (Q4_K 1..=8 rows, Q8_0 1..=6,
+            // Q6_K 1..=4 in registers and passes of 1..=8 above 4 rows) and
+            // of the dot kernels (1..=8).
+            for m in [1, 3, 4, 6, 7, 8, 9, 13, 15, 16, 17, 18, 19, 20, 21] {
                 let x = values(m * k, 11 + m as u64);
                 let acts = QuantizedRows::new(ty.activation(), &x, m, k);
                 let mut want = vec![0f32; m * n];

@@ -36,6 +36,7 @@
 use std::{arch::x86_64::*, cell::RefCell};
 
 use super::{Act, QK_K, QuantType};
+use crate::kernels::{gemm::row_calls, isa::lanes16};
 
 /// Weight rows per tile: one 32-bit lane each.
 pub(super) const TILE: usize = 16;
@@ -279,6 +280,14 @@ pub(super) fn unpack_row(ty: QuantType, data: &[u8], blocks: usize, r: usize, ou
     }
 }
 
+/// `[f::<1>, f::<2>, ...]`: a kernel's instances by row count, entry `i`
+/// taking `i + 1` rows (as [`run`] indexes them).
+macro_rules! by_rows {
+    ($f:ident; $($r:literal),*) => {
+        [$($f::<$r>),*]
+    };
+}
+
 /// One call of a group's kernel: `(tile blocks, acts, y at the call's
 /// first row and column, ldy, mask of the group's live rows)`.
 type KernelFor<B> = unsafe fn(&[B], &[Act], *mut f32, usize, __mmask16);
@@ -300,7 +309,7 @@ pub(super) unsafe fn product(
     (y, ldy, col0): (*mut f32, usize, usize),
 ) {
     debug_assert!(live > 0 && live <= TILE);
-    let mask = ((1u32 << live) - 1) as __mmask16;
+    let mask = lanes16(live);
     // SAFETY: forwarded; the group holds `ty`'s tile blocks.
     unsafe {
         match ty {
@@ -314,16 +323,7 @@ pub(super) unsafe fn product(
                 blocks_of::<Q4Tile>(group),
                 acts,
                 (y, ldy, col0, mask),
-                &[
-                    kernel::<1>,
-                    kernel::<2>,
-                    kernel::<3>,
-                    kernel::<4>,
-                    kernel::<5>,
-                    kernel::<6>,
-                    kernel::<7>,
-                    kernel::<8>,
-                ],
+                &by_rows!(kernel; 1, 2, 3, 4, 5, 6, 7, 8),
             ),
             // Up to 4 rows the weights are rebuilt in registers, per
             // call; above, once per block into L1 for every row
@@ -334,26 +334,14 @@ pub(super) unsafe fn product(
                 blocks_of::<Q6Tile>(group),
                 acts,
                 (y, ldy, col0, mask),
-                &[
-                    kernel_q6::<1>,
-                    kernel_q6::<2>,
-                    kernel_q6::<3>,
-                    kernel_q6::<4>,
-                ],
+                &by_rows!(kernel_q6; 1, 2, 3, 4),
             ),
             QuantType::Q6K => product_q6(blocks_of::<Q6Tile>(group), acts, (y, ldy, col0, mask)),
             QuantType::Q8_0 => run(
                 blocks_of::<Q8Tile>(group),
                 acts,
                 (y, ldy, col0, mask),
-                &[
-                    kernel_q8::<1>,
-                    kernel_q8::<2>,
-                    kernel_q8::<3>,
-                    kernel_q8::<4>,
-                    kernel_q8::<5>,
-                    kernel_q8::<6>,
-                ],
+                &by_rows!(kernel_q8; 1, 2, 3, 4, 5, 6),
             ),
             _ => unreachable!("no tiled layout for {}", ty.name()),
         }
@@ -371,12 +359,9 @@ unsafe fn run<B>(
     (y, ldy, col0, mask): (*mut f32, usize, usize, __mmask16),
     kernels: &[KernelFor<B>],
 ) {
-    let mut t = 0;
-    while t < acts.len() {
-        let mr = kernels.len().min(acts.len() - t);
+    for (t, mr) in row_calls(acts.len(), kernels.len(), false) {
         // SAFETY: rows t..t + mr of `y` exist; the columns are ours.
         unsafe { kernels[mr - 1](tiles, &acts[t..t + mr], y.add(t * ldy + col0), ldy, mask) };
-        t += mr;
     }
 }
 
@@ -391,7 +376,8 @@ pub(super) const GROUP_PREFETCH: usize = 8192;
 /// kernels fetch one block ahead, but each group's first block was a miss
 /// met with nothing else to do: in `perf annotate` of a 16-row Q6_K
 /// product its first load took 12% of the kernel's samples (`--bench
-/// quant` 128 rows: Q4_K 62.6 → 52.6–53.9 ms, Q6_K 86 → 80–83).
+/// quant` 128 rows, prefetching the whole group then: Q4_K 62.6 →
+/// 52.6–53.9 ms, Q6_K 86 → 80–83; the first 8 KiB since, no slower).
 pub(super) fn prefetch_group(group: &[u8]) {
     debug_assert!(group.len() <= GROUP_PREFETCH);
     for line in (0..group.len()).step_by(64) {
@@ -620,28 +606,16 @@ unsafe fn product_q6(
     acts: &[Act],
     (y, ldy, col0, mask): (*mut f32, usize, usize, __mmask16),
 ) {
-    let passes: [Q6Pass; MR6] = [
-        q6_rows::<1>,
-        q6_rows::<2>,
-        q6_rows::<3>,
-        q6_rows::<4>,
-        q6_rows::<5>,
-        q6_rows::<6>,
-        q6_rows::<7>,
-        q6_rows::<8>,
-    ];
+    let passes: [Q6Pass; MR6] = by_rows!(q6_rows; 1, 2, 3, 4, 5, 6, 7, 8);
     Q6_SCRATCH.with_borrow_mut(|u| {
         for (i, tb) in tile.iter().enumerate() {
             prefetch(tile.get(i + 1));
             // SAFETY: the caller's target features.
             unsafe { unpack_q6(tb, u) };
-            let mut t = 0;
-            while t < acts.len() {
-                let r = MR6.min(acts.len() - t);
+            for (t, r) in row_calls(acts.len(), MR6, false) {
                 // SAFETY: rows t..t + r of `y`, the group's columns; each
                 // act covers block i.
                 unsafe { passes[r - 1](u, &acts[t..t + r], i, y.add(t * ldy + col0), ldy, mask) };
-                t += r;
             }
         }
     });
