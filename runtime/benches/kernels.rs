@@ -7,7 +7,9 @@
 //!
 //! Prints, per case: our time, candle's time, and the ratio (candle / ours:
 //! above 1 means ours is faster). Environment: `BENCH_REPEAT` (default 5),
-//! `BENCH_M` (rows to try, e.g. `1,16`; default `1,4,16,64,256`).
+//! `BENCH_M` (rows to try, e.g. `1,16`; default `1,4,16,64,256`),
+//! `BENCH_WEIGHTS` (ours: `f16`, the default; `bf16`, the f32-FMA kernel on
+//! bf16 weights; `bf16-dot`, the AVX512_BF16 kernel, where the CPU has it).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -16,12 +18,12 @@ use std::time::Duration;
 
 use appliance_server::kernels::{
     attention::{AttentionParams, KvShape, SeqSpan, paged_attention, write_kv},
-    gemm::{PackedMatrix, matmul},
+    gemm::{PackedMatrix, bf16_dot, matmul},
     isa::Isa,
 };
 use candle_core::{DType, Device, Tensor};
 use common::{FFN, HIDDEN, KV, LAYERS, VOCAB, best_of, values};
-use half::f16;
+use half::{bf16, f16};
 
 /// (rows, cols, count per forward) of the bench model's products.
 fn shapes() -> Vec<(usize, usize, usize)> {
@@ -45,6 +47,17 @@ fn main() -> candle_core::Result<()> {
         isa.name(),
         rayon::current_num_threads()
     );
+    let weights = std::env::var("BENCH_WEIGHTS").unwrap_or_else(|_| "f16".into());
+    let pack = |w: &[f32], rows, cols, c: usize| match weights.as_str() {
+        "f16" => PackedMatrix::pack(w, rows, cols, |v: f32| f16::from_f32(v + c as f32 * 1e-4)),
+        "bf16" => PackedMatrix::pack(w, rows, cols, |v: f32| bf16::from_f32(v + c as f32 * 1e-4)),
+        "bf16-dot" if bf16_dot::supported() => {
+            PackedMatrix::pack_bf16_pairs(w, rows, cols, |v: f32| {
+                bf16::from_f32(v + c as f32 * 1e-4)
+            })
+        }
+        other => panic!("BENCH_WEIGHTS={other}: f16, bf16 or bf16-dot (needs AVX512_BF16)"),
+    };
     // One distinct matrix per layer, as in the model: 464 MB that cannot
     // stay in the last-level cache between forwards.
     let mut layers: Vec<Vec<PackedMatrix>> = Vec::new();
@@ -53,16 +66,14 @@ fn main() -> candle_core::Result<()> {
         let w = values(rows * cols, 0);
         let mut copies = Vec::new();
         for c in 0..count {
-            copies.push(PackedMatrix::pack(&w, rows, cols, |v: f32| {
-                f16::from_f32(v + c as f32 * 1e-4)
-            }));
+            copies.push(pack(&w, rows, cols, c));
         }
         layers.push(copies);
         candle.push(Tensor::from_vec(w, (rows, cols), &Device::Cpu)?.to_dtype(DType::F16)?);
     }
     let weight_bytes: usize = layers.iter().flatten().map(PackedMatrix::bytes).sum();
     println!(
-        "f16 weights per forward: {:.0} MB",
+        "{weights} weights per forward: {:.0} MB",
         weight_bytes as f64 / 1e6
     );
 

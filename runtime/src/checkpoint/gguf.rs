@@ -373,6 +373,19 @@ impl Gguf {
         Ok((spec, tokens))
     }
 
+    /// Whether any tensor is in GGML blocks (Q4_K, Q8_0, ...) rather than
+    /// plain floats.
+    pub fn is_quantized(&self) -> bool {
+        self.contents.iter().any(|c| {
+            c.tensor_infos.values().any(|i| {
+                !matches!(
+                    i.ggml_dtype,
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+                )
+            })
+        })
+    }
+
     fn info(&self, name: &str) -> Option<(&candle_core::Shape, GgmlDType)> {
         let file = *self.index.get(name)?;
         let info = self.contents[file].tensor_infos.get(name)?;

@@ -24,7 +24,8 @@ pub enum DeviceChoice {
 /// `--dtype`: the weights' dtype in memory (`cli` re-exports it as `DType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DTypeChoice {
-    /// The dtype from config.json (`torch_dtype`), adjusted to the device
+    /// The dtype from config.json (`torch_dtype`), adjusted to the device; float16 runs
+    /// as bfloat16 on CPUs with AVX512_BF16, whose bf16 products are twice as fast
     Auto,
     F32,
     F16,
@@ -144,15 +145,29 @@ fn classify(cause: String) -> CudaUnusable {
 
 /// The dtype the weights (and the KV cache) are kept in. `Auto` keeps the
 /// checkpoint's dtype: no f32 copy of an f16 checkpoint, so memory is the
-/// weight bytes (the CPU kernels compute in f32 registers whatever the
-/// storage). A config that names no dtype means f32 on the CPU, where it is
-/// what transformers loads by default, and bf16 on a GPU.
-pub fn select_dtype(want: DTypeChoice, checkpoint: Option<DType>, device: &Device) -> DType {
+/// weight bytes. A config that names no dtype means f32 on the CPU, where
+/// it is what transformers loads by default, and bf16 on a GPU.
+///
+/// One exception, where the CPU kernels have `bf16_dot` (AVX512_BF16): an
+/// f16 checkpoint is served as bf16, the same bytes, because there bf16
+/// products run at twice the f32 FMA rate that f16 weights are limited to
+/// (no x86 CPU short of AVX512-FP16 multiplies f16 natively). vLLM's CPU
+/// backend makes the same cast. Models trained in bf16 and exported as f16
+/// come back to their own values; `--dtype f16` keeps the f16 weights.
+pub fn select_dtype(
+    want: DTypeChoice,
+    checkpoint: Option<DType>,
+    device: &Device,
+    bf16_dot: bool,
+) -> DType {
     match want {
         DTypeChoice::F32 => DType::F32,
         DTypeChoice::F16 => DType::F16,
         DTypeChoice::Bf16 => DType::BF16,
-        DTypeChoice::Auto if device.is_cpu() => checkpoint.unwrap_or(DType::F32),
+        DTypeChoice::Auto if device.is_cpu() => match checkpoint {
+            Some(DType::F16) if bf16_dot => DType::BF16,
+            other => other.unwrap_or(DType::F32),
+        },
         DTypeChoice::Auto => checkpoint.unwrap_or(DType::BF16),
     }
 }
@@ -171,14 +186,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_dtype_keeps_the_checkpoint_dtype_and_explicit_wins() {
+    fn auto_dtype_keeps_the_checkpoint_dtype_but_f16_on_bf16_cpus_and_explicit_wins() {
         let cpu = Device::Cpu;
+        for bf16_dot in [false, true] {
+            assert_eq!(
+                select_dtype(DTypeChoice::Auto, Some(DType::BF16), &cpu, bf16_dot),
+                DType::BF16
+            );
+            assert_eq!(
+                select_dtype(DTypeChoice::Auto, None, &cpu, bf16_dot),
+                DType::F32
+            );
+            assert_eq!(
+                select_dtype(DTypeChoice::F16, None, &cpu, bf16_dot),
+                DType::F16
+            );
+            assert_eq!(
+                select_dtype(DTypeChoice::F16, Some(DType::F16), &cpu, bf16_dot),
+                DType::F16
+            );
+        }
+        // f16 checkpoints: kept, unless the CPU multiplies bf16 natively.
         assert_eq!(
-            select_dtype(DTypeChoice::Auto, Some(DType::BF16), &cpu),
+            select_dtype(DTypeChoice::Auto, Some(DType::F16), &cpu, false),
+            DType::F16
+        );
+        assert_eq!(
+            select_dtype(DTypeChoice::Auto, Some(DType::F16), &cpu, true),
             DType::BF16
         );
-        assert_eq!(select_dtype(DTypeChoice::Auto, None, &cpu), DType::F32);
-        assert_eq!(select_dtype(DTypeChoice::F16, None, &cpu), DType::F16);
         assert!(select_device(DeviceChoice::Cpu).is_ok_and(|d| d.is_cpu()));
         if !cfg!(feature = "cuda") {
             assert!(select_device(DeviceChoice::Auto).is_ok_and(|d| d.is_cpu()));

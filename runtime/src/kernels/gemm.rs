@@ -30,6 +30,10 @@
 //!   rayon's pool; a `k` blocking keeps the activation block in L2 while
 //!   every panel of a thread's share passes over it.
 //!
+//! Where the CPU has AVX512_BF16, bf16 weights go to [`bf16_dot`] instead:
+//! bf16 products at twice the FMA rate, for the price of rounding the
+//! activations to bf16.
+//!
 //! The same micro-kernel computes attention scores and the probability ×
 //! value product (`kernels::attention`): its weight operand takes any
 //! stride between columns (`ldw`), which the KV cache layout is built for.
@@ -43,6 +47,8 @@ use super::{
     aligned::{AlignedVec, Pod},
     isa::Isa,
 };
+
+pub mod bf16_dot;
 
 /// Weight rows per panel: one AVX-512 register, two AVX2 registers of f32.
 pub const NR: usize = 16;
@@ -128,6 +134,11 @@ pub enum PackedData {
     F32(AlignedVec<f32>),
     F16(AlignedVec<f16>),
     Bf16(AlignedVec<bf16>),
+    /// bf16 in the layout of the bf16 dot-product kernel ([`bf16_dot`]):
+    /// inside a panel, column pair `j` of the 16 rows is 32 values,
+    /// `panel[j * 32 + r * 2 + (k % 2)]`, one cache line; an odd last
+    /// column is paired with a zero.
+    Bf16Pairs(AlignedVec<bf16>),
 }
 
 /// A `rows × cols` weight matrix in 16-row panels (see the module doc).
@@ -171,6 +182,34 @@ impl PackedMatrix {
         }
     }
 
+    /// Packs row-major `src` (`rows × cols`) for the bf16 dot-product
+    /// kernel ([`bf16_dot`]), converting each value to bf16.
+    pub fn pack_bf16_pairs<S: Copy + Sync>(
+        src: &[S],
+        rows: usize,
+        cols: usize,
+        convert: impl Fn(S) -> bf16 + Sync,
+    ) -> Self {
+        assert_eq!(src.len(), rows * cols, "packing a {rows}x{cols} matrix");
+        let panel_len = cols.div_ceil(2) * 2 * NR;
+        let mut out = AlignedVec::<bf16>::zeroed(rows.div_ceil(NR) * panel_len);
+        out.par_chunks_mut(panel_len)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for r in 0..NR.min(rows - p * NR) {
+                    let row = &src[(p * NR + r) * cols..][..cols];
+                    for (k, &v) in row.iter().enumerate() {
+                        panel[pair_index(k, r)] = convert(v);
+                    }
+                }
+            });
+        Self {
+            rows,
+            cols,
+            data: PackedData::Bf16Pairs(out),
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -183,7 +222,7 @@ impl PackedMatrix {
         match self.data {
             PackedData::F32(_) => WeightDType::F32,
             PackedData::F16(_) => WeightDType::F16,
-            PackedData::Bf16(_) => WeightDType::Bf16,
+            PackedData::Bf16(_) | PackedData::Bf16Pairs(_) => WeightDType::Bf16,
         }
     }
 
@@ -192,7 +231,7 @@ impl PackedMatrix {
         match &self.data {
             PackedData::F32(v) => v.bytes(),
             PackedData::F16(v) => v.bytes(),
-            PackedData::Bf16(v) => v.bytes(),
+            PackedData::Bf16(v) | PackedData::Bf16Pairs(v) => v.bytes(),
         }
     }
 
@@ -206,8 +245,19 @@ impl PackedMatrix {
             PackedData::F32(d) => get(d, r, self.cols),
             PackedData::F16(d) => get(d, r, self.cols),
             PackedData::Bf16(d) => get(d, r, self.cols),
+            PackedData::Bf16Pairs(d) => {
+                let panel = &d[(r / NR) * self.cols.div_ceil(2) * 2 * NR..];
+                (0..self.cols)
+                    .map(|k| panel[pair_index(k, r % NR)].to_f32())
+                    .collect()
+            }
         }
     }
+}
+
+/// Where column `k` of panel row `r` sits in a [`PackedData::Bf16Pairs`] panel.
+fn pair_index(k: usize, r: usize) -> usize {
+    (k / 2) * 2 * NR + r * 2 + k % 2
 }
 
 impl From<AlignedVec<f32>> for PackedData {
@@ -234,6 +284,7 @@ pub fn matmul(isa: Isa, x: &[f32], m: usize, w: &PackedMatrix, y: &mut [f32]) {
         PackedData::F32(d) => matmul_typed(isa, x, m, w.rows, w.cols, d, y),
         PackedData::F16(d) => matmul_typed(isa, x, m, w.rows, w.cols, d, y),
         PackedData::Bf16(d) => matmul_typed(isa, x, m, w.rows, w.cols, d, y),
+        PackedData::Bf16Pairs(d) => bf16_dot::matmul(x, m, w.rows, w.cols, d, y),
     }
 }
 
@@ -269,19 +320,33 @@ fn matmul_typed<E: Elem>(
     }
     let panels = n.div_ceil(NR);
     let out = SendPtr(y.as_mut_ptr());
+    // SAFETY: every (row block, panel) pair is computed by exactly one task
+    // (`split_work`), `x` and `w` hold `m × k` and `panels × k × NR`
+    // values, and `y` holds `m × n`.
+    split_work(m, panels, m * n * k < SERIAL_WORK, |rows, panels| unsafe {
+        run_block(isa, x, k, w, out, n, rows, panels)
+    });
+}
+
+/// Splits an `m`-row product over `units` column units (panels, or pairs
+/// of them) into `run(rows, units)` calls on rayon's pool, each cell once:
+/// - `serial` (too little work to wake the pool) or one thread: one call;
+/// - decode (`m <= SMALL_M`): the weights stream once, in a few shares per
+///   thread taken in turn, so that a slow thread (an interrupt, the HTTP
+///   runtime) is balanced by the others taking more shares;
+/// - prefill: a grid of (row block of `MC`, unit share) cells.
+fn split_work(
+    m: usize,
+    units: usize,
+    serial: bool,
+    run: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
+) {
     let threads = rayon::current_num_threads().max(1);
-    // SAFETY (all `run_block` calls below): every (row block, panel) pair
-    // is computed by exactly one task, `x` and `w` hold `m × k` and
-    // `panels × k × NR` values, and `y` holds `m × n`.
-    if m * n * k < SERIAL_WORK || threads == 1 {
-        unsafe { run_block(isa, x, k, w, out, n, 0..m, 0..panels) };
-        return;
-    }
-    if m <= SMALL_M {
-        // Decode: the weights stream once; split them into a few shares per
-        // thread so that a slow thread (an interrupt, the HTTP runtime) is
-        // balanced by the others taking more shares.
-        let shares = (threads * 4).min(panels);
+    let share = |s: usize, shares: usize| s * units / shares..(s + 1) * units / shares;
+    if serial || threads == 1 {
+        run(0..m, 0..units);
+    } else if m <= SMALL_M {
+        let shares = (threads * 4).min(units);
         let next = AtomicUsize::new(0);
         (0..threads).into_par_iter().for_each(|_| {
             loop {
@@ -289,23 +354,17 @@ fn matmul_typed<E: Elem>(
                 if s >= shares {
                     break;
                 }
-                let lo = s * panels / shares;
-                let hi = (s + 1) * panels / shares;
-                unsafe { run_block(isa, x, k, w, out, n, 0..m, lo..hi) };
+                run(0..m, share(s, shares));
             }
         });
-        return;
+    } else {
+        let row_blocks = m.div_ceil(MC);
+        let shares = units.min((threads * 4).div_ceil(row_blocks).max(1));
+        (0..row_blocks * shares).into_par_iter().for_each(|cell| {
+            let (rb, s) = (cell / shares, cell % shares);
+            run(rb * MC..m.min((rb + 1) * MC), share(s, shares));
+        });
     }
-    // Prefill: a grid of (row block, panel share) cells.
-    let row_blocks = m.div_ceil(MC);
-    let shares = panels.min((threads * 4).div_ceil(row_blocks).max(1));
-    let cells = row_blocks * shares;
-    (0..cells).into_par_iter().for_each(|cell| {
-        let (rb, s) = (cell / shares, cell % shares);
-        let rows = rb * MC..(m.min((rb + 1) * MC));
-        let panel_range = s * panels / shares..(s + 1) * panels / shares;
-        unsafe { run_block(isa, x, k, w, out, n, rows, panel_range) };
-    });
 }
 
 /// Computes `y[rows, panels]` with `k` blocking. With more rows than one
@@ -778,7 +837,7 @@ mod tests {
     use super::*;
 
     /// A deterministic pseudo-random sequence in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);

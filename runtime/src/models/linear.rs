@@ -24,7 +24,15 @@ use crate::{
 /// model's device (the CUDA path, and a CPU reference for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    Cpu { isa: Isa, weights: WeightDType },
+    Cpu {
+        isa: Isa,
+        weights: WeightDType,
+        /// bf16 weights multiplied by AVX512_BF16's dot product
+        /// ([`crate::kernels::gemm::bf16_dot`]: activations rounded to
+        /// bf16, twice the f32 FMA kernels' arithmetic rate) instead of
+        /// widened to f32 and multiplied by FMA.
+        bf16_dot: bool,
+    },
     Candle,
 }
 
@@ -95,8 +103,12 @@ impl Linear {
             };
             return match kernels {
                 Kernels::Candle => Ok(Self::Dense(candle_nn::Linear::new(w, b))),
-                Kernels::Cpu { isa, weights } => Ok(Self::Packed {
-                    w: pack(&w, weights)?,
+                Kernels::Cpu {
+                    isa,
+                    weights,
+                    bf16_dot,
+                } => Ok(Self::Packed {
+                    w: pack(&w, weights, bf16_dot)?,
                     bias: b.map(|b| b.to_dtype(DType::F32)).transpose()?,
                     isa,
                 }),
@@ -238,8 +250,9 @@ pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 }
 
 /// Packs a 2-D CPU weight tensor into `dtype`, converting from whatever
-/// the checkpoint stores (same-dtype packing copies bits exactly).
-pub fn pack(w: &Tensor, dtype: WeightDType) -> Result<PackedMatrix> {
+/// the checkpoint stores (same-dtype packing copies bits exactly); bf16
+/// for the dot-product kernel with `bf16_dot`.
+pub fn pack(w: &Tensor, dtype: WeightDType, bf16_dot: bool) -> Result<PackedMatrix> {
     let (rows, cols) = w.dims2()?;
     let w = w.contiguous()?;
     let (storage, layout) = w.storage_and_layout();
@@ -257,6 +270,9 @@ pub fn pack(w: &Tensor, dtype: WeightDType) -> Result<PackedMatrix> {
                 WeightDType::F16 => {
                     PackedMatrix::pack(src, rows, cols, |v| f16::from_f32($to_f32(v)))
                 }
+                WeightDType::Bf16 if bf16_dot => {
+                    PackedMatrix::pack_bf16_pairs(src, rows, cols, |v| bf16::from_f32($to_f32(v)))
+                }
                 WeightDType::Bf16 => {
                     PackedMatrix::pack(src, rows, cols, |v| bf16::from_f32($to_f32(v)))
                 }
@@ -266,6 +282,9 @@ pub fn pack(w: &Tensor, dtype: WeightDType) -> Result<PackedMatrix> {
     Ok(match (cpu, dtype) {
         // Same dtype: bits copied as they are.
         (CpuStorage::F16(s), WeightDType::F16) => PackedMatrix::pack(&s[a..b], rows, cols, |v| v),
+        (CpuStorage::BF16(s), WeightDType::Bf16) if bf16_dot => {
+            PackedMatrix::pack_bf16_pairs(&s[a..b], rows, cols, |v| v)
+        }
         (CpuStorage::BF16(s), WeightDType::Bf16) => PackedMatrix::pack(&s[a..b], rows, cols, |v| v),
         (CpuStorage::F32(s), _) => from!(s, |v: f32| v),
         (CpuStorage::F16(s), _) => from!(s, |v: f16| v.to_f32()),

@@ -10,7 +10,8 @@
 //! pool ([`KvCache`]) the engine owns.
 //!
 //! Activations are f32 on the CPU (the kernels convert f16/bf16 weights in
-//! registers) and the model dtype on a GPU.
+//! registers; the bf16 dot-product kernel rounds a product's input to bf16
+//! inside the product) and the model dtype on a GPU.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 

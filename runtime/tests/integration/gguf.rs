@@ -4,7 +4,9 @@
 //! The GGUF files are written at test time by `scripts/fixture-to-gguf.py`
 //! (gguf-py, llama.cpp's own writer library, with llama.cpp's tensor names,
 //! q/k row order and metadata), so the repository carries no binary copies:
-//! - F32 and F16 versions of every fixture must give transformers' greedy ids;
+//! - F32 and F16 versions of every fixture must give transformers' greedy ids
+//!   (F16 under `--dtype f16`; `auto` serves it as bf16 on AVX512_BF16 CPUs,
+//!   checked against the F32 file's logits);
 //! - Q8_0 versions must give the ids llama.cpp's `llama-server` gave on the
 //!   very same bytes (recorded by `scripts/record-llamacpp-ids.py` into
 //!   `tests/data/gguf/`; the file's sha256 is checked first, so the
@@ -22,6 +24,8 @@ use std::{
 use appliance_server::{
     cli,
     engine::{Engine, GenerateRequest, LoadOptions, SamplingParams},
+    kernels::gemm::{WeightDType, bf16_dot},
+    models::Kernels,
 };
 use common::{fixture_checkpoints, fixture_reference};
 use serde_json::Value;
@@ -88,13 +92,75 @@ fn f32_and_f16_gguf_versions_of_every_fixture_give_the_reference_ids() {
     let tmp = tempfile::tempdir().expect("tempdir");
     for fixture in fixture_checkpoints() {
         let reference = fixture_reference(&fixture);
-        for (ty, dtype) in [("f32", cli::DType::F32), ("f16", cli::DType::Auto)] {
+        // `--dtype f16`: under `auto` a CPU with AVX512_BF16 serves an f16
+        // file as bf16 (the next test).
+        for (ty, dtype) in [("f32", cli::DType::F32), ("f16", cli::DType::F16)] {
             let dir = gguf_dir(&fixture, ty, tmp.path());
             let engine = load(&dir, dtype);
             for (i, case) in reference.cases.iter().enumerate() {
                 let got = greedy(&engine, &case.input_ids, reference.max_new_tokens);
                 assert_eq!(got, case.output_ids, "{} {ty} case {i}", fixture.display());
             }
+        }
+    }
+}
+
+/// `--dtype auto` on an f16 file: bf16 weights and the bf16 dot-product
+/// kernel where this CPU has AVX512_BF16 (f16 kept elsewhere), with logits
+/// within bf16's error of the f32 file's; a quantized file keeps its f16
+/// KV cache either way.
+#[test]
+fn auto_serves_f16_files_as_bf16_on_cpus_with_bf16_dot_products() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dot = bf16_dot::supported();
+    for fixture in fixture_checkpoints() {
+        let name = fixture.file_name().and_then(|n| n.to_str()).expect("name");
+        let reference = fixture_reference(&fixture);
+        let f32_engine = load(&gguf_dir(&fixture, "f32", tmp.path()), cli::DType::F32);
+        let auto = load(&gguf_dir(&fixture, "f16", tmp.path()), cli::DType::Auto);
+        let want = if dot {
+            (WeightDType::Bf16, true)
+        } else {
+            (WeightDType::F16, false)
+        };
+        let Kernels::Cpu {
+            weights, bf16_dot, ..
+        } = auto.kernels()
+        else {
+            panic!("{name}: not the CPU kernels");
+        };
+        assert_eq!((weights, bf16_dot), want, "{name}");
+        for (i, case) in reference.cases.iter().enumerate() {
+            let a = f32_engine
+                .prompt_logits(&case.input_ids)
+                .expect("f32 logits");
+            let b = auto.prompt_logits(&case.input_ids).expect("auto logits");
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            // Measured on the 2-core EPYC: bf16 0.040-0.119 on logits of
+            // magnitude 4.2-6.6 (f16 weights: 0.004-0.015).
+            assert!(
+                diff <= 0.05 * scale,
+                "{name} case {i}: logits differ by {diff} (largest {scale})"
+            );
+        }
+        if name == "llama-gqa" {
+            let q8 = load(&gguf_dir(&fixture, "q8_0", tmp.path()), cli::DType::Auto);
+            assert!(
+                matches!(
+                    q8.kernels(),
+                    Kernels::Cpu {
+                        weights: WeightDType::F16,
+                        bf16_dot: false,
+                        ..
+                    }
+                ),
+                "{:?}",
+                q8.kernels()
+            );
         }
     }
 }
