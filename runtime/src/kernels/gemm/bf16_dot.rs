@@ -34,11 +34,15 @@
 use std::cell::RefCell;
 
 use half::bf16;
+use rayon::prelude::*;
 
 use super::{NR, SERIAL_WORK, SendPtr, row_calls, split_work};
 
 /// Rows of `x` per kernel call, at most (24 accumulators).
 const MAX_ROWS: usize = 12;
+
+/// Activation values from which rounding them is split over the pool.
+const PARALLEL_ROUNDING: usize = 1 << 16;
 
 /// Whether this CPU has AVX-512F and AVX512_BF16, which the kernel needs.
 pub fn supported() -> bool {
@@ -88,13 +92,12 @@ pub(super) fn matmul(x: &[f32], m: usize, n: usize, k: usize, w: &[bf16], y: &mu
 /// paired with zero.
 fn to_pairs(x: &[f32], m: usize, k: usize, out: &mut [u32], simd: bool) {
     let kp = k.div_ceil(2);
-    for (row, dst) in x.chunks_exact(k).zip(out.chunks_exact_mut(kp)).take(m) {
+    let round = |(row, dst): (&[f32], &mut [u32])| {
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `supported()` said AVX-512F and AVX512_BF16; `row`
             // is `k` values and `dst` `kp` pairs.
-            unsafe { x86::round_row(row, dst) };
-            continue;
+            return unsafe { x86::round_row(row, dst) };
         }
         let _ = simd;
         for (j, d) in dst.iter_mut().enumerate() {
@@ -104,6 +107,17 @@ fn to_pairs(x: &[f32], m: usize, k: usize, out: &mut [u32], simd: bool) {
                 .map_or(0, |&v| bf16::from_f32(v).to_bits());
             *d = u32::from(lo) | u32::from(hi) << 16;
         }
+    };
+    let (x, out) = (&x[..m * k], &mut out[..m * kp]);
+    if m * k < PARALLEL_ROUNDING {
+        x.chunks_exact(k)
+            .zip(out.chunks_exact_mut(kp))
+            .for_each(round);
+    } else {
+        x.par_chunks_exact(k)
+            .zip(out.par_chunks_exact_mut(kp))
+            .with_min_len(8)
+            .for_each(round);
     }
 }
 
