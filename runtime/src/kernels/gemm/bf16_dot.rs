@@ -27,7 +27,9 @@
 //!   delivers to one core during decode, and prefill has 24 chains.
 //! - **Two panels per call**, up to 12 rows: 24 accumulators of the 32
 //!   registers, each broadcast feeding two instructions (as the parent's
-//!   two-panel f32 kernel). The activation block of a prefill chunk stays
+//!   two-panel f32 kernel). Products of 13 to 24 rows (a decode step of
+//!   many sequences) take one panel and all rows per call instead, so each
+//!   panel streams from memory once (16 rows: 13.7-14.7 → 12.2-12.8 ms). The activation block of a prefill chunk stays
 //!   in L2 without a `k` blocking because bf16 halves it: 64 rows of a
 //!   2816-column input are 360 KiB.
 
@@ -38,8 +40,14 @@ use rayon::prelude::*;
 
 use super::{NR, SERIAL_WORK, SendPtr, row_calls, split_work};
 
-/// Rows of `x` per kernel call, at most (24 accumulators).
+/// Rows of `x` per two-panel kernel call, at most (24 accumulators).
 const MAX_ROWS: usize = 12;
+
+/// Rows of `x` up to which a product of more than [`MAX_ROWS`] takes the
+/// one-panel kernel, all rows in one call: the weights are then read once
+/// (a 16-sequence decode step streams them from memory, and two 8-row
+/// two-panel calls read every panel twice).
+const ONE_PANEL_ROWS: usize = 24;
 
 /// Activation values from which rounding them is split over the pool.
 const PARALLEL_ROUNDING: usize = 1 << 16;
@@ -151,6 +159,21 @@ unsafe fn run_block(
         } else {
             w0
         };
+        if rows.len() > MAX_ROWS && rows.len() <= ONE_PANEL_ROWS {
+            for (h, wp) in [w0, w1].into_iter().enumerate().take(1 + usize::from(two)) {
+                // SAFETY: every row of `rows`; the call writes the
+                // panel's columns `(p + h) * NR..` of them.
+                unsafe {
+                    let (x, c) = (
+                        xp.as_ptr().add(rows.start * kp),
+                        out.0.add(rows.start * n + (p + h) * NR),
+                    );
+                    let nr = (nr - h * NR).min(NR);
+                    tile(simd, rows.len(), kp, wp, wp, x, kp, c, n, nr);
+                }
+            }
+            continue;
+        }
         for (r0, mr) in row_calls(rows.len(), MAX_ROWS, true) {
             let r = rows.start + r0;
             // SAFETY: rows `r..r + mr` exist in `xp` and `y`; the call
@@ -167,11 +190,13 @@ unsafe fn run_block(
 /// `l < nr <= 32`, where lanes 0..16 are the rows of the panel at `w0` and
 /// lanes 16..32 those at `w1` (`w1 = w0` with `nr <= 16`: the second half
 /// is computed and dropped), `x[t][j]` (a pair) is at `x + t·ldx + j`, and
-/// `c[t][l]` at `c + t·ldc + l`.
+/// `c[t][l]` at `c + t·ldc + l`. With `MAX_ROWS < mr <= ONE_PANEL_ROWS`
+/// the one-panel kernel runs over `w0` alone (then `nr <= 16`): the same
+/// sums in the same order.
 ///
 /// # Safety
-/// The pointers cover those ranges; `mr <= MAX_ROWS`; `simd` only where
-/// [`supported`].
+/// The pointers cover those ranges; `mr <= ONE_PANEL_ROWS`, and `nr <= 16`
+/// past `MAX_ROWS`; `simd` only where [`supported`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     simd: bool,
@@ -188,15 +213,17 @@ unsafe fn tile(
     #[cfg(target_arch = "x86_64")]
     if simd {
         macro_rules! go {
-            ($($m:literal),*) => {
+            ($($m:literal),*; $($o:literal),*) => {
                 match mr {
                     // SAFETY: forwarded.
-                    $($m => unsafe { x86::tile::<$m>(kp, w0, w1, x, ldx, c, ldc, nr) },)*
+                    $($m => unsafe { x86::tile::<$m, 2>(kp, [w0, w1], x, ldx, c, ldc, nr) },)*
+                    // SAFETY: forwarded; `nr <= 16`.
+                    $($o => unsafe { x86::tile::<$o, 1>(kp, [w0, w1], x, ldx, c, ldc, nr) },)*
                     _ => unreachable!("bf16 tile of {mr} rows"),
                 }
             };
         }
-        return go!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12);
+        return go!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12; 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24);
     }
     let _ = simd;
     // SAFETY: forwarded.
@@ -285,13 +312,12 @@ mod x86 {
         }
     }
 
-    /// See [`super::tile`].
-    #[allow(clippy::too_many_arguments)]
+    /// See [`super::tile`]: `P` panels (`w[..P]`), each broadcast pair
+    /// feeding `P` instructions.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn tile<const MR: usize>(
+    pub(super) unsafe fn tile<const MR: usize, const P: usize>(
         kp: usize,
-        w0: *const bf16,
-        w1: *const bf16,
+        w: [*const bf16; 2],
         x: *const u32,
         ldx: usize,
         c: *mut f32,
@@ -299,19 +325,18 @@ mod x86 {
         nr: usize,
     ) {
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            let mut acc = [[_mm512_setzero_ps(); P]; MR];
             for j in 0..kp {
-                _mm_prefetch::<_MM_HINT_T0>(w0.add((j + PREFETCH) * 2 * NR).cast());
-                _mm_prefetch::<_MM_HINT_T0>(w1.add((j + PREFETCH) * 2 * NR).cast());
-                let a: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(w0.add(j * 2 * NR).cast()));
-                let b: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(w1.add(j * 2 * NR).cast()));
+                let ws: [__m512bh; P] = std::array::from_fn(|h| {
+                    _mm_prefetch::<_MM_HINT_T0>(w[h].add((j + PREFETCH) * 2 * NR).cast());
+                    std::mem::transmute(_mm512_loadu_si512(w[h].add(j * 2 * NR).cast()))
+                });
                 for (t, acc_t) in acc.iter_mut().enumerate() {
                     let xb: __m512bh =
                         std::mem::transmute(_mm512_set1_epi32(*x.add(t * ldx + j) as i32));
-                    acc_t[0] = _mm512_dpbf16_ps(acc_t[0], a, xb);
-                    acc_t[1] = _mm512_dpbf16_ps(acc_t[1], b, xb);
+                    for (a, wh) in acc_t.iter_mut().zip(&ws) {
+                        *a = _mm512_dpbf16_ps(*a, *wh, xb);
+                    }
                 }
             }
             let masks = [lanes16(nr), lanes16(nr.saturating_sub(NR))];
@@ -351,6 +376,8 @@ mod tests {
             (9, 48, 521),
             (12, 64, 9),
             (13, 50, 40),
+            (16, 33, 77),
+            (24, 48, 30),
             (70, 35, 1031),
             (130, 100, 64),
             (1, 1000, 1024),
@@ -421,7 +448,7 @@ mod tests {
                 &mut alone[t * n..][..n],
             );
         }
-        for m in [2, 7, 8, 9, 12, 13, 15, 24, 40] {
+        for m in [2, 7, 8, 9, 12, 13, 15, 16, 24, 25, 40] {
             let mut y = vec![0f32; m * n];
             super::super::matmul(isa, &rows[..m * k], m, &packed, &mut y);
             assert_eq!(
