@@ -41,7 +41,7 @@ use rayon::prelude::*;
 use super::{NR, SERIAL_WORK, SendPtr, row_calls, split_work};
 
 /// Rows of `x` per two-panel kernel call, at most (24 accumulators).
-const MAX_ROWS: usize = 12;
+pub(crate) const MAX_ROWS: usize = 12;
 
 /// Rows of `x` up to which a product of more than [`MAX_ROWS`] takes the
 /// one-panel kernel, all rows in one call: the weights are then read once
@@ -52,11 +52,13 @@ const ONE_PANEL_ROWS: usize = 24;
 /// Activation values from which rounding them is split over the pool.
 const PARALLEL_ROUNDING: usize = 1 << 16;
 
-/// Whether this CPU has AVX-512F and AVX512_BF16, which the kernel needs.
+/// Whether this CPU has AVX-512F/BW and AVX512_BF16, which the kernels need.
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        super::Isa::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512bf16")
+        super::Isa::Avx512.is_supported()
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -100,22 +102,7 @@ pub(super) fn matmul(x: &[f32], m: usize, n: usize, k: usize, w: &[bf16], y: &mu
 /// paired with zero.
 fn to_pairs(x: &[f32], m: usize, k: usize, out: &mut [u32], simd: bool) {
     let kp = k.div_ceil(2);
-    let round = |(row, dst): (&[f32], &mut [u32])| {
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: `supported()` said AVX-512F and AVX512_BF16; `row`
-            // is `k` values and `dst` `kp` pairs.
-            return unsafe { x86::round_row(row, dst) };
-        }
-        let _ = simd;
-        for (j, d) in dst.iter_mut().enumerate() {
-            let lo = bf16::from_f32(row[2 * j]).to_bits();
-            let hi = row
-                .get(2 * j + 1)
-                .map_or(0, |&v| bf16::from_f32(v).to_bits());
-            *d = u32::from(lo) | u32::from(hi) << 16;
-        }
-    };
+    let round = |(row, dst): (&[f32], &mut [u32])| round_row(row, dst, simd);
     let (x, out) = (&x[..m * k], &mut out[..m * kp]);
     if m * k < PARALLEL_ROUNDING {
         x.chunks_exact(k)
@@ -126,6 +113,47 @@ fn to_pairs(x: &[f32], m: usize, k: usize, out: &mut [u32], simd: bool) {
             .zip(out.par_chunks_exact_mut(kp))
             .with_min_len(8)
             .for_each(round);
+    }
+}
+
+/// One row of f32 to bf16 pairs (`dst` holds `row.len().div_ceil(2)`), an
+/// odd last value paired with zero; `simd` only where [`supported`].
+pub(crate) fn round_row(row: &[f32], dst: &mut [u32], simd: bool) {
+    assert_eq!(dst.len(), row.len().div_ceil(2), "round_row: pairs");
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `supported()` said AVX-512F and AVX512_BF16; the lengths
+        // were checked.
+        return unsafe { x86::round_row(row, dst) };
+    }
+    let _ = simd;
+    for (j, d) in dst.iter_mut().enumerate() {
+        let lo = bf16::from_f32(row[2 * j]).to_bits();
+        let hi = row
+            .get(2 * j + 1)
+            .map_or(0, |&v| bf16::from_f32(v).to_bits());
+        *d = u32::from(lo) | u32::from(hi) << 16;
+    }
+}
+
+/// `dst[2i] = a[i]`, `dst[2i + 1] = b[i]` for 16 lanes: two 16-lane rows of
+/// a reduction dimension side by side, as the kernel's operand wants them.
+///
+/// # Safety
+/// `a` and `b` hold 16 values, `dst` 32; `simd` only where [`supported`].
+pub(crate) unsafe fn interleave(a: *const bf16, b: *const bf16, dst: *mut bf16, simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: forwarded.
+        return unsafe { x86::interleave(a, b, dst) };
+    }
+    let _ = simd;
+    for i in 0..NR {
+        // SAFETY: forwarded.
+        unsafe {
+            *dst.add(2 * i) = *a.add(i);
+            *dst.add(2 * i + 1) = *b.add(i);
+        }
     }
 }
 
@@ -169,7 +197,7 @@ unsafe fn run_block(
                         out.0.add(rows.start * n + (p + h) * NR),
                     );
                     let nr = (nr - h * NR).min(NR);
-                    tile(simd, rows.len(), kp, wp, wp, x, kp, c, n, nr);
+                    tile(simd, rows.len(), kp, wp, wp, x, kp, c, n, nr, false);
                 }
             }
             continue;
@@ -180,7 +208,7 @@ unsafe fn run_block(
             // writes columns `p * NR..p * NR + nr` of them.
             unsafe {
                 let (x, c) = (xp.as_ptr().add(r * kp), out.0.add(r * n + p * NR));
-                tile(simd, mr, kp, w0, w1, x, kp, c, n, nr);
+                tile(simd, mr, kp, w0, w1, x, kp, c, n, nr, false);
             }
         }
     }
@@ -190,7 +218,8 @@ unsafe fn run_block(
 /// `l < nr <= 32`, where lanes 0..16 are the rows of the panel at `w0` and
 /// lanes 16..32 those at `w1` (`w1 = w0` with `nr <= 16`: the second half
 /// is computed and dropped), `x[t][j]` (a pair) is at `x + t·ldx + j`, and
-/// `c[t][l]` at `c + t·ldc + l`. With `MAX_ROWS < mr <= ONE_PANEL_ROWS`
+/// `c[t][l]` at `c + t·ldc + l` (added to it with `accumulate`). With
+/// `MAX_ROWS < mr <= ONE_PANEL_ROWS`
 /// the one-panel kernel runs over `w0` alone (then `nr <= 16`): the same
 /// sums in the same order.
 ///
@@ -198,7 +227,7 @@ unsafe fn run_block(
 /// The pointers cover those ranges; `mr <= ONE_PANEL_ROWS`, and `nr <= 16`
 /// past `MAX_ROWS`; `simd` only where [`supported`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(
+pub(crate) unsafe fn tile(
     simd: bool,
     mr: usize,
     kp: usize,
@@ -209,6 +238,7 @@ unsafe fn tile(
     c: *mut f32,
     ldc: usize,
     nr: usize,
+    accumulate: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     if simd {
@@ -216,9 +246,9 @@ unsafe fn tile(
             ($($m:literal),*; $($o:literal),*) => {
                 match mr {
                     // SAFETY: forwarded.
-                    $($m => unsafe { x86::tile::<$m, 2>(kp, [w0, w1], x, ldx, c, ldc, nr) },)*
+                    $($m => unsafe { x86::tile::<$m, 2>(kp, [w0, w1], x, ldx, c, ldc, nr, accumulate) },)*
                     // SAFETY: forwarded; `nr <= 16`.
-                    $($o => unsafe { x86::tile::<$o, 1>(kp, [w0, w1], x, ldx, c, ldc, nr) },)*
+                    $($o => unsafe { x86::tile::<$o, 1>(kp, [w0, w1], x, ldx, c, ldc, nr, accumulate) },)*
                     _ => unreachable!("bf16 tile of {mr} rows"),
                 }
             };
@@ -227,7 +257,7 @@ unsafe fn tile(
     }
     let _ = simd;
     // SAFETY: forwarded.
-    unsafe { tile_generic(mr, kp, w0, w1, x, ldx, c, ldc, nr) }
+    unsafe { tile_generic(mr, kp, w0, w1, x, ldx, c, ldc, nr, accumulate) }
 }
 
 /// bf16 bits to f32 (exact).
@@ -249,6 +279,7 @@ unsafe fn tile_generic(
     c: *mut f32,
     ldc: usize,
     nr: usize,
+    accumulate: bool,
 ) {
     for t in 0..mr {
         for lane in 0..nr {
@@ -271,7 +302,10 @@ unsafe fn tile_generic(
                 acc += widen(xv & 0xffff) * we.to_f32();
             }
             // SAFETY: as above.
-            unsafe { *c.add(t * ldc + lane) = acc };
+            unsafe {
+                let o = c.add(t * ldc + lane);
+                *o = if accumulate { *o + acc } else { acc };
+            }
         }
     }
 }
@@ -288,6 +322,23 @@ mod x86 {
     /// Column pairs ahead that the kernel prefetches: 4 KiB of a panel, the
     /// distance the parent's f32 kernels measured best.
     const PREFETCH: usize = 64;
+
+    /// See [`super::interleave`]: one two-source permute (AVX512BW).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn interleave(a: *const bf16, b: *const bf16, dst: *mut bf16) {
+        unsafe {
+            let ab = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(a.cast())),
+                _mm256_loadu_si256(b.cast()),
+            );
+            // Word 2i from a[i] (index i), word 2i + 1 from b[i] (index 16 + i).
+            let idx = _mm512_set_epi16(
+                31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
+            );
+            _mm512_storeu_si512(dst.cast(), _mm512_permutexvar_epi16(idx, ab));
+        }
+    }
 
     /// One row of `k` f32 to `kp` bf16 pairs, 16 values a step.
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -315,6 +366,7 @@ mod x86 {
     /// See [`super::tile`]: `P` panels (`w[..P]`), each broadcast pair
     /// feeding `P` instructions.
     #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile<const MR: usize, const P: usize>(
         kp: usize,
         w: [*const bf16; 2],
@@ -323,6 +375,7 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         nr: usize,
+        accumulate: bool,
     ) {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); P]; MR];
@@ -343,7 +396,12 @@ mod x86 {
             for (t, acc_t) in acc.iter().enumerate() {
                 for (h, (v, &mask)) in acc_t.iter().zip(&masks).enumerate() {
                     if mask != 0 {
-                        _mm512_mask_storeu_ps(c.add(t * ldc + h * NR), mask, *v);
+                        let cp = c.add(t * ldc + h * NR);
+                        let mut v = *v;
+                        if accumulate {
+                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, cp));
+                        }
+                        _mm512_mask_storeu_ps(cp, mask, v);
                     }
                 }
             }
@@ -459,6 +517,22 @@ mod tests {
                     .collect::<Vec<_>>(),
                 "{m} rows"
             );
+        }
+    }
+
+    /// The SIMD interleave is the portable one.
+    #[test]
+    fn interleave_puts_two_rows_side_by_side() {
+        let a: Vec<bf16> = (0..16).map(|i| bf16::from_f32(i as f32)).collect();
+        let b: Vec<bf16> = (0..16).map(|i| bf16::from_f32(-1.0 - i as f32)).collect();
+        let want: Vec<bf16> = (0..32)
+            .map(|i| if i % 2 == 0 { a[i / 2] } else { b[i / 2] })
+            .collect();
+        for simd in [false, supported()] {
+            let mut dst = vec![bf16::ZERO; 32];
+            // SAFETY: 16, 16 and 32 values.
+            unsafe { interleave(a.as_ptr(), b.as_ptr(), dst.as_mut_ptr(), simd) };
+            assert_eq!(dst, want, "simd {simd}");
         }
     }
 
