@@ -29,9 +29,10 @@
 //!   registers, each broadcast feeding two instructions (as the parent's
 //!   two-panel f32 kernel). Products of 13 to 24 rows (a decode step of
 //!   many sequences) take one panel and all rows per call instead, so each
-//!   panel streams from memory once (16 rows: 13.7-14.7 → 12.2-12.8 ms). The activation block of a prefill chunk stays
-//!   in L2 without a `k` blocking because bf16 halves it: 64 rows of a
-//!   2816-column input are 360 KiB.
+//!   panel streams from memory once (16 rows: 13.7-14.7 → 12.2-12.8 ms).
+//!   The activation block of a prefill chunk stays in L2 without a `k`
+//!   blocking because bf16 halves it: 64 rows of a 2816-column input are
+//!   360 KiB.
 
 use std::cell::RefCell;
 
@@ -52,12 +53,13 @@ const ONE_PANEL_ROWS: usize = 24;
 /// Activation values from which rounding them is split over the pool.
 const PARALLEL_ROUNDING: usize = 1 << 16;
 
-/// Whether this CPU has AVX-512F/BW and AVX512_BF16, which the kernels need.
+/// Whether this CPU has AVX-512F/BW/VL and AVX512_BF16, which the kernels need.
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         super::Isa::Avx512.is_supported()
             && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -117,12 +119,13 @@ fn to_pairs(x: &[f32], m: usize, k: usize, out: &mut [u32], simd: bool) {
 }
 
 /// One row of f32 to bf16 pairs (`dst` holds `row.len().div_ceil(2)`), an
-/// odd last value paired with zero; `simd` only where [`supported`].
+/// odd last value paired with zero. `simd` asks for the AVX-512 path, taken
+/// where [`supported`] (both round to nearest even: tested).
 pub(crate) fn round_row(row: &[f32], dst: &mut [u32], simd: bool) {
     assert_eq!(dst.len(), row.len().div_ceil(2), "round_row: pairs");
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `supported()` said AVX-512F and AVX512_BF16; the lengths
+    if simd && supported() {
+        // SAFETY: `supported()`: the CPU has the features; the lengths
         // were checked.
         return unsafe { x86::round_row(row, dst) };
     }
@@ -341,7 +344,7 @@ mod x86 {
     }
 
     /// One row of `k` f32 to `kp` bf16 pairs, 16 values a step.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn round_row(row: &[f32], dst: &mut [u32]) {
         let k = row.len();
         let out = dst.as_mut_ptr().cast::<u16>();
