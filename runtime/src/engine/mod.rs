@@ -242,10 +242,10 @@ impl Engine {
         let generation_defaults = GenerationDefaults::load(dir)?;
         let device = device::select_device(options.device)?;
         let cpu_kernels = device.is_cpu() && !options.candle_ops;
-        let bf16_dot = cpu_kernels && bf16_dot::supported();
+        let dot = cpu_kernels && bf16_dot::supported();
         // A quantized file's matrices are not f16: its "f16" is the KV
         // cache's, which stays f16 (as llama.cpp keeps it).
-        let cast_f16 = bf16_dot && !gguf.is_some_and(Gguf::is_quantized);
+        let cast_f16 = dot && !gguf.is_some_and(Gguf::is_quantized);
         let dtype = device::select_dtype(options.dtype, spec.checkpoint_dtype, &device, cast_f16);
         if options.dtype == device::DTypeChoice::Auto
             && spec.checkpoint_dtype == Some(DType::F16)
@@ -266,7 +266,7 @@ impl Engine {
             Kernels::Cpu {
                 isa: Isa::best(),
                 weights,
-                bf16_dot: bf16_dot && weights == WeightDType::Bf16,
+                bf16_dot: dot && weights == WeightDType::Bf16,
             }
         } else {
             Kernels::Candle

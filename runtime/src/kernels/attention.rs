@@ -293,39 +293,40 @@ unsafe fn attend_tile<E: Elem>(
             // SAFETY: E is bf16 (checked with `dot`); the chunk's keys are
             // below `key_hi`, inside the sequence's blocks.
             unsafe { d.scores(shape, k_cache.as_ptr().cast(), s, g, j0, keys, &mut scores) };
-        }
-        // Scores: rows × keys, one 16-key panel per call, or two where the
-        // task takes the two-panel kernel (prefill on AVX-512).
-        for p0 in (0..keys).step_by(lanes).filter(|_| dot.is_none()) {
-            let k_panel = |j: usize| {
-                let block = s.block_table[j / bs] as usize;
-                ((block * nkv + g) * hd) * bs + (j % bs)
-            };
-            let two = wide && p0 + NR < keys;
-            let a = k_panel(j0 + p0);
-            let b = if two { k_panel(j0 + p0 + NR) } else { a };
-            for (r, mr) in row_calls(rows, mr_call, wide) {
-                // SAFETY: each panel is `hd` columns of stride `bs` inside
-                // one block (16 keys never cross a block: `bs` is a
-                // multiple of 16 and `j0 + p0` one too); `qs`/`scores` hold
-                // `rows`, and a scores row KEY_CHUNK >= p0 + 32 values.
-                unsafe {
-                    tile_lanes(
-                        isa,
-                        wide,
-                        mr,
-                        hd,
-                        k_cache.as_ptr().add(a),
-                        k_cache.as_ptr().add(b),
-                        bs,
-                        qs.as_ptr().add(r * hd),
-                        hd,
-                        scores.as_mut_ptr().add(r * KEY_CHUNK + p0),
-                        KEY_CHUNK,
-                        if two { 2 * NR } else { NR },
-                        false,
-                    )
+        } else {
+            // Scores: rows × keys, one 16-key panel per call, or two where the
+            // task takes the two-panel kernel (prefill on AVX-512).
+            for p0 in (0..keys).step_by(lanes) {
+                let k_panel = |j: usize| {
+                    let block = s.block_table[j / bs] as usize;
+                    ((block * nkv + g) * hd) * bs + (j % bs)
                 };
+                let two = wide && p0 + NR < keys;
+                let a = k_panel(j0 + p0);
+                let b = if two { k_panel(j0 + p0 + NR) } else { a };
+                for (r, mr) in row_calls(rows, mr_call, wide) {
+                    // SAFETY: each panel is `hd` columns of stride `bs` inside
+                    // one block (16 keys never cross a block: `bs` is a
+                    // multiple of 16 and `j0 + p0` one too); `qs`/`scores` hold
+                    // `rows`, and a scores row KEY_CHUNK >= p0 + 32 values.
+                    unsafe {
+                        tile_lanes(
+                            isa,
+                            wide,
+                            mr,
+                            hd,
+                            k_cache.as_ptr().add(a),
+                            k_cache.as_ptr().add(b),
+                            bs,
+                            qs.as_ptr().add(r * hd),
+                            hd,
+                            scores.as_mut_ptr().add(r * KEY_CHUNK + p0),
+                            KEY_CHUNK,
+                            if two { 2 * NR } else { NR },
+                            false,
+                        )
+                    };
+                }
             }
         }
         // Online softmax; masked scores become exact zeros in P. The keys a
