@@ -612,7 +612,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Elem, NR, WeightDType};
-    use crate::kernels::isa::lanes16;
+    use crate::kernels::isa::store_tiles;
 
     /// Software prefetch distance for streaming weights, in bytes: the
     /// hardware prefetcher alone left m=1 products at 15.6 GB/s here, with
@@ -752,20 +752,7 @@ mod x86 {
                     acc_t[1] = _mm512_fmadd_ps(xb, b, acc_t[1]);
                 }
             }
-            let masks = [lanes16(nr), lanes16(nr.saturating_sub(NR))];
-            for (t, acc_t) in acc.iter().enumerate() {
-                for (h, (v, &mask)) in acc_t.iter().zip(&masks).enumerate() {
-                    if mask == 0 {
-                        continue;
-                    }
-                    let cp = c.add(t * ldc + h * NR);
-                    let mut v = *v;
-                    if accumulate {
-                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, cp));
-                    }
-                    _mm512_mask_storeu_ps(cp, mask, v);
-                }
-            }
+            store_tiles(&acc, c, ldc, nr, accumulate);
         }
     }
 
@@ -819,15 +806,7 @@ mod x86 {
                     *a = _mm512_add_ps(*a, *p);
                 }
             }
-            let mask = lanes16(nr);
-            for (t, a) in acc[0].iter().enumerate() {
-                let cp = c.add(t * ldc);
-                let mut v = *a;
-                if accumulate {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, cp));
-                }
-                _mm512_mask_storeu_ps(cp, mask, v);
-            }
+            store_tiles(&acc[0].map(|v| [v]), c, ldc, nr, accumulate);
         }
     }
 }

@@ -74,3 +74,41 @@ pub fn lanes16(n: usize) -> std::arch::x86_64::__mmask16 {
         ((1u32 << n) - 1) as u16
     }
 }
+
+/// Writes a kernel's accumulators out: `tiles[t][h]` to `c + t·ldc + 16h`,
+/// the first `nr` of its `16·P` lanes only (a partial panel), added to
+/// what is there with `accumulate`. One epilogue for every AVX-512 kernel
+/// that keeps `P` 16-lane registers per row.
+///
+/// # Safety
+/// AVX-512F (inlined into the kernels, whose target features it takes);
+/// `c` covers `tiles.len()` rows of stride `ldc` and `nr` lanes each.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn store_tiles<const P: usize>(
+    tiles: &[[std::arch::x86_64::__m512; P]],
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let masks: [__mmask16; P] = std::array::from_fn(|h| lanes16(nr.saturating_sub(16 * h)));
+    for (t, row) in tiles.iter().enumerate() {
+        for (h, (&v, &mask)) in row.iter().zip(&masks).enumerate() {
+            if mask == 0 {
+                continue;
+            }
+            // SAFETY: the caller's contract: row t, lanes below `nr`.
+            unsafe {
+                let cp = c.add(t * ldc + 16 * h);
+                let v = if accumulate {
+                    _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, cp))
+                } else {
+                    v
+                };
+                _mm512_mask_storeu_ps(cp, mask, v);
+            }
+        }
+    }
+}

@@ -320,7 +320,7 @@ mod x86 {
     use half::bf16;
 
     use super::NR;
-    use crate::kernels::isa::lanes16;
+    use crate::kernels::isa::store_tiles;
 
     /// Column pairs ahead that the kernel prefetches: 4 KiB of a panel, the
     /// distance the parent's f32 kernels measured best.
@@ -395,19 +395,7 @@ mod x86 {
                     }
                 }
             }
-            let masks = [lanes16(nr), lanes16(nr.saturating_sub(NR))];
-            for (t, acc_t) in acc.iter().enumerate() {
-                for (h, (v, &mask)) in acc_t.iter().zip(&masks).enumerate() {
-                    if mask != 0 {
-                        let cp = c.add(t * ldc + h * NR);
-                        let mut v = *v;
-                        if accumulate {
-                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, cp));
-                        }
-                        _mm512_mask_storeu_ps(cp, mask, v);
-                    }
-                }
-            }
+            store_tiles(&acc, c, ldc, nr, accumulate);
         }
     }
 }
